@@ -1,0 +1,183 @@
+"""ATP accounting (IRP_SPEC section 6).
+
+1 ATP is 1 ms of a plugin's measured step cost on its own device. A :class:`StepCostMeter`
+keeps the running mean of measured step times; that mean is the *price* of the next step. A
+:class:`Budget` is an account the loop draws from: it charges the price before each step, so a
+run never spends more than its grant, and it reads the account every step, so a grant raised
+mid-run (a top-up) takes effect at the next step.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from typing import Optional
+
+
+class StepCostMeter:
+    """Running estimate of one plugin's step cost in ms (thread-safe).
+
+    The estimate is an exponential moving average of measured step times. Before any
+    measurement it is ``initial_ms``; :meth:`calibrate` fills it from a few real steps at
+    start-up.
+    """
+
+    def __init__(self, initial_ms: float = 1.0, alpha: float = 0.1, learn: bool = True):
+        """Create a meter whose first price is ``initial_ms``; ``alpha`` is the EMA weight.
+
+        With ``learn=False`` the price stays at ``initial_ms`` (a fixed tariff: deterministic
+        accounting for tests and for comparing allocation policies on the same inputs).
+        """
+        if not (initial_ms > 0 and math.isfinite(initial_ms)):
+            raise ValueError(f'initial_ms must be a positive finite number, got {initial_ms!r}')
+        if not 0 < alpha <= 1:
+            raise ValueError(f'alpha must be in (0, 1], got {alpha!r}')
+        self._ms = float(initial_ms)
+        self._alpha = float(alpha)
+        self._count = 0
+        self._learn = bool(learn)
+        self._lock = threading.Lock()
+
+    @property
+    def per_step_ms(self) -> float:
+        """The current price of one step, in ms (= ATP)."""
+        with self._lock:
+            return self._ms
+
+    @property
+    def samples(self) -> int:
+        """How many step times have been measured."""
+        with self._lock:
+            return self._count
+
+    def update(self, step_ms: float) -> None:
+        """Fold one measured step time (ms) into the estimate; ignores non-finite values."""
+        if not (self._learn and math.isfinite(step_ms) and step_ms >= 0):
+            return
+        step_ms = max(step_ms, 1e-6)
+        with self._lock:
+            if self._count == 0:
+                self._ms = step_ms
+            else:
+                self._ms += self._alpha * (step_ms - self._ms)
+            self._count += 1
+
+    def calibrate(self, plugin, x0, ctx=None, steps: int = 5) -> float:
+        """Measure ``steps`` real steps of ``plugin`` on ``x0`` and set the price to their median.
+
+        The first step is run once untimed as a warm-up (caches, lazy initialisation). Returns the
+        new price in ms.
+        """
+        from sage_irp_ros.core.plugin import Schedule
+        state = plugin.init_state(x0, ctx)
+        times = []
+        for i in range(steps + 1):
+            sched = Schedule(step_idx=i, max_steps=steps + 1, steps_left=steps + 1 - i,
+                             noise_level=1.0 - i / (steps + 1))
+            t = time.perf_counter()
+            state = plugin.project(plugin.step(state, sched))
+            plugin.energy(state)
+            if i > 0:
+                times.append((time.perf_counter() - t) * 1e3)
+        times.sort()
+        median = max(times[len(times) // 2], 1e-6) if times else self.per_step_ms
+        with self._lock:
+            self._ms = median
+            self._count = max(self._count, len(times))
+        return median
+
+
+class Budget:
+    """A thread-safe ATP account a run draws from.
+
+    ``granted`` may be raised at any time (a top-up); the loop reads it before each step.
+    ``step_cap`` (0 = none) caps the steps charged to the account; ``deadline`` is an absolute
+    ``time.perf_counter()`` value (None = none). One account may fund several runs (one
+    allocation cycle of a node); each run also keeps its own spend.
+    """
+
+    def __init__(self, granted: float = math.inf, step_cap: int = 0,
+                 deadline: Optional[float] = None):
+        """Open an account of ``granted`` ATP (``math.inf`` for unlimited)."""
+        if math.isnan(granted) or granted < 0:
+            raise ValueError(f'granted ATP must be >= 0, got {granted!r}')
+        if step_cap < 0:
+            raise ValueError(f'step_cap must be >= 0, got {step_cap!r}')
+        self._granted = float(granted)
+        self._step_cap = int(step_cap)
+        self._deadline = deadline
+        self._spent = 0.0
+        self._steps = 0
+        self._lock = threading.Lock()
+
+    @property
+    def granted(self) -> float:
+        """ATP granted to this account so far (``inf`` when unlimited)."""
+        with self._lock:
+            return self._granted
+
+    @property
+    def spent(self) -> float:
+        """ATP charged to this account so far."""
+        with self._lock:
+            return self._spent
+
+    @property
+    def remaining(self) -> float:
+        """ATP still available."""
+        with self._lock:
+            return max(self._granted - self._spent, 0.0)
+
+    @property
+    def deadline(self) -> Optional[float]:
+        """Absolute ``time.perf_counter()`` deadline, or None."""
+        with self._lock:
+            return self._deadline
+
+    @property
+    def unlimited(self) -> bool:
+        """True when the account has no ATP limit."""
+        with self._lock:
+            return math.isinf(self._granted)
+
+    def steps_affordable(self, price: float) -> int:
+        """How many more steps at ``price`` ATP the account (and its step cap) allows."""
+        with self._lock:
+            if math.isinf(self._granted):
+                n = 2 ** 31
+            else:
+                n = int(math.floor(max(self._granted - self._spent, 0.0) / price + 1e-9))
+            if self._step_cap:
+                n = min(n, max(self._step_cap - self._steps, 0))
+            return n
+
+    def grant(self, granted: float, step_cap: Optional[int] = None,
+              deadline: Optional[float] = None) -> None:
+        """Set the account's total grant (a larger value is a top-up), cap and deadline."""
+        if math.isnan(granted) or granted < 0:
+            raise ValueError(f'granted ATP must be >= 0, got {granted!r}')
+        with self._lock:
+            self._granted = float(granted)
+            if step_cap is not None:
+                self._step_cap = int(step_cap)
+            if deadline is not None:
+                self._deadline = deadline
+
+    def top_up(self, atp: float) -> None:
+        """Add ``atp`` to the grant."""
+        if not (atp >= 0):
+            raise ValueError(f'a top-up must be >= 0, got {atp!r}')
+        with self._lock:
+            self._granted += float(atp)
+
+    def try_charge(self, price: float) -> bool:
+        """Charge one step of ``price`` ATP if the account allows it; return whether it did."""
+        with self._lock:
+            if self._step_cap and self._steps >= self._step_cap:
+                return False
+            if self._spent + price > self._granted + 1e-9:
+                return False
+            self._spent += price
+            self._steps += 1
+            return True

@@ -1,0 +1,144 @@
+"""The plugin contract of IRP_SPEC section 2: what every refiner implements.
+
+A plugin holds configuration and models only. Everything that belongs to one run lives in
+an :class:`IRPState` (the payload) and a :class:`~sage_irp_ros.core.loop.Trace` (the energy
+history), so one plugin instance can refine several inputs at once. The loop that drives a
+plugin is written once, in :mod:`sage_irp_ros.core.loop`; a plugin never re-implements it, as a
+diffusers scheduler never re-implements the pipeline.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Optional
+
+# Halting reasons (IRP_SPEC section 3). The values are the wire strings of telemetry.
+HALT_BUDGET = 'budget'
+HALT_TIMEOUT = 'timeout'
+HALT_MANUAL = 'manual'
+HALT_FEASIBLE = 'feasible'
+HALT_CONFIDENT = 'confident'
+HALT_STABLE = 'stable'
+HALT_SLOPE = 'slope<eps'
+HALT_MAX_STEPS = 'max_steps'
+HALT_ERROR = 'error'
+
+HALT_REASONS = (
+    HALT_BUDGET, HALT_TIMEOUT, HALT_MANUAL, HALT_FEASIBLE, HALT_CONFIDENT, HALT_STABLE,
+    HALT_SLOPE, HALT_MAX_STEPS, HALT_ERROR,
+)
+# Reasons a plugin's own halt() may return.
+PLUGIN_HALT_REASONS = (HALT_FEASIBLE, HALT_CONFIDENT, HALT_STABLE)
+
+PLUGIN_KINDS = ('vision', 'language', 'audio', 'control', 'memory', 'custom')
+
+
+@dataclass
+class IRPState:
+    """The refinement state of one run.
+
+    Attributes
+    ----------
+    payload:
+        What the plugin refines (latent tensor, token ids, trajectory, memory set).
+    step_idx:
+        Number of steps applied to reach this state (0 for the initial state).
+    meta:
+        Plugin data that belongs to this run (the input size, cached logits, a per-run RNG).
+
+    The energy history and timestamps of the run live in the loop's ``Trace``.
+
+    """
+
+    payload: Any
+    step_idx: int = 0
+    meta: dict = field(default_factory=dict)
+
+    def evolve(self, payload: Any, **meta: Any) -> 'IRPState':
+        """Return the next state: a new payload, step index + 1, meta updated with ``meta``."""
+        new_meta = dict(self.meta)
+        new_meta.update(meta)
+        return dataclasses.replace(self, payload=payload, step_idx=self.step_idx + 1,
+                                   meta=new_meta)
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """What a step may know about where it stands in the run.
+
+    Attributes
+    ----------
+    step_idx:
+        Index of the step about to run (0-based).
+    max_steps:
+        The hard cap of steps of this run.
+    steps_left:
+        Steps the budget and ``max_steps`` still allow, this one included (>= 1).
+    noise_level:
+        A schedule value in [0, 1]: 1 at the first step, falling linearly to 0 at ``max_steps``.
+        Plugins with a noise or mask schedule use it; others ignore it.
+
+    """
+
+    step_idx: int
+    max_steps: int
+    steps_left: int
+    noise_level: float
+
+
+class IRPPlugin(abc.ABC):
+    """Base class of every refiner.
+
+    Subclasses set ``kind`` (one of ``PLUGIN_KINDS``) and implement ``init_state``, ``energy``,
+    ``step`` and ``result``; ``project`` and ``halt`` have defaults. Every plugin documents its
+    four invariants (state space, noise model, energy with units and sign, contribution) in its
+    class docstring.
+    """
+
+    kind: str = 'custom'
+    #: Version string of the model / algorithm, copied into telemetry metadata.
+    version: str = '0'
+
+    @abc.abstractmethod
+    def init_state(self, x0: Any, ctx: Optional[Mapping[str, Any]] = None) -> IRPState:
+        """Encode the input into the initial refinement state."""
+
+    @abc.abstractmethod
+    def energy(self, state: IRPState) -> float:
+        """Return the energy of ``state``: a finite float, lower is better."""
+
+    @abc.abstractmethod
+    def step(self, state: IRPState, schedule: Schedule) -> IRPState:
+        """Apply one refinement iteration and return the next state."""
+
+    def project(self, state: IRPState) -> IRPState:
+        """Enforce the state's constraints; identity by default."""
+        return state
+
+    def halt(self, state: IRPState, energies: list) -> Optional[str]:
+        """Return a plugin-specific halting reason (``PLUGIN_HALT_REASONS``) or None.
+
+        Called before every step with the current state and the energies so far
+        (``energies[0]`` is the initial state's energy).
+        """
+        return None
+
+    @abc.abstractmethod
+    def result(self, state: IRPState) -> Any:
+        """Decode ``state`` into the task output."""
+
+    def energy_scale(self, e0: float) -> float:
+        """Return the scale that makes the slope threshold ``eps`` relative.
+
+        The default is ``max(|E_0|, 1e-12)``: ``eps`` is then a fraction of the initial energy per
+        step. Plugins whose energy has a natural unit (nats per token, say) override this.
+        """
+        return max(abs(e0), 1e-12)
+
+    def refine(self, x0: Any, ctx: Optional[Mapping[str, Any]] = None, budget=None,
+               config=None, **kwargs: Any):
+        """Refine ``x0``: the shared loop of :func:`sage_irp_ros.core.loop.refine`."""
+        from sage_irp_ros.core.loop import refine
+        return refine(self, x0, ctx, budget=budget, config=config, **kwargs)

@@ -1,0 +1,1 @@
+"""Refinement plugins: each a model, its energy, its step and its evaluation."""
