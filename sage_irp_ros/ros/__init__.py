@@ -1,0 +1,1 @@
+"""The rclpy layer: the node host, message conversions and the plugin nodes."""
