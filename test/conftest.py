@@ -1,0 +1,123 @@
+"""Shared test set-up: ROS isolation, an rclpy context per test, node processes."""
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+
+# Isolate this test process's DDS traffic before rclpy is imported anywhere: a domain of its
+# own, localhost discovery only, logs in a temporary folder.
+os.environ['ROS_DOMAIN_ID'] = str(1 + os.getpid() % 100)
+os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
+os.environ.setdefault('ROS_LOG_DIR', tempfile.mkdtemp(prefix='sage_irp_roslog_'))
+os.environ.pop('ROS_LOCALHOST_ONLY', None)
+
+
+def wait_for(predicate, timeout=10.0, period=0.02):
+    """Poll ``predicate`` until it is true or ``timeout`` seconds pass; return its last value."""
+    end = time.monotonic() + timeout
+    value = predicate()
+    while not value and time.monotonic() < end:
+        time.sleep(period)
+        value = predicate()
+    return value
+
+
+class RosHarness:
+    """An rclpy context with one node spun in a background thread."""
+
+    def __init__(self, name='test_harness'):
+        import rclpy
+        from rclpy.executors import SingleThreadedExecutor
+        self.rclpy = rclpy
+        self.context = rclpy.Context()
+        rclpy.init(context=self.context)
+        self.node = rclpy.create_node(name, context=self.context)
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(self.node)
+        self._thread = threading.Thread(target=self._spin, daemon=True)
+        self._thread.start()
+
+    def _spin(self):
+        try:
+            while self.context.ok():
+                self.executor.spin_once(timeout_sec=0.05)
+        except Exception:  # noqa: BLE001 - shutdown races end the thread
+            pass
+
+    def add_node(self, node):
+        self.executor.add_node(node)
+        return node
+
+    def collect(self, msg_type, topic, qos=10):
+        """Subscribe to ``topic`` and return the list the messages land in."""
+        box = []
+        self.node.create_subscription(msg_type, topic, box.append, qos)
+        return box
+
+    def close(self):
+        self.context.try_shutdown()
+        self._thread.join(timeout=5)
+        self.executor.shutdown()
+
+
+@pytest.fixture
+def ros():
+    h = RosHarness()
+    yield h
+    h.close()
+
+
+class NodeProcess:
+    """A plugin node in its own process, stopped with SIGINT like ``ros2 launch`` does."""
+
+    def __init__(self, module, params=None, name=None, tmp_path=None):
+        args = [sys.executable, '-m', module, '--ros-args']
+        for k, v in (params or {}).items():
+            args += ['-p', f'{k}:={v}']
+        if name:
+            args += ['-r', f'__node:={name}']
+        self.log_path = os.path.join(str(tmp_path or tempfile.mkdtemp()), 'node.log')
+        self._log = open(self.log_path, 'w')
+        env = dict(os.environ, PYTHONUNBUFFERED='1')
+        self.proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=self._log,
+                                     stderr=subprocess.STDOUT)
+
+    def log(self):
+        with open(self.log_path) as f:
+            return f.read()
+
+    def stop(self, timeout=10.0):
+        """SIGINT the node; return its exit code (kill it if it hangs)."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        return self.proc.returncode
+
+
+@pytest.fixture
+def node_process(tmp_path):
+    procs = []
+
+    def start(module, params=None, name=None):
+        p = NodeProcess(module, params, name, tmp_path)
+        procs.append(p)
+        return p
+
+    yield start
+    for p in procs:
+        p.stop()

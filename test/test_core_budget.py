@@ -1,0 +1,88 @@
+"""ATP accounting: prices, grants, top-ups, and the promise never to overspend."""
+
+import math
+import threading
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scripted import ScriptedPlugin, geometric
+
+from sage_irp_ros.core import Budget, HaltConfig, StepCostMeter, refine
+from sage_irp_ros.plugins.fixture import SmoothingFixture
+
+
+def test_meter_learns_an_ema_and_ignores_garbage():
+    m = StepCostMeter(initial_ms=5.0, alpha=0.5)
+    m.update(2.0)  # the first measurement replaces the guess
+    assert m.per_step_ms == 2.0
+    m.update(4.0)
+    assert m.per_step_ms == 3.0
+    for bad in (math.nan, math.inf, -1.0):
+        m.update(bad)
+    assert m.per_step_ms == 3.0 and m.samples == 2
+
+
+def test_meter_calibrates_from_real_steps():
+    m = StepCostMeter()
+    ms = m.calibrate(SmoothingFixture(), [0.0, 1.0, 0.0, 1.0] * 64, steps=5)
+    assert 0 < ms < 50 and m.per_step_ms == ms and m.samples == 5
+
+
+def test_meter_rejects_bad_config():
+    with pytest.raises(ValueError):
+        StepCostMeter(initial_ms=0.0)
+    with pytest.raises(ValueError):
+        StepCostMeter(alpha=0.0)
+
+
+def test_budget_accounting():
+    b = Budget(10.0, step_cap=3)
+    assert b.steps_affordable(3.0) == 3
+    assert b.try_charge(4.0) and b.spent == 4.0 and b.remaining == 6.0
+    assert b.steps_affordable(4.0) == 1
+    assert b.try_charge(4.0) and not b.try_charge(4.0)
+    b.top_up(10.0)
+    assert b.try_charge(4.0) and not b.try_charge(1.0)  # step cap of 3 reached
+    with pytest.raises(ValueError):
+        Budget(-1.0)
+    with pytest.raises(ValueError):
+        b.top_up(math.nan)
+
+
+@given(granted=st.floats(0, 200), price=st.floats(0.01, 20),
+       topups=st.lists(st.floats(0, 20), max_size=5))
+@settings(max_examples=200, deadline=None)
+def test_runs_never_spend_more_than_granted(granted, price, topups):
+    budget = Budget(granted)
+    cost = StepCostMeter(price, learn=False)
+    ups = list(topups)
+
+    def on_step(i):
+        if ups:
+            budget.top_up(ups.pop())
+
+    r = refine(ScriptedPlugin(geometric(1000), on_step=on_step), None,
+               config=HaltConfig(eps=0.0, max_steps=1000), budget=budget, cost=cost)
+    assert r.trace.atp_spent <= budget.granted + 1e-6
+    assert r.trace.steps == round(r.trace.atp_spent / price)
+    if r.trace.halt_reason == 'budget':
+        assert budget.remaining < price + 1e-6
+
+
+def test_concurrent_charges_are_atomic():
+    b = Budget(1000.0)
+    ok = []
+
+    def worker():
+        n = 0
+        while b.try_charge(1.0):
+            n += 1
+        ok.append(n)
+
+    threads = [threading.Thread(target=worker) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sum(ok) == 1000 and b.spent == 1000.0

@@ -1,0 +1,122 @@
+"""The node host in this process: parameters, descriptors, a crashing plugin, shutdown."""
+
+import time
+
+import numpy as np
+import pytest
+from conftest import wait_for
+from rcl_interfaces.msg import ParameterType
+from rclpy.parameter import Parameter
+from std_msgs.msg import Float32MultiArray, String
+
+from sage_irp_ros.plugins.fixture import SmoothingFixture
+from sage_irp_ros.ros.fixture_node import FixtureIRPNode
+
+
+class CrashingFixture(SmoothingFixture):
+    """Test fixture: a plugin whose step raises for inputs that start with a negative value."""
+
+    def step(self, state, schedule):
+        if state.meta['y'][0] < 0:
+            raise RuntimeError('fixture crash')
+        return super().step(state, schedule)
+
+
+class CrashingFixtureNode(FixtureIRPNode):
+    """Test fixture node around :class:`CrashingFixture`."""
+
+    def create_plugin(self):
+        return CrashingFixture()
+
+
+def make_node(ros, cls=FixtureIRPNode, **params):
+    overrides = [Parameter(k, value=v) for k, v in params.items()]
+    return ros.add_node(cls(context=ros.context, parameter_overrides=overrides))
+
+
+def test_parameters_have_descriptors_and_ranges(ros):
+    node = make_node(ros)
+    try:
+        for name in ('eps', 'K', 'max_steps', 'deadline_ms', 'default_atp', 'device',
+                     'precision', 'input_topic', 'output_topic', 'input_qos_reliability',
+                     'input_qos_depth', 'grant_timeout_s'):
+            d = node.describe_parameter(name)
+            assert d.description, name
+        assert node.describe_parameter('eps').floating_point_range[0].to_value == 1.0
+        assert node.describe_parameter('K').integer_range[0].from_value == 1
+        assert node.describe_parameter('device').read_only
+        assert node.describe_parameter('eps').type == ParameterType.PARAMETER_DOUBLE
+        # Run-time halting parameters apply; out-of-range ones are refused.
+        assert node.set_parameters([Parameter('max_steps', value=7)])[0].successful
+        assert node._halt_config.max_steps == 7
+        assert not node.set_parameters([Parameter('K', value=0)])[0].successful
+        assert not node.set_parameters([Parameter('eps', value=-1.0)])[0].successful
+        assert node._halt_config.K == 2
+        assert not node.set_parameters([Parameter('device', value='cuda')])[0].successful
+    finally:
+        node.destroy_node()
+
+
+def test_reliable_qos_parameter_is_honoured(ros):
+    node = make_node(ros, input_qos_reliability='best_effort', input_qos_depth=3)
+    try:
+        qos = node.input_qos()
+        assert qos.depth == 3 and qos.reliability.name == 'BEST_EFFORT'
+    finally:
+        node.destroy_node()
+
+
+def test_bad_qos_reliability_is_refused(ros):
+    with pytest.raises(ValueError, match='input_qos_reliability'):
+        make_node(ros, input_qos_reliability='sometimes')
+
+
+def test_a_crashing_plugin_is_counted_and_the_node_goes_on(ros):
+    node = make_node(ros, CrashingFixtureNode, input_topic='/in', output_topic='/out')
+    try:
+        outputs = ros.collect(Float32MultiArray, '/out')
+        telem = ros.collect(String, '/irp/telemetry_json')
+        pub = ros.node.create_publisher(Float32MultiArray, '/in', 10)
+        assert wait_for(lambda: pub.get_subscription_count() > 0, 10)
+        pub.publish(Float32MultiArray(data=[-1.0, 2.0, 3.0, 1.0]))
+        assert wait_for(lambda: node.counters.plugin_errors == 1 and telem, 10)
+        assert '"halt_reason":"error"' in telem[0].data and 'fixture crash' in telem[0].data
+        pub.publish(Float32MultiArray(data=[1.0, 2.0, 3.0, 1.0]))
+        assert wait_for(lambda: node.counters.runs == 2 and len(telem) == 2, 10)
+        assert '"halt_reason":"slope<eps"' in telem[1].data
+        # the crashed run still published its last good state (the unrefined input)
+        assert wait_for(lambda: len(outputs) == 2, 5)
+        assert np.allclose(outputs[0].data, [-1.0, 2.0, 3.0, 1.0])
+    finally:
+        node.destroy_node()
+
+
+class SlowFixture(SmoothingFixture):
+    """Test fixture: each step takes 20 ms."""
+
+    def step(self, state, schedule):
+        time.sleep(0.02)
+        return super().step(state, schedule)
+
+
+class SlowFixtureNode(FixtureIRPNode):
+    """Test fixture node around :class:`SlowFixture`."""
+
+    def create_plugin(self):
+        return SlowFixture()
+
+    def example_input(self):
+        return None
+
+
+def test_stale_inputs_are_dropped_not_queued(ros):
+    node = make_node(ros, SlowFixtureNode, input_topic='/in2', max_steps=5)
+    try:
+        node._on_input(Float32MultiArray(data=[0.0, 1.0, 2.0]))
+        assert wait_for(lambda: node._busy, 5)
+        for i in range(4):  # arrive while the first run (5 x 20 ms) is under way
+            node._on_input(Float32MultiArray(data=[float(i), 1.0, 2.0]))
+        assert wait_for(lambda: node.counters.runs == 2, 10)
+        assert (node.counters.received, node.counters.dropped_stale) == (5, 3)
+    finally:
+        node.destroy_node()
