@@ -42,7 +42,7 @@ def diag_value(diags, key):
 
 def test_node_refines_publishes_result_and_telemetry_and_survives_bad_input(ros, node_process):
     node = node_process(MODULE, {'input_topic': '/input', 'output_topic': '/output',
-                                 'diagnostics_period_s': 0.2})
+                                 'diagnostics_period_s': 0.2, 'max_input_len': 1000})
     outputs = ros.collect(Float32MultiArray, '/output')
     telem = ros.collect(IRPTelemetry, '/irp/telemetry')
     telem_json = ros.collect(String, '/irp/telemetry_json')
@@ -65,14 +65,18 @@ def test_node_refines_publishes_result_and_telemetry_and_survives_bad_input(ros,
     assert len(telem[0].energy_trace) == record['steps'] + 1
 
     # Bad input: empty, non-finite, oversize. Each is logged and counted; the node goes on.
+    # (One at a time: the node keeps only the newest input, so a burst would drop some.)
     pub.publish(Float32MultiArray(data=[]))
+    assert wait_for(lambda: diag_value(diags, 'bad_input') == '1', 10), node.log()
     pub.publish(Float32MultiArray(data=[1.0, math.nan, 2.0]))
     assert wait_for(lambda: diag_value(diags, 'bad_input') == '2', 10), node.log()
+    pub.publish(Float32MultiArray(data=[0.5] * 1001))
+    assert wait_for(lambda: diag_value(diags, 'bad_input') == '3', 10), node.log()
     pub.publish(Float32MultiArray(data=signal(seed=1).tolist()))
     assert wait_for(lambda: len(outputs) == 2 and len(telem_json) == 2, 10), node.log()
     log = node.log()
     assert 'bad input on /input: empty array' in log
-    assert 'non-finite' in log
+    assert 'non-finite' in log and 'exceeds max_input_len=1000' in log
     assert node.proc.poll() is None
 
     assert node.stop() == 0, node.log()
