@@ -86,7 +86,13 @@ class NodeProcess:
             args += ['-p', f'{k}:={v}']
         if name:
             args += ['-r', f'__node:={name}']
-        self.log_path = os.path.join(str(tmp_path or tempfile.mkdtemp()), 'node.log')
+        folder = str(tmp_path or tempfile.mkdtemp())
+        stem = (name or module.rsplit('.', 1)[-1]).strip('/').replace('/', '_')
+        self.log_path = os.path.join(folder, f'{stem}.log')
+        n = 1
+        while os.path.exists(self.log_path):
+            n += 1
+            self.log_path = os.path.join(folder, f'{stem}.{n}.log')
         self._log = open(self.log_path, 'w')
         env = dict(os.environ, PYTHONUNBUFFERED='1')
         self.proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=self._log,

@@ -57,7 +57,7 @@ class FixtureIRPNode(IRPNodeHost):
         self._out = self.create_output_publisher(Float32MultiArray,
                                                  self.get_parameter('output_topic').value)
 
-    def publish_output(self, output: np.ndarray, header: Header, result) -> None:
+    def publish_output(self, output: np.ndarray, header: Header, result, x0) -> None:
         """Publish the smoothed signal."""
         self._out.publish(Float32MultiArray(data=output.astype(np.float32).tolist()))
 

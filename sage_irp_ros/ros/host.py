@@ -112,13 +112,17 @@ class IRPNodeHost(Node):
         The ROS message type of the input.
     sensor_input:
         True for sensor streams (camera, microphone): sensor-data QoS (best effort) by default.
+    default_input_topic, default_output_topic:
+        Default topic names (parameters ``input_topic`` and ``output_topic``).
     default_eps, default_k, default_max_steps:
-        The plugin's tuned halting defaults.
+        The plugin's halting defaults, unless ``halt_defaults()`` takes them from the plugin.
 
     """
 
     input_type: Type = String
     sensor_input: bool = False
+    default_input_topic: str = 'input'
+    default_output_topic: str = 'output'
     default_eps: float = 1e-3
     default_k: int = 2
     default_max_steps: int = 50
@@ -137,8 +141,9 @@ class IRPNodeHost(Node):
         self._grant: Optional[Tuple[int, Budget, float, float]] = None
         self._declare_host_parameters()
         self.declare_plugin_parameters()
-        self._halt_config = self._read_halt_config({})
         self.plugin: IRPPlugin = self.create_plugin()
+        self._declare_halt_parameters(self.halt_defaults())
+        self._halt_config = self._read_halt_config({})
         self.cost = StepCostMeter(initial_ms=1.0)
         self._calibrate()
         self.entity_id = self.get_fully_qualified_name()
@@ -185,8 +190,13 @@ class IRPNodeHost(Node):
     def create_outputs(self) -> None:
         """Create the output publishers."""
 
-    def publish_output(self, output: Any, header: Header, result) -> None:
-        """Publish the refined output with the input's header."""
+    def publish_output(self, output: Any, header: Header, result, x0: Any) -> None:
+        """Publish the refined output with the input's header (``x0``: the decoded input)."""
+
+    def halt_defaults(self) -> HaltConfig:
+        """Return the default halting parameters (a plugin may carry its tuned ones)."""
+        return HaltConfig(eps=self.default_eps, K=self.default_k,
+                          max_steps=self.default_max_steps)
 
     def example_input(self) -> Optional[Tuple[Any, Optional[Mapping[str, Any]]]]:
         """Return an ``(x0, ctx)`` to calibrate the step cost at start-up, or None."""
@@ -205,15 +215,18 @@ class IRPNodeHost(Node):
 
     # ----------------------------------------------------------------------- parameters
 
-    def _declare_host_parameters(self) -> None:
+    def _declare_halt_parameters(self, defaults: HaltConfig) -> None:
         p = self.declare_parameter
-        p('eps', self.default_eps, _descriptor(
+        p('eps', float(defaults.eps), _descriptor(
             'Slope threshold: halt when the energy falls by less than eps * energy scale per '
             'step over the last K steps', float_range=(0.0, 1.0)))
-        p('K', self.default_k, _descriptor('Window of the slope rule, steps',
-                                           int_range=(1, 1000)))
-        p('max_steps', self.default_max_steps, _descriptor('Hard cap of refinement steps',
-                                                           int_range=(0, 100000)))
+        p('K', int(defaults.K), _descriptor('Window of the slope rule, steps',
+                                            int_range=(1, 1000)))
+        p('max_steps', int(defaults.max_steps), _descriptor('Hard cap of refinement steps',
+                                                            int_range=(0, 100000)))
+
+    def _declare_host_parameters(self) -> None:
+        p = self.declare_parameter
         p('deadline_ms', 0.0, _descriptor(
             'Wall-clock deadline per input from its arrival, ms; 0 = none',
             float_range=(0.0, 3.6e6)))
@@ -227,8 +240,9 @@ class IRPNodeHost(Node):
                                        read_only=True))
         p('precision', 'fp32', _descriptor('Numeric precision of the plugin: fp32 or fp16',
                                            read_only=True))
-        p('input_topic', 'input', _descriptor('Input topic', read_only=True))
-        p('output_topic', 'output', _descriptor('Output topic', read_only=True))
+        p('input_topic', self.default_input_topic, _descriptor('Input topic', read_only=True))
+        p('output_topic', self.default_output_topic, _descriptor('Output topic',
+                                                                 read_only=True))
         p('input_qos_reliability', 'best_effort' if self.sensor_input else 'reliable',
           _descriptor('Input QoS reliability: best_effort or reliable (match the publisher)',
                       read_only=True))
@@ -318,14 +332,15 @@ class IRPNodeHost(Node):
                 self._grant = (msg.cycle, Budget(msg.atp_granted, msg.step_cap, deadline), now,
                                msg.trust_weight)
 
-    def _budget_for_run(self) -> Tuple[Budget, Optional[int]]:
+    def _budget_for_run(self) -> Tuple[Budget, Optional[int], Optional[float]]:
+        """Return the account of the current grant (or a default one), its cycle and trust."""
         timeout = self.get_parameter('grant_timeout_s').value
         with self._lock:
             g = self._grant
         if g is not None and time.monotonic() - g[2] <= timeout:
-            return g[1], g[0]
+            return g[1], g[0], g[3]
         atp = self.get_parameter('default_atp').value
-        return Budget(atp if atp > 0 else math.inf), None
+        return Budget(atp if atp > 0 else math.inf), None, None
 
     # -------------------------------------------------------------------------- inputs
 
@@ -369,7 +384,7 @@ class IRPNodeHost(Node):
             self.get_logger().error(f'bad input on {self._input_topic}: {exc}')
             return
         header = self.header_of(msg)
-        budget, cycle = self._budget_for_run()
+        budget, cycle, trust_weight = self._budget_for_run()
         dl_ms = self.get_parameter('deadline_ms').value
         deadline = t_recv + dl_ms * 1e-3 if dl_ms > 0 else None
         try:
@@ -395,11 +410,12 @@ class IRPNodeHost(Node):
             'precision': self.get_parameter('precision').value,
             'input_stamp': header.stamp.sec + header.stamp.nanosec * 1e-9,
             'cycle': cycle,
+            'trust_weight': trust_weight,
             'atp_per_step': self.cost.per_step_ms,
         }
         if result.output is not None:
             try:
-                self.publish_output(result.output, header, result)
+                self.publish_output(result.output, header, result, x0)
                 metadata.update(self.run_metadata(result.output, result))
                 with self._lock:
                     self.counters.published += 1
