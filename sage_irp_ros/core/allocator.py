@@ -1,0 +1,235 @@
+"""Sharing a compute budget among plugins by trust (IRP_SPEC section 7), ROS-free.
+
+Three pieces, each a pure function or a small object with no I/O of its own:
+
+- :func:`allocate` splits a cycle's total ATP among the plugins with pending work;
+- :func:`regrant` splits ATP freed by an early halt among plugins that can still use it;
+- :class:`TrustBook` keeps each plugin's trust (an EMA of a per-run score, clipped to
+  [0.1, 10]) and saves/loads it as JSON so a restart keeps what was learned.
+
+Allocation rule (a water-filling form of the spec's ``max(floor*T, T*w_i/sum(w))``, with
+``w_i = trust_i * demand_i``):
+
+1. every plugin first gets ``min(demand_i, floor * T)`` (the floor; if the floors of all
+   plugins would exceed ``T``, each gets ``T / n``, capped by its demand);
+2. the rest is shared in proportion to ``w_i`` among plugins whose demand is not yet met, each
+   capped at its demand; what a capped plugin cannot use is shared again among the others.
+
+So the sum never exceeds ``T``, nobody gets more than it asked for, the floor holds whenever
+it is feasible, and the result depends only on the inputs (plugins are visited in name order).
+ATP nobody asked for stays unallocated (a reserve for re-grants).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from dataclasses import dataclass
+from typing import Dict, Mapping, Optional, Tuple
+
+TRUST_MIN = 0.1
+TRUST_MAX = 10.0
+_EPS = 1e-12
+
+
+def _water_fill(amount: float, weights: Mapping[str, float], caps: Mapping[str, float],
+                given: Dict[str, float]) -> float:
+    """Share ``amount`` by ``weights`` with per-name ``caps`` into ``given``; return leftover."""
+    open_ = sorted(n for n in weights if caps[n] - given[n] > _EPS)
+    while amount > _EPS and open_:
+        total_w = sum(weights[n] for n in open_)
+        if total_w <= 0:  # all weights zero: share equally
+            wts = {n: 1.0 for n in open_}
+            total_w = float(len(open_))
+        else:
+            wts = {n: weights[n] for n in open_}
+        saturated = []
+        spent = 0.0
+        for n in open_:
+            want = amount * wts[n] / total_w
+            room = caps[n] - given[n]
+            take = min(want, room)
+            given[n] += take
+            spent += take
+            if room - take <= _EPS:
+                saturated.append(n)
+        amount = max(amount - spent, 0.0)
+        if not saturated:
+            break
+        open_ = [n for n in open_ if n not in saturated]
+    return amount
+
+
+def allocate(total: float, plugins: Mapping[str, Tuple[float, float]],
+             floor: float = 0.05) -> Dict[str, float]:
+    """Split ``total`` ATP among ``plugins``: ``{name: (trust, demand)}`` -> ``{name: share}``.
+
+    Plugins with zero demand get nothing (and are left out of the result). ``floor`` is the
+    fraction of ``total`` each plugin with demand is guaranteed (capped by its demand).
+    """
+    if not (math.isfinite(total) and total >= 0):
+        raise ValueError(f'total ATP must be finite and >= 0, got {total!r}')
+    if not 0 <= floor <= 1:
+        raise ValueError(f'floor must be in [0, 1], got {floor!r}')
+    active = {n: (max(float(t), 0.0), float(d)) for n, (t, d) in plugins.items()
+              if math.isfinite(d) and d > 0 and math.isfinite(t)}
+    if not active or total <= 0:
+        return {n: 0.0 for n in active}
+    names = sorted(active)
+    per_floor = min(floor * total, total / len(names))
+    given = {n: min(active[n][1], per_floor) for n in names}
+    rest = total - sum(given.values())
+    weights = {n: active[n][0] * active[n][1] for n in names}
+    caps = {n: active[n][1] for n in names}
+    _water_fill(rest, weights, caps, given)
+    # Guard against rounding: never hand out more than total.
+    s = sum(given.values())
+    if s > total:
+        scale = total / s
+        given = {n: v * scale for n, v in given.items()}
+    return given
+
+
+def regrant(freed: float, running: Mapping[str, Tuple[float, float]]) -> Dict[str, float]:
+    """Share ``freed`` ATP among ``running``: ``{name: (trust, more_wanted)}`` -> top-ups.
+
+    In proportion to trust, each capped at what it still wants; the sum never exceeds
+    ``freed`` (what nobody can use is not handed out).
+    """
+    if not (math.isfinite(freed) and freed >= 0):
+        raise ValueError(f'freed ATP must be finite and >= 0, got {freed!r}')
+    want = {n: (max(float(t), 0.0), float(w)) for n, (t, w) in running.items()
+            if math.isfinite(w) and w > 0 and math.isfinite(t)}
+    given = {n: 0.0 for n in want}
+    if freed <= 0 or not want:
+        return given
+    _water_fill(freed, {n: t for n, (t, _) in want.items()},
+                {n: w for n, (_, w) in want.items()}, given)
+    s = sum(given.values())
+    if s > freed:
+        given = {n: v * freed / s for n, v in given.items()}
+    return given
+
+
+# Halting reasons that mean "stopped because more steps stopped paying".
+_EARLY = ('slope<eps', 'confident', 'stable', 'feasible')
+
+
+def run_score(record: Mapping, quality: Optional[float] = None) -> float:
+    """Score one run in [0, 1] from its telemetry record (higher is more trustworthy).
+
+    The mean of:
+
+    - monotonicity: ``trust.monotonicity_ratio``;
+    - stability: ``1 / (1 + sd(dE) / scale)`` with ``scale = max(|E_0| / steps, |mean dE|)``,
+      so steady descent scores near 1 and erratic energy near 0;
+    - improvement: the fraction of the initial energy removed, ``clip(-contribution_to_H, 0, 1)``;
+    - efficiency: 1 when it halted by its own rule, 0.5 on ``budget``/``max_steps``/``manual``,
+      0 on ``timeout``/``error``;
+    - task quality in [0, 1] when known (``quality``, or ``metadata.quality``).
+
+    A run of zero steps that halted by its own rule (nothing to do) scores by efficiency and
+    quality only.
+    """
+    t = record['trust']
+    reason = record['halt_reason']
+    eff = 1.0 if reason in _EARLY else (0.0 if reason in ('timeout', 'error') else 0.5)
+    parts = [eff]
+    steps = int(record['steps'])
+    if steps > 0:
+        trace = record.get('E_trace') or []
+        e0 = abs(trace[0]) if trace else abs(record['E'])
+        mean_de = abs(t['convergence_rate'])
+        scale = max(e0 / steps, mean_de, _EPS)
+        stability = 1.0 / (1.0 + math.sqrt(max(t['dE_variance'], 0.0)) / scale)
+        improvement = min(max(-t['contribution_to_H'], 0.0), 1.0)
+        parts += [float(t['monotonicity_ratio']), stability, improvement]
+    if quality is None:
+        meta = record.get('metadata') or {}
+        q = meta.get('quality')
+        quality = float(q) if isinstance(q, (int, float)) and math.isfinite(q) else None
+    if quality is not None:
+        parts.append(min(max(quality, 0.0), 1.0))
+    return sum(parts) / len(parts)
+
+
+def score_to_trust(score: float) -> float:
+    """Map a score in [0, 1] to a trust weight in [0.1, 10]: 0.5 -> 1, 1 -> 10, 0 -> 0.1."""
+    return min(max(10.0 ** (2.0 * score - 1.0), TRUST_MIN), TRUST_MAX)
+
+
+@dataclass
+class TrustEntry:
+    """One plugin's learned trust: the EMA of its run scores and how many runs it has seen."""
+
+    score: float = 0.5
+    runs: int = 0
+
+    @property
+    def trust(self) -> float:
+        """The trust weight in [0.1, 10]."""
+        return score_to_trust(self.score)
+
+
+class TrustBook:
+    """Trust of every plugin, updated after each run, persisted as JSON.
+
+    ``alpha`` is the EMA weight of a new run's score. A plugin never seen starts at score 0.5
+    (trust 1).
+    """
+
+    def __init__(self, alpha: float = 0.2, path: Optional[str] = None):
+        """Create a book; with ``path``, load what a previous run saved there (if anything)."""
+        if not 0 < alpha <= 1:
+            raise ValueError(f'alpha must be in (0, 1], got {alpha!r}')
+        self.alpha = float(alpha)
+        self.path = path
+        self.entries: Dict[str, TrustEntry] = {}
+        if path and os.path.exists(path):
+            self.load(path)
+
+    def trust(self, name: str) -> float:
+        """Trust weight of ``name`` (1.0 when unknown)."""
+        e = self.entries.get(name)
+        return e.trust if e is not None else 1.0
+
+    def update(self, name: str, score: float) -> float:
+        """Fold a run's score into ``name``'s EMA; return the new trust."""
+        if not math.isfinite(score):
+            raise ValueError(f'score must be finite, got {score!r}')
+        score = min(max(score, 0.0), 1.0)
+        e = self.entries.setdefault(name, TrustEntry())
+        e.score += self.alpha * (score - e.score)
+        e.runs += 1
+        return e.trust
+
+    def to_json(self) -> dict:
+        """Return the book as a JSON-able dict."""
+        return {'version': 1, 'alpha': self.alpha,
+                'plugins': {n: {'score': e.score, 'runs': e.runs, 'trust': e.trust}
+                            for n, e in sorted(self.entries.items())}}
+
+    def save(self, path: Optional[str] = None) -> None:
+        """Write the book atomically (temp file + rename) to ``path`` or the book's path."""
+        path = path or self.path
+        if not path:
+            return
+        folder = os.path.dirname(os.path.abspath(path))
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix='.trust-', dir=folder)
+        with os.fdopen(fd, 'w', encoding='utf-8') as f:
+            json.dump(self.to_json(), f, indent=1, allow_nan=False)
+        os.replace(tmp, path)
+
+    def load(self, path: str) -> None:
+        """Load a saved book; a corrupt file raises ValueError naming it."""
+        try:
+            with open(path, encoding='utf-8') as f:
+                data = json.load(f)
+            self.entries = {n: TrustEntry(score=min(max(float(v['score']), 0.0), 1.0),
+                                          runs=int(v['runs']))
+                            for n, v in data['plugins'].items()}
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ValueError(f'cannot read trust file {path}: {exc}') from exc

@@ -1,0 +1,120 @@
+"""The allocator and trust book: property-based and known-value tests."""
+
+import json
+import math
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sage_irp_ros.core.allocator import (
+    TRUST_MAX,
+    TRUST_MIN,
+    TrustBook,
+    allocate,
+    regrant,
+    run_score,
+    score_to_trust,
+)
+
+names = st.text(alphabet='abcdefgh/_', min_size=1, max_size=6)
+trusts = st.floats(TRUST_MIN, TRUST_MAX)
+demands = st.floats(0, 1e4)
+plugin_maps = st.dictionaries(names, st.tuples(trusts, demands), max_size=8)
+
+
+@given(total=st.floats(0, 1e4), plugins=plugin_maps, floor=st.floats(0, 1))
+@settings(max_examples=400, deadline=None)
+def test_allocate_never_over_allocates_and_respects_floor_and_demand(total, plugins, floor):
+    shares = allocate(total, plugins, floor)
+    assert sum(shares.values()) <= total * (1 + 1e-9) + 1e-9
+    active = [n for n, (_, d) in plugins.items() if d > 0]
+    assert set(shares) == set(active)
+    floor_each = min(floor * total, total / len(active)) if active else 0.0
+    for n, s in shares.items():
+        demand = plugins[n][1]
+        assert 0 <= s <= demand * (1 + 1e-9) + 1e-9
+        assert s >= min(demand, floor_each) * (1 - 1e-9) - 1e-9
+    # Nothing is withheld from a plugin that still wants more while ATP is left over.
+    if active and sum(shares.values()) < total * (1 - 1e-6) - 1e-6:
+        for n in active:
+            assert shares[n] >= plugins[n][1] * (1 - 1e-6) - 1e-6
+
+
+@given(total=st.floats(0, 1e4), plugins=plugin_maps, floor=st.floats(0, 1))
+@settings(max_examples=100, deadline=None)
+def test_allocate_is_deterministic_and_order_free(total, plugins, floor):
+    a = allocate(total, plugins, floor)
+    b = allocate(total, dict(reversed(list(plugins.items()))), floor)
+    assert a == b
+
+
+@given(freed=st.floats(0, 1e4), running=plugin_maps)
+@settings(max_examples=300, deadline=None)
+def test_regrant_conserves_atp(freed, running):
+    ups = regrant(freed, running)
+    assert sum(ups.values()) <= freed * (1 + 1e-9) + 1e-9
+    for n, v in ups.items():
+        assert 0 <= v <= running[n][1] * (1 + 1e-9) + 1e-9
+    wanted = sum(w for _, w in running.values() if w > 0)
+    # Everything freed is handed out unless the runners want less than that.
+    assert sum(ups.values()) == pytest.approx(min(freed, wanted), rel=1e-6, abs=1e-6)
+
+
+def test_allocate_known_values():
+    # Trust x demand weights 3:1 after a 10 % floor each.
+    shares = allocate(100.0, {'a': (3.0, 1000.0), 'b': (1.0, 1000.0)}, floor=0.1)
+    assert shares['a'] == pytest.approx(10 + 80 * 0.75)
+    assert shares['b'] == pytest.approx(10 + 80 * 0.25)
+    # A capped plugin's unused share goes to the others.
+    shares = allocate(100.0, {'a': (10.0, 5.0), 'b': (0.1, 1000.0)}, floor=0.0)
+    assert shares == {'a': pytest.approx(5.0), 'b': pytest.approx(95.0)}
+    assert allocate(100.0, {'a': (1.0, 0.0)}) == {}
+    assert regrant(10.0, {'a': (1.0, 100.0), 'b': (3.0, 100.0)}) == {
+        'a': pytest.approx(2.5), 'b': pytest.approx(7.5)}
+    with pytest.raises(ValueError):
+        allocate(math.inf, {})
+
+
+def record(energies, reason, quality=None):
+    import numpy as np
+
+    from sage_irp_ros.core import Trace, make_record
+    t = Trace(energies=list(energies), halt_reason=reason)
+    rec = make_record('custom', t, metadata={'quality': quality} if quality is not None else None)
+    assert np.isfinite(rec['E'])
+    return rec
+
+
+def test_run_score_ranks_good_runs_above_erratic_ones():
+    good = run_score(record([100, 50, 25, 13, 12.5], 'slope<eps'))
+    erratic = run_score(record([100, 180, 40, 300, 90, 250], 'max_steps'))
+    broken = run_score(record([100, 90], 'error'))
+    assert good > 0.8 and erratic < 0.4 and broken < good
+    assert run_score(record([5.0], 'stable')) == 1.0  # nothing to do, done at once
+    assert run_score(record([100, 50], 'slope<eps', quality=0.0)) < run_score(
+        record([100, 50], 'slope<eps', quality=1.0))
+
+
+def test_score_to_trust_range():
+    assert score_to_trust(0.5) == pytest.approx(1.0)
+    assert score_to_trust(0.0) == TRUST_MIN and score_to_trust(1.0) == TRUST_MAX
+
+
+def test_trust_book_ema_and_persistence(tmp_path):
+    path = str(tmp_path / 'trust.json')
+    book = TrustBook(alpha=0.5, path=path)
+    assert book.trust('/x') == 1.0
+    book.update('/x', 1.0)
+    assert book.entries['/x'].score == pytest.approx(0.75)
+    for _ in range(30):
+        book.update('/bad', 0.0)
+    assert book.trust('/bad') == pytest.approx(TRUST_MIN, rel=1e-3)
+    book.save()
+    again = TrustBook(path=path)
+    assert again.trust('/x') == pytest.approx(book.trust('/x'))
+    assert again.entries['/bad'].runs == 30
+    json.loads(open(path).read())
+    (tmp_path / 'broken.json').write_text('{not json')
+    with pytest.raises(ValueError, match='broken.json'):
+        TrustBook(path=str(tmp_path / 'broken.json'))
