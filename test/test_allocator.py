@@ -118,3 +118,33 @@ def test_trust_book_ema_and_persistence(tmp_path):
     (tmp_path / 'broken.json').write_text('{not json')
     with pytest.raises(ValueError, match='broken.json'):
         TrustBook(path=str(tmp_path / 'broken.json'))
+
+
+def _rec(spent, reason, cycle, energies=(10.0, 5.0, 4.0)):
+    from sage_irp_ros.core import Trace, make_record
+    t = Trace(energies=list(energies), halt_reason=reason, atp_spent=spent)
+    return make_record('custom', t, metadata={'cycle': cycle})
+
+
+def test_cycle_allocator_regrants_spare_within_the_cycle_and_conserves_total():
+    from sage_irp_ros.core.allocator import CycleAllocator
+    a = CycleAllocator(total=10.0, floor=0.1, liveness_timeout=1.0)
+    a.observe('/a', 'vision', _rec(4.0, 'slope<eps', None), now=0.0)
+    a.observe('/b', 'language', _rec(4.0, 'budget', None), now=0.0)
+    g = a.start_cycle(now=0.1)
+    assert set(g) == {'/a', '/b'} and sum(g.values()) <= 10.0
+    # /b runs out of budget (wants more); /a then halts early with ATP to spare.
+    assert a.observe('/b', 'language', _rec(g['/b'], 'budget', 1), now=0.2) == {}
+    changes = a.observe('/a', 'vision', _rec(1.0, 'slope<eps', 1), now=0.3)
+    assert list(changes)[0] == '/a' and changes['/a'] < g['/a'] and changes['/b'] > g['/b']
+    assert sum(p.granted for p in a.plugins.values()) <= 10.0 + 1e-9
+    assert a.regranted_total == pytest.approx(g['/a'] - changes['/a'])
+    # The cycle that ends taught /b that it needs more.
+    need_b = a.plugins['/b'].need
+    a.start_cycle(now=0.4)
+    assert a.plugins['/b'].need > need_b and a.overallocations == 0
+    # Liveness: /a stops reporting and leaves; it rejoins when it reports again.
+    a.observe('/b', 'language', _rec(1.0, 'slope<eps', 2), now=1.3)
+    assert set(a.start_cycle(now=1.35)) == {'/b'} and a.left == ['/a']
+    a.observe('/a', 'vision', _rec(1.0, 'slope<eps', None), now=1.4)
+    assert set(a.start_cycle(now=1.45)) == {'/a', '/b'}

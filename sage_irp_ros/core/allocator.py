@@ -5,7 +5,9 @@ Three pieces, each a pure function or a small object with no I/O of its own:
 - :func:`allocate` splits a cycle's total ATP among the plugins with pending work;
 - :func:`regrant` splits ATP freed by an early halt among plugins that can still use it;
 - :class:`TrustBook` keeps each plugin's trust (an EMA of a per-run score, clipped to
-  [0.1, 10]) and saves/loads it as JSON so a restart keeps what was learned.
+  [0.1, 10]) and saves/loads it as JSON so a restart keeps what was learned;
+- :class:`CycleAllocator` is the orchestrator's bookkeeping built on them (cycles, demand,
+  liveness, re-grants), shared by ``orchestrator_node`` and the benchmark.
 
 Allocation rule (a water-filling form of the spec's ``max(floor*T, T*w_i/sum(w))``, with
 ``w_i = trust_i * demand_i``):
@@ -233,3 +235,144 @@ class TrustBook:
                             for n, v in data['plugins'].items()}
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise ValueError(f'cannot read trust file {path}: {exc}') from exc
+
+
+# Halting reasons after which a run finished its work with ATP to spare (not cut short).
+_FINISHED = _EARLY + ('max_steps',)
+
+
+@dataclass
+class PluginBook:
+    """What the allocator knows of one plugin."""
+
+    kind: str
+    last_seen: float
+    need: float  # EMA of the ATP one run uses when it is not cut short by its budget
+    runs_per_cycle: float = 1.0  # EMA of runs per cycle
+    runs: int = 0
+    errors: int = 0
+    budget_halts: int = 0
+    rate_hz: float = 0.0
+    granted: float = 0.0  # this cycle's grant
+    spent: float = 0.0  # ATP reported spent this cycle
+    runs_cycle: int = 0  # runs reported this cycle
+    short_cycle: bool = False  # a run this cycle stopped on its budget after spending some
+    done: bool = False  # its spare ATP of this cycle was re-granted
+    last_halt: str = ''
+    granted_total: float = 0.0
+    spent_total: float = 0.0
+
+    def demand(self, cap: float) -> float:
+        """ATP this plugin is expected to use per cycle (at least one run), at most ``cap``."""
+        return min(self.need * max(self.runs_per_cycle, 1.0), cap)
+
+    def wants(self, cap: float, headroom: float) -> float:
+        """ATP beyond this cycle's grant it could use now (more after running short)."""
+        return max(self.demand(cap) * (headroom if self.short_cycle else 1.0) - self.granted, 0.0)
+
+    def spare(self) -> float:
+        """ATP of this cycle's grant it will not need: what is left beyond its expected runs."""
+        expected_left = max(round(self.runs_per_cycle) - self.runs_cycle, 0)
+        return max(self.granted - self.spent - expected_left * self.need, 0.0)
+
+
+class CycleAllocator:
+    """The orchestrator's bookkeeping, without ROS: cycles, demand, trust, re-grants.
+
+    ``start_cycle(now)`` drops plugins silent for ``liveness_timeout`` s, learns from the cycle
+    that ends, and returns the new cycle's grants. ``observe(name, kind, record, now)`` takes a
+    run's telemetry record, updates trust and demand, and returns the grant changes of a
+    re-grant (``{name: new total grant for this cycle}``; the giver first), or ``{}``.
+    Demand and re-grant rules: ``docs/IRP_CONTRACT.md``.
+    """
+
+    def __init__(self, total: float, floor: float = 0.05, headroom: float = 1.5,
+                 liveness_timeout: float = 2.0, trust: Optional[TrustBook] = None):
+        """Configure the total ATP per cycle, floor, demand headroom and liveness timeout."""
+        self.total = float(total)
+        self.floor = float(floor)
+        self.headroom = float(headroom)
+        self.liveness_timeout = float(liveness_timeout)
+        self.trust = trust if trust is not None else TrustBook()
+        self.plugins: Dict[str, PluginBook] = {}
+        self.cycle = 0
+        self.overallocations = 0
+        self.regranted_total = 0.0
+        self.left: list = []  # names dropped by the last start_cycle
+
+    def start_cycle(self, now: float) -> Dict[str, float]:
+        """Open the next cycle; return ``{name: grant}`` for every live plugin."""
+        self.left = [n for n, b in self.plugins.items()
+                     if now - b.last_seen > self.liveness_timeout]
+        for name in self.left:
+            del self.plugins[name]
+        for b in self.plugins.values():  # learn from the cycle that ends
+            if self.cycle > 0:
+                b.runs_per_cycle += 0.3 * (b.runs_cycle - b.runs_per_cycle)
+            if b.short_cycle:
+                b.need = min(b.need * self.headroom, self.total)
+        self.cycle += 1
+        shares = allocate(self.total, {n: (self.trust.trust(n), b.demand(self.total))
+                                       for n, b in self.plugins.items()}, self.floor)
+        if sum(shares.values()) > self.total * (1 + 1e-9) + 1e-9:
+            self.overallocations += 1
+        grants = {}
+        for name, b in self.plugins.items():
+            b.spent, b.runs_cycle, b.short_cycle, b.done = 0.0, 0, False, False
+            b.granted = shares.get(name, 0.0)
+            b.granted_total += b.granted
+            grants[name] = b.granted
+        return grants
+
+    def observe(self, name: str, kind: str, record: Mapping, now: float,
+                cycle: Optional[int] = None) -> Dict[str, float]:
+        """Fold one run's record into trust and demand; return re-grant changes (or ``{}``).
+
+        ``cycle`` is the grant cycle the run drew on (``metadata.cycle`` by default); only runs
+        of the current cycle count towards its spending and can free ATP.
+        """
+        spent = float(record['budget']['ATP_spent'])
+        reason = record['halt_reason']
+        b = self.plugins.get(name)
+        if b is None:
+            b = self.plugins[name] = PluginBook(kind=kind, last_seen=now, need=max(spent, 1e-3))
+        dt = now - b.last_seen
+        if dt > 0:
+            b.rate_hz += 0.2 * (1.0 / dt - b.rate_hz)
+        b.last_seen = now
+        b.runs += 1
+        b.last_halt = reason
+        b.errors += reason == 'error'
+        b.spent_total += spent
+        self.trust.update(name, run_score(record))
+        if reason == 'budget':
+            b.budget_halts += 1
+        elif reason in _FINISHED:
+            b.need += 0.3 * (max(spent, 1e-3) - b.need)
+        if cycle is None:
+            cycle = (record.get('metadata') or {}).get('cycle')
+        if cycle != self.cycle:
+            return {}  # a run on a default budget or an older grant
+        b.spent += spent
+        b.runs_cycle += 1
+        if reason == 'budget' and spent > 0:
+            b.short_cycle = True
+            return {}
+        if reason not in _FINISHED or b.done:
+            return {}
+        running = {n: (self.trust.trust(n), o.wants(self.total, self.headroom))
+                   for n, o in self.plugins.items() if n != name and not o.done}
+        ups = {n: v for n, v in regrant(b.spare(), running).items() if v > 0}
+        if not ups:
+            return {}
+        b.done = True
+        given = sum(ups.values())
+        b.granted -= given
+        changes = {name: b.granted}  # the giver's lower grant goes out first
+        for n, v in sorted(ups.items()):
+            self.plugins[n].granted += v
+            self.plugins[n].granted_total += v
+            changes[n] = self.plugins[n].granted
+        b.granted_total -= given
+        self.regranted_total += given
+        return changes

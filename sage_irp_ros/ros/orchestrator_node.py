@@ -15,18 +15,16 @@ The arithmetic is in the ROS-free core; this node is plumbing.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
-from dataclasses import dataclass
-from typing import Dict, Optional
+from typing import Optional
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 
-from sage_irp_ros.core.allocator import TrustBook, allocate, regrant, run_score
+from sage_irp_ros.core.allocator import CycleAllocator, TrustBook
 from sage_irp_ros.msg import BudgetGrant, IRPTelemetry
 from sage_irp_ros.ros.conversions import msg_to_record
 from sage_irp_ros.ros.host import (
@@ -36,40 +34,6 @@ from sage_irp_ros.ros.host import (
     _descriptor,
     run_node,
 )
-
-# Halting reasons after which a plugin has finished its work for the cycle with ATP to spare.
-_EARLY = ('slope<eps', 'confident', 'stable', 'feasible', 'max_steps')
-
-
-@dataclass
-class PluginBook:
-    """What the orchestrator knows of one plugin."""
-
-    kind: str
-    last_seen: float
-    need: float  # EMA of the ATP one run uses when it is not cut short by its budget
-    runs_per_cycle: float = 1.0  # EMA of runs per cycle
-    runs: int = 0
-    errors: int = 0
-    budget_halts: int = 0
-    rate_hz: float = 0.0
-    granted: float = 0.0  # this cycle's grant
-    spent: float = 0.0  # ATP reported spent this cycle
-    runs_cycle: int = 0  # runs reported this cycle
-    short_cycle: bool = False  # a run this cycle stopped on its budget after spending some
-    done: bool = False  # its spare ATP of this cycle was re-granted
-    last_halt: str = ''
-    granted_total: float = 0.0
-    spent_total: float = 0.0
-
-    def demand(self, cap: float) -> float:
-        """ATP this plugin is expected to use per cycle (at least one run), at most ``cap``."""
-        return min(self.need * max(self.runs_per_cycle, 1.0), cap)
-
-    def spare(self) -> float:
-        """ATP of this cycle's grant it will not need: what is left beyond its expected runs."""
-        expected_left = max(round(self.runs_per_cycle) - self.runs_cycle, 0)
-        return max(self.granted - self.spent - expected_left * self.need, 0.0)
 
 
 def default_trust_file() -> str:
@@ -115,10 +79,10 @@ class OrchestratorNode(Node):
             self.get_logger().info(
                 f'trust loaded from {path}: ' + ', '.join(
                     f'{n}={e.trust:.2f}' for n, e in sorted(self.trust.entries.items())))
-        self.plugins: Dict[str, PluginBook] = {}
-        self.cycle = 0
-        self.overallocations = 0
-        self.regranted_total = 0.0
+        self.alloc = CycleAllocator(
+            total=self.get_parameter('total_atp').value, floor=self.get_parameter('floor').value,
+            headroom=self.get_parameter('demand_headroom').value,
+            liveness_timeout=self.get_parameter('liveness_timeout_s').value, trust=self.trust)
         self.overhead_ms = 0.0  # EMA of the CPU time of a cycle (allocation + publishing)
         self._dirty = False
         self._last_save = 0.0
@@ -137,43 +101,29 @@ class OrchestratorNode(Node):
 
     # ------------------------------------------------------------------------- cycles
 
-    def _grant(self, name: str, atp: float) -> None:
-        b = self.plugins[name]
-        self._grant_pub.publish(BudgetGrant(
-            plugin=name, cycle=self.cycle, atp_granted=float(atp), step_cap=0,
-            trust_weight=float(self.trust.trust(name))))
-        b.granted = float(atp)
+    def _publish_grants(self, grants) -> None:
+        for name, atp in grants.items():
+            self._grant_pub.publish(BudgetGrant(
+                plugin=name, cycle=self.alloc.cycle, atp_granted=float(atp), step_cap=0,
+                trust_weight=float(self.trust.trust(name))))
 
     def _on_cycle(self) -> None:
         t_cpu = time.thread_time()
         now = time.monotonic()
-        timeout = self.get_parameter('liveness_timeout_s').value
-        for name in [n for n, b in self.plugins.items() if now - b.last_seen > timeout]:
-            self.get_logger().warning(f'{name} silent for {timeout} s: left the allocation')
-            del self.plugins[name]
-        total = float(self.get_parameter('total_atp').value)
-        headroom = self.get_parameter('demand_headroom').value
-        for b in self.plugins.values():  # learn from the cycle that ends
-            if self.cycle > 0:
-                b.runs_per_cycle += 0.3 * (b.runs_cycle - b.runs_per_cycle)
-            if b.short_cycle:
-                b.need = min(b.need * headroom, total)
-        self.cycle += 1
-        shares = allocate(total, {n: (self.trust.trust(n), b.demand(total))
-                                  for n, b in self.plugins.items()},
-                          self.get_parameter('floor').value)
-        if sum(shares.values()) > total * (1 + 1e-9) + 1e-9:
-            self.overallocations += 1
-        for name, b in self.plugins.items():
-            b.spent, b.runs_cycle, b.short_cycle, b.done = 0.0, 0, False, False
-            self._grant(name, shares.get(name, 0.0))
-            b.granted_total += b.granted
+        a = self.alloc
+        a.total = float(self.get_parameter('total_atp').value)
+        a.floor = float(self.get_parameter('floor').value)
+        a.headroom = float(self.get_parameter('demand_headroom').value)
+        a.liveness_timeout = float(self.get_parameter('liveness_timeout_s').value)
+        grants = a.start_cycle(now)
+        for name in a.left:
+            self.get_logger().warning(
+                f'{name} silent for {a.liveness_timeout} s: left the allocation')
+        self._publish_grants(grants)
         self._maybe_save(now)
         dt = (time.thread_time() - t_cpu) * 1e3
-        self.overhead_ms = dt if self.cycle == 1 else self.overhead_ms + 0.1 * (
+        self.overhead_ms = dt if a.cycle == 1 else self.overhead_ms + 0.1 * (
             dt - self.overhead_ms)
-
-    # ---------------------------------------------------------------------- telemetry
 
     def _on_telemetry(self, msg: IRPTelemetry) -> None:
         name = msg.entity_id
@@ -181,56 +131,13 @@ class OrchestratorNode(Node):
             return
         try:
             record = msg_to_record(msg)
-            score = run_score(record)
         except (ValueError, KeyError, TypeError) as exc:
             self.get_logger().error(f'unreadable telemetry from {name}: {exc}')
             return
-        now = time.monotonic()
-        b = self.plugins.get(name)
-        spent = float(msg.atp_spent)
-        if b is None:
-            b = self.plugins[name] = PluginBook(kind=msg.plugin, last_seen=now,
-                                                need=max(spent, 1e-3))
+        if name not in self.alloc.plugins:
             self.get_logger().info(f'{name} ({msg.plugin}) joined the allocation')
-        dt = now - b.last_seen
-        if dt > 0:
-            b.rate_hz += 0.2 * (1.0 / dt - b.rate_hz)
-        b.last_seen = now
-        b.runs += 1
-        b.last_halt = msg.halt_reason
-        b.errors += msg.halt_reason == 'error'
-        b.spent_total += spent
-        self.trust.update(name, score)
+        self._publish_grants(self.alloc.observe(name, msg.plugin, record, time.monotonic()))
         self._dirty = True
-        if msg.halt_reason == 'budget':
-            b.budget_halts += 1
-        elif msg.halt_reason in _EARLY:
-            b.need += 0.3 * (max(spent, 1e-3) - b.need)
-        meta = json.loads(msg.metadata_json) if msg.metadata_json else {}
-        if meta.get('cycle') != self.cycle:
-            return  # a run on a default budget or an older grant
-        b.spent += spent
-        b.runs_cycle += 1
-        if msg.halt_reason == 'budget' and spent > 0:
-            b.short_cycle = True
-        elif msg.halt_reason in _EARLY and not b.done:
-            self._regrant_from(name)
-
-    def _regrant_from(self, name: str) -> None:
-        """Hand ``name``'s spare ATP of this cycle to plugins of this cycle that want more."""
-        b = self.plugins[name]
-        total = float(self.get_parameter('total_atp').value)
-        running = {n: (self.trust.trust(n), max(o.demand(total) - o.granted, 0.0))
-                   for n, o in self.plugins.items() if n != name and not o.done}
-        ups = {n: v for n, v in regrant(b.spare(), running).items() if v > 0}
-        if not ups:
-            return
-        b.done = True
-        given = sum(ups.values())
-        self._grant(name, b.granted - given)  # lower the finished plugin's grant first
-        for n, v in sorted(ups.items()):
-            self._grant(n, self.plugins[n].granted + v)
-        self.regranted_total += given
 
     # ------------------------------------------------------------------------- health
 
@@ -246,16 +153,17 @@ class OrchestratorNode(Node):
     def _publish_diagnostics(self) -> None:
         arr = DiagnosticArray()
         arr.header.stamp = self.get_clock().now().to_msg()
+        a = self.alloc
         top = DiagnosticStatus(name=f'{self.get_fully_qualified_name()}: orchestrator',
-                               level=DiagnosticStatus.OK if not self.overallocations
+                               level=DiagnosticStatus.OK if not a.overallocations
                                else DiagnosticStatus.ERROR,
-                               message=f'{len(self.plugins)} plugins')
+                               message=f'{len(a.plugins)} plugins')
         top.values = [KeyValue(key=k, value=str(v)) for k, v in (
-            ('cycle', self.cycle), ('overallocations', self.overallocations),
-            ('regranted_atp_total', round(self.regranted_total, 6)),
+            ('cycle', a.cycle), ('overallocations', a.overallocations),
+            ('regranted_atp_total', round(a.regranted_total, 6)),
             ('overhead_ms_per_cycle', round(self.overhead_ms, 4)))]
         arr.status.append(top)
-        for name, b in sorted(self.plugins.items()):
+        for name, b in sorted(a.plugins.items()):
             trust = self.trust.trust(name)
             level = DiagnosticStatus.WARN if (trust < 0.5 or b.errors) else DiagnosticStatus.OK
             st = DiagnosticStatus(name=f'{name}: allocation', level=level, hardware_id=b.kind,
