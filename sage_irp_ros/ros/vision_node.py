@@ -1,0 +1,119 @@
+"""``vision_irp_node``: camera frames segmented by latent refinement (the vision plugin).
+
+Subscribes to a ``sensor_msgs/Image`` (rgb8, bgr8, mono8, rgba8, bgra8; any size) and publishes,
+with the input's header:
+
+- ``output_topic`` (default ``mask``): ``mono8`` class mask, one class id per pixel, at the
+  input's size;
+- ``overlay_topic`` (default ``overlay``): ``rgb8`` colour overlay for rviz, computed only while
+  someone subscribes;
+- telemetry, as every plugin node does.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Optional, Tuple
+
+import numpy as np
+from sensor_msgs.msg import Image
+from std_msgs.msg import Header
+
+from sage_irp_ros.core import HaltConfig
+from sage_irp_ros.plugins.vision.plugin import DEFAULT_WEIGHTS, VisionIRP
+from sage_irp_ros.ros import conversions
+from sage_irp_ros.ros.host import IRPNodeHost, _descriptor, run_node
+
+# Overlay colours per class id (background keeps the camera image).
+PALETTE = np.array([[0, 0, 0], [230, 25, 75], [60, 180, 75], [0, 130, 200], [245, 130, 48],
+                    [145, 30, 180], [70, 240, 240], [240, 50, 230], [210, 245, 60]], np.uint8)
+
+
+def overlay(rgb: np.ndarray, mask: np.ndarray, alpha: float) -> np.ndarray:
+    """Blend class colours into ``rgb`` where the mask is not background."""
+    colours = PALETTE[mask % len(PALETTE)].astype(np.float32)
+    out = rgb.astype(np.float32)
+    fg = (mask > 0)[..., None]
+    out = np.where(fg, (1.0 - alpha) * out + alpha * colours, out)
+    return out.clip(0, 255).astype(np.uint8)
+
+
+class VisionIRPNode(IRPNodeHost):
+    """The vision plugin behind the node host."""
+
+    input_type = Image
+    sensor_input = True
+    default_input_topic = 'image'
+    default_output_topic = 'mask'
+
+    def __init__(self, node_name: str = 'vision_irp_node', **kwargs: Any):
+        """Create the node (``node_name`` may be overridden by ``__node:=``)."""
+        super().__init__(node_name, **kwargs)
+
+    def declare_plugin_parameters(self) -> None:
+        """Declare the model path, class names, overlay and input-size parameters."""
+        self.declare_parameter('model_path', '', _descriptor(
+            'Checkpoint of the vision model; empty = the weights shipped with the package',
+            read_only=True))
+        self.declare_parameter('class_names', [''], _descriptor(
+            'Names of the classes, by class id; [""] = the names stored in the checkpoint',
+            read_only=True))
+        self.declare_parameter('overlay_topic', 'overlay', _descriptor(
+            'Topic of the rgb8 colour overlay (published only while subscribed)',
+            read_only=True))
+        self.declare_parameter('overlay_alpha', 0.5, _descriptor(
+            'Opacity of the class colours in the overlay', float_range=(0.0, 1.0)))
+        self.declare_parameter('max_input_pixels', 4096 * 4096, _descriptor(
+            'Largest accepted image (width * height)', read_only=True,
+            int_range=(1, 1 << 30)))
+
+    def create_plugin(self) -> VisionIRP:
+        """Load the model on the configured device and precision."""
+        path = self.get_parameter('model_path').value or DEFAULT_WEIGHTS
+        plugin = VisionIRP.from_checkpoint(path, device=self.get_parameter('device').value,
+                                           precision=self.get_parameter('precision').value)
+        names = [n for n in self.get_parameter('class_names').value if n]
+        if names and len(names) != len(plugin.classes):
+            raise ValueError(f'class_names has {len(names)} entries but the model has '
+                             f'{len(plugin.classes)} classes {plugin.classes}')
+        self.class_names = tuple(names) if names else plugin.classes
+        self.get_logger().info(f'vision model {path}: classes {self.class_names}')
+        return plugin
+
+    def halt_defaults(self) -> HaltConfig:
+        """Use the halting parameters tuned with the model."""
+        return self.plugin.halt_config()
+
+    def decode(self, msg) -> Tuple[Any, Optional[Mapping[str, Any]]]:
+        """Decode the camera image to RGB."""
+        return conversions.image_to_rgb(msg, self.get_parameter('max_input_pixels').value), None
+
+    def create_outputs(self) -> None:
+        """Create the mask and overlay publishers."""
+        self._mask_pub = self.create_output_publisher(Image,
+                                                      self.get_parameter('output_topic').value)
+        self._overlay_pub = self.create_output_publisher(
+            Image, self.get_parameter('overlay_topic').value)
+
+    def publish_output(self, output: np.ndarray, header: Header, result, x0) -> None:
+        """Publish the mask, and the overlay when someone listens."""
+        self._mask_pub.publish(conversions.rgb_to_image(output, header, encoding='mono8'))
+        if self._overlay_pub.get_subscription_count() > 0:
+            self._overlay_pub.publish(conversions.rgb_to_image(
+                overlay(x0, output, self.get_parameter('overlay_alpha').value), header))
+
+    def run_metadata(self, output: np.ndarray, result) -> Mapping[str, Any]:
+        """Report the uncertain-pixel fraction of the final state."""
+        return {'uncertain_frac': float(result.state.meta['uncertain'])}
+
+    def example_input(self):
+        """Return a mid-grey frame, to calibrate the step cost."""
+        return np.full((64, 64, 3), 128, np.uint8), None
+
+
+def main(args=None) -> int:
+    """Run the vision node."""
+    return run_node(VisionIRPNode, args)
+
+
+if __name__ == '__main__':
+    raise SystemExit(main())
