@@ -32,6 +32,16 @@ def wait_for(predicate, timeout=10.0, period=0.02):
     return value
 
 
+def diag_value(diags, key):
+    """Return the newest value of ``key`` in a list of received DiagnosticArray messages."""
+    for arr in reversed(diags):
+        for st in arr.status:
+            for kv in st.values:
+                if kv.key == key:
+                    return kv.value
+    return None
+
+
 class RosHarness:
     """An rclpy context with one node spun in a background thread."""
 

@@ -4,7 +4,7 @@ import json
 import math
 
 import numpy as np
-from conftest import wait_for
+from conftest import diag_value, wait_for
 from diagnostic_msgs.msg import DiagnosticArray
 from std_msgs.msg import Float32MultiArray, String
 
@@ -29,15 +29,6 @@ def connect(ros, topic='/input'):
     pub = ros.node.create_publisher(Float32MultiArray, topic, 10)
     assert wait_for(lambda: pub.get_subscription_count() > 0, 15), 'node never subscribed'
     return pub
-
-
-def diag_value(diags, key):
-    for arr in reversed(diags):
-        for st in arr.status:
-            for kv in st.values:
-                if kv.key == key:
-                    return kv.value
-    return None
 
 
 def test_node_refines_publishes_result_and_telemetry_and_survives_bad_input(ros, node_process):
