@@ -30,8 +30,11 @@ setup(
         include=['sage_irp_ros', 'sage_irp_ros.*'],
         exclude=['sage_irp_ros.ros', 'sage_irp_ros.ros.*', 'sage_irp_ros.msg',
                  'sage_irp_ros.msg.*', '*.__pycache__', '*.__pycache__.*']),
-    package_data={'sage_irp_ros': ['schema/*.json']},
+    package_data={'sage_irp_ros': ['schema/*.json', 'plugins/vision/weights/*',
+                                   'plugins/language/weights/*']},
     include_package_data=True,
     install_requires=['numpy', 'jsonschema', 'PyYAML'],
+    # The model plugins; torch is left to the platform (JetPack ships its own CUDA build).
+    extras_require={'plugins': ['torch', 'scipy', 'scikit-image']},
     zip_safe=False,
 )
