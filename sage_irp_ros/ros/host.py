@@ -463,12 +463,14 @@ class IRPNodeHost(Node):
 
     def destroy_node(self) -> None:
         """Stop the worker (a run under way halts with ``manual``), then destroy the node."""
-        with self._lock:
-            self._stopping = True
-            self._cancel.set()
-            self._wake.notify_all()
-        if self._worker.is_alive() and threading.current_thread() is not self._worker:
-            self._worker.join(timeout=5.0)
+        worker = getattr(self, '_worker', None)  # None when __init__ failed part-way
+        if worker is not None:
+            with self._lock:
+                self._stopping = True
+                self._cancel.set()
+                self._wake.notify_all()
+            if worker.is_alive() and threading.current_thread() is not worker:
+                worker.join(timeout=5.0)
         super().destroy_node()
 
 
