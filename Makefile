@@ -23,8 +23,9 @@ VPY      := $(VENV)/bin/python
 BUILD_DIR := build/cmake
 NPROC    := $(shell nproc 2>/dev/null || echo 2)
 
-# Debian packages the project needs (xmllint: package.xml checks in tests).
-APT_PACKAGES := cmake g++ make libxml2-utils
+# Debian packages the project needs (xmllint: package.xml checks in tests; wordnet-base and
+# fortunes: the language plugin's training and held-out text).
+APT_PACKAGES := cmake g++ make libxml2-utils wordnet-base fortunes
 
 # Stamp files: the venv's live in .venv, the build's in build/, so removing either resets them.
 REQ_STAMP     := $(VENV)/.requirements.stamp
@@ -68,8 +69,9 @@ apt-deps:
 $(VPY): | apt-deps
 	$(PYTHON) -m venv $(VENV)
 
-$(REQ_STAMP): requirements.txt | $(VPY) apt-deps
+$(REQ_STAMP): requirements.txt requirements-nodeps.txt | $(VPY) apt-deps
 	$(VPY) -m pip install --progress-bar off -r requirements.txt
+	$(VPY) -m pip install --progress-bar off --no-deps -r requirements-nodeps.txt
 	@# Quirk 1: the message wheels' exported CMake files name the wheel builder's Python and
 	@# numpy include folders; point them at this venv's (after every (re)install of a wheel).
 	@py_inc=$$($(VPY) -c 'import sysconfig; print(sysconfig.get_paths()["include"])') && \
