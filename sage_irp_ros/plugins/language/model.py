@@ -1,0 +1,142 @@
+"""The masked language model of the language plugin: a small pre-norm transformer encoder.
+
+Word-level vocabulary (``tokenizer.json``, a ``tokenizers`` WordLevel model): one token per
+word or punctuation mark, so one ``[MASK]`` in the input is exactly one missing word. The
+network maps token ids (B, L) to per-position logits over the vocabulary (output projection
+tied to the input embedding) and to a pooled sentence state (mean of the final hidden states
+over the non-padding positions, L2-normalised) that the plugin uses as its meaning latent.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from typing import Dict, List, Optional, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+PAD, UNK, MASK = '[PAD]', '[UNK]', '[MASK]'
+SPECIALS = (PAD, UNK, MASK)
+
+
+@dataclass
+class MLMConfig:
+    """Shape of the network (saved with the weights)."""
+
+    vocab_size: int = 8003
+    d_model: int = 128
+    n_layers: int = 4
+    n_heads: int = 4
+    d_ff: int = 512
+    max_len: int = 32
+    dropout: float = 0.05
+
+
+class Vocab:
+    """Word-level vocabulary read from a ``tokenizers`` ``tokenizer.json`` (WordLevel model).
+
+    Only ``json`` is needed to read it at run time; ``tokenizers`` writes it (``train.py``).
+    """
+
+    def __init__(self, token_to_id: Dict[str, int]):
+        self.token_to_id = dict(token_to_id)
+        self.id_to_token: List[str] = [''] * len(self.token_to_id)
+        for t, i in self.token_to_id.items():
+            self.id_to_token[i] = t
+        self.pad = self.token_to_id[PAD]
+        self.unk = self.token_to_id[UNK]
+        self.mask = self.token_to_id[MASK]
+
+    @classmethod
+    def from_file(cls, path: str) -> 'Vocab':
+        """Load the vocabulary of a ``tokenizer.json``."""
+        with open(path, encoding='utf-8') as f:
+            data = json.load(f)
+        return cls(data['model']['vocab'])
+
+    def __len__(self) -> int:
+        return len(self.id_to_token)
+
+    def encode(self, toks: List[str]) -> List[int]:
+        """Token strings to ids (``[UNK]`` for words outside the vocabulary)."""
+        get = self.token_to_id.get
+        return [get(t, self.unk) for t in toks]
+
+
+class MaskedLM(nn.Module):
+    """Token + position embeddings, pre-norm transformer encoder, tied output head."""
+
+    def __init__(self, cfg: MLMConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.tok = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.pos = nn.Embedding(cfg.max_len, cfg.d_model)
+        self.drop = nn.Dropout(cfg.dropout)
+        layer = nn.TransformerEncoderLayer(cfg.d_model, cfg.n_heads, cfg.d_ff, cfg.dropout,
+                                           activation='gelu', batch_first=True,
+                                           norm_first=True)
+        self.encoder = nn.TransformerEncoder(layer, cfg.n_layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(cfg.d_model)
+        self.head_bias = nn.Parameter(torch.zeros(cfg.vocab_size))
+        nn.init.normal_(self.tok.weight, std=0.02)
+        nn.init.normal_(self.pos.weight, std=0.02)
+
+    def hidden(self, ids: torch.Tensor, pad: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Return the final hidden states (B, L, d); ``pad``: (B, L) bool, True at padding."""
+        pos = torch.arange(ids.shape[1], device=ids.device)
+        x = self.drop(self.tok(ids) + self.pos(pos)[None])
+        x = self.encoder(x, src_key_padding_mask=pad)
+        return self.norm(x)
+
+    def logits(self, h: torch.Tensor) -> torch.Tensor:
+        """Vocabulary logits of hidden states (..., d) -> (..., V)."""
+        return F.linear(h, self.tok.weight, self.head_bias)
+
+    @staticmethod
+    def pooled(h: torch.Tensor, pad: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Mean of ``h`` over non-padding positions, L2-normalised: (B, d)."""
+        if pad is None:
+            m = h.mean(1)
+        else:
+            keep = (~pad).unsqueeze(-1).to(h.dtype)
+            m = (h * keep).sum(1) / keep.sum(1).clamp_min(1.0)
+        return F.normalize(m, dim=-1)
+
+    def forward(self, ids: torch.Tensor, pad: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Logits (B, L, V)."""
+        return self.logits(self.hidden(ids, pad))
+
+
+def n_params(net: nn.Module) -> int:
+    """Return the number of parameters."""
+    return sum(p.numel() for p in net.parameters())
+
+
+def save_checkpoint(path: str, net: MaskedLM, extra: Optional[dict] = None) -> None:
+    """Save config + fp16 weights (halves the committed size; loaded back as fp32)."""
+    state = {k: v.detach().to(torch.float16) if v.is_floating_point() else v
+             for k, v in net.state_dict().items()}
+    torch.save({'config': asdict(net.cfg), 'state_dict': state, 'extra': extra or {}}, path)
+
+
+def load_checkpoint(path: str) -> Tuple[MaskedLM, dict]:
+    """Load a checkpoint written by :func:`save_checkpoint` (fp32, eval mode)."""
+    ck = torch.load(path, map_location='cpu', weights_only=True)
+    net = MaskedLM(MLMConfig(**ck['config']))
+    net.load_state_dict({k: v.float() if v.is_floating_point() else v
+                         for k, v in ck['state_dict'].items()})
+    net.eval()
+    for p in net.parameters():
+        p.requires_grad_(False)
+    return net, ck.get('extra', {})
+
+
+def lr_at(step: int, total: int, peak: float, warmup: int) -> float:
+    """Linear warm-up then cosine decay to 10 % of ``peak``."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    frac = min(1.0, (step - warmup) / max(1, total - warmup))
+    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))

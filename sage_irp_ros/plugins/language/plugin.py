@@ -1,0 +1,210 @@
+"""``LanguageIRP``: repair masked text by iterative unmasking (the language plugin, issue #4).
+
+Mask token syntax: ``[MASK]`` (upper-case, brackets included) stands for exactly **one**
+missing token: one word (``don't`` and ``robot's`` are one word) or one punctuation mark. A run
+of ``n`` dropped words is marked by the sender with ``n`` masks (``"put the [MASK] [MASK] on
+the table"``). Everything that is not a mask is kept verbatim in the output (case, spacing,
+punctuation, words outside the vocabulary); only the masks are replaced, each by a lower-case
+vocabulary word. Text without a mask is returned unchanged after zero steps.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any, List, Mapping, Optional
+
+import numpy as np
+import torch
+
+from sage_irp_ros.core.loop import HaltConfig
+from sage_irp_ros.core.plugin import HALT_STABLE, IRPPlugin, IRPState, Schedule
+from sage_irp_ros.plugins.language.corpus import MASK_TEXT, words
+from sage_irp_ros.plugins.language.model import SPECIALS, MaskedLM, Vocab, load_checkpoint
+
+WEIGHTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'weights')
+DEFAULT_WEIGHTS = os.path.join(WEIGHTS_DIR, 'language_mlm.pt')
+DEFAULT_TOKENIZER = os.path.join(WEIGHTS_DIR, 'tokenizer.json')
+
+
+class LanguageIRP(IRPPlugin):
+    """Fill the ``[MASK]`` tokens of an utterance by Mask-Predict style iterative unmasking.
+
+    Four invariants:
+
+    - **state space**: the payload is the current hypothesis, a (1, L) int64 tensor of
+      word-level token ids (``L`` <= ``max_len`` tokens of the input); ``state.meta`` holds the
+      positions that were masked in the input (``M``, ``n = |M|``), the negative
+      log-likelihood of the word now at each of them, the meaning latent of the hypothesis and
+      the history of its changes. Positions outside ``M`` never change. Step 1 predicts every
+      masked position at once (the one-shot fill); step ``t >= 1`` re-masks every fill whose
+      probability is below ``tau_t = keep_p * (1 - t / H)`` (``H = min(horizon,
+      max_steps)``: the threshold, and with it the re-masked set, falls linearly with the step
+      index as ``schedule.noise_level`` does over ``H``) and predicts them again from the
+      trusted fills and the rest of the text; at ``t >= H`` nothing is re-masked.
+    - **noise / uncertainty model**: the sender lost whole words (dropped or garbled spans),
+      marked ``[MASK]``; nothing is known about them but their count. The model's posterior
+      ``p(w_i | visible words)`` at a masked position is the uncertainty; its argmax is the
+      fill, and its NLL ranks which fills to doubt (re-mask) next.
+    - **energy**: the mean over the originally masked positions of the NLL of the word
+      currently filled there, with a still-masked position costing ``ln V`` (a uniform guess
+      over the ``V`` words), in **nats per masked token**, in ``[0, ln V]`` (``ln V`` for the
+      fully masked input, 0 for a certain filling); lower is better. 0 for text without masks.
+      ``energy_scale`` is ``ln V``, so the core's slope ``eps`` is a fraction of it per step.
+      Halting: ``stable`` when the **meaning latent** (the model's own mean-pooled final
+      hidden state of the hypothesis, L2-normalised, 128-d) moved by less than
+      ``stable_eps`` in cosine distance ``1 - cos`` at each of the last ``stable_K`` steps, or
+      at once when there is nothing to repair; then the core's rules (``halt_config()`` turns
+      the slope rule off: the schedule ends in steps that change nothing, which ``stable``
+      catches).
+    - **contribution (coherence)**: a complete utterance for the downstream parser / planner
+      when speech recognition or a channel lost words, plus its meaning latent
+      (:meth:`meaning`) for other plugins; easy repairs stop after 2-3 steps and return their
+      budget.
+
+    The plugin reads only the masked text: ``ctx`` is ignored, and no reference text exists
+    anywhere in it (no oracle). One instance holds the network and configuration only, so any
+    number of texts may be refined at once (threads) with one instance.
+    """
+
+    kind = 'language'
+    version = 'language-mlm-1'
+
+    def __init__(self, net: MaskedLM, vocab: Vocab, horizon: int = 8, keep_p: float = 0.95,
+                 stable_eps: float = 1e-3, stable_K: int = 2):
+        """Wrap a trained ``net`` and its ``vocab`` with the schedule and halting parameters.
+
+        ``horizon`` is the length ``H`` of the linear mask schedule (steps), ``keep_p`` the
+        starting trust threshold (probability) of that schedule; ``stable_eps`` the
+        cosine-distance threshold and ``stable_K`` the window of the ``stable`` rule.
+        """
+        if len(vocab) != net.cfg.vocab_size:
+            raise ValueError(f'vocabulary of {len(vocab)} words does not match the model '
+                             f'({net.cfg.vocab_size})')
+        if horizon < 1 or stable_K < 1 or not stable_eps >= 0 or not 0 < keep_p <= 1:
+            raise ValueError('horizon, stable_K >= 1, stable_eps >= 0, 0 < keep_p <= 1 needed')
+        self.net = net.eval()
+        self.vocab = vocab
+        self.horizon = int(horizon)
+        self.keep_p = float(keep_p)
+        self.stable_eps = float(stable_eps)
+        self.stable_K = int(stable_K)
+        self.log_v = math.log(len(vocab) - len(SPECIALS))
+        self._ban = torch.zeros(len(vocab))
+        self._ban[[vocab.token_to_id[s] for s in SPECIALS]] = -math.inf
+
+    @classmethod
+    def from_files(cls, weights: str, tokenizer: str, **kwargs: Any) -> 'LanguageIRP':
+        """Load a checkpoint and tokenizer written by ``train.py``."""
+        net, _ = load_checkpoint(weights)
+        return cls(net, Vocab.from_file(tokenizer), **kwargs)
+
+    def halt_config(self, max_steps: int = 14) -> HaltConfig:
+        """Return the plugin's own halting: ``stable`` and ``max_steps`` only (slope rule off)."""
+        return HaltConfig(eps=0.0, K=max_steps + 1, max_steps=max_steps)
+
+    # --- the contract -------------------------------------------------------------------
+    def _meaning(self, ids: torch.Tensor) -> torch.Tensor:
+        return MaskedLM.pooled(self.net.hidden(ids))[0]
+
+    def init_state(self, x0: Any, ctx: Optional[Mapping[str, Any]] = None) -> IRPState:
+        """Split the text into tokens; masks become ``[MASK]`` ids (``ctx`` is not read)."""
+        if not isinstance(x0, str):
+            raise ValueError(f'expected a str, got {type(x0).__name__}')
+        spans = words(x0)
+        if len(spans) > self.net.cfg.max_len:
+            raise ValueError(f'{len(spans)} tokens exceed max_len={self.net.cfg.max_len}')
+        masked = [i for i, (t, _, _) in enumerate(spans) if t == MASK_TEXT]
+        meta = {'text': x0, 'spans': [(a, b) for _, a, b in spans], 'masked': masked,
+                'nll': np.full(len(masked), self.log_v), 'filled': False, 'dmeaning': []}
+        ids = torch.tensor([self.vocab.encode([t for t, _, _ in spans])], dtype=torch.long)
+        if masked:
+            with torch.inference_mode():
+                meta['meaning'] = self._meaning(ids)
+        return IRPState(payload=ids, meta=meta)
+
+    def energy(self, state: IRPState) -> float:
+        """Mean NLL (nats) of the fills over the masked positions; ``ln V`` if still masked."""
+        nll = state.meta['nll']
+        return float(nll.mean()) if len(nll) else 0.0
+
+    def step(self, state: IRPState, schedule: Schedule) -> IRPState:
+        """Re-mask the fills below the falling trust threshold (all at step 1) and predict them."""
+        m = state.meta
+        masked = m['masked']
+        n = len(masked)
+        nll = m['nll']
+        if not m['filled']:
+            order = np.arange(n)
+        else:
+            h = max(1, min(self.horizon, schedule.max_steps))
+            tau = self.keep_p * max(0.0, 1.0 - schedule.step_idx / h)
+            # re-mask every fill whose probability is below the falling threshold tau
+            order = np.flatnonzero(np.exp(-nll) < tau)
+        if len(order) == 0:  # all fills trusted: the hypothesis and its meaning stay
+            return state.evolve(state.payload, dmeaning=m['dmeaning'] + [0.0])
+        pos = torch.tensor([masked[j] for j in order], dtype=torch.long)
+        ids = state.payload.clone()
+        with torch.inference_mode():
+            inp = ids.clone()
+            inp[0, pos] = self.vocab.mask
+            h_all = self.net.hidden(inp)
+            logp = torch.log_softmax(self.net.logits(h_all[0, pos]) + self._ban, -1)
+            best, tok = logp.max(-1)
+            ids[0, pos] = tok
+            meaning = self._meaning(ids)
+            dm = float(1.0 - torch.dot(meaning, m['meaning']).clamp(-1, 1))
+        new_nll = nll.copy()
+        new_nll[order] = (-best).numpy().astype(np.float64)
+        return state.evolve(ids, nll=new_nll, filled=True, meaning=meaning,
+                            dmeaning=m['dmeaning'] + [max(dm, 0.0)])
+
+    def halt(self, state: IRPState, energies: list) -> Optional[str]:
+        """'stable': nothing to repair, or the meaning moved < ``stable_eps`` for K steps."""
+        m = state.meta
+        if not m['masked']:
+            return HALT_STABLE
+        d = m['dmeaning']
+        if len(d) >= self.stable_K and all(x < self.stable_eps for x in d[-self.stable_K:]):
+            return HALT_STABLE
+        return None
+
+    def energy_scale(self, e0: float) -> float:
+        """``ln V``: the energy of a fully masked input."""
+        return self.log_v
+
+    def filled_tokens(self, state: IRPState) -> List[str]:
+        """Return the words at the masked positions, in order (``[MASK]`` if not filled)."""
+        ids = state.payload[0]
+        if not state.meta['filled']:
+            return [MASK_TEXT] * len(state.meta['masked'])
+        return [self.vocab.id_to_token[int(ids[i])] for i in state.meta['masked']]
+
+    def result(self, state: IRPState) -> str:
+        """Return the input text with each ``[MASK]`` replaced by its fill (rest verbatim)."""
+        text, spans = state.meta['text'], state.meta['spans']
+        out, last = [], 0
+        for i, word in zip(state.meta['masked'], self.filled_tokens(state), strict=True):
+            a, b = spans[i]
+            out.append(text[last:a])
+            out.append(word)
+            last = b
+        out.append(text[last:])
+        return ''.join(out)
+
+    def meaning(self, state: IRPState) -> np.ndarray:
+        """Return the meaning latent of ``state`` (float32, L2-normalised, ``d_model``-d)."""
+        if 'meaning' not in state.meta:  # nothing masked: computed on demand
+            if state.payload.shape[1] == 0:
+                return np.zeros(self.net.cfg.d_model, dtype=np.float32)
+            with torch.inference_mode():
+                return self._meaning(state.payload).numpy().astype(np.float32)
+        return state.meta['meaning'].numpy().astype(np.float32)
+
+
+def load_default(**kwargs: Any) -> LanguageIRP:
+    """Load the plugin with the committed weights (``weights/`` next to this module)."""
+    for p in (DEFAULT_WEIGHTS, DEFAULT_TOKENIZER):
+        if not os.path.exists(p):
+            raise FileNotFoundError(f'committed language weights missing: {p}')
+    return LanguageIRP.from_files(DEFAULT_WEIGHTS, DEFAULT_TOKENIZER, **kwargs)
