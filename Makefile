@@ -3,7 +3,9 @@
 #   make setup   idempotent: Debian packages, .venv with requirements.txt, build msg/ and
 #                install the package into .venv (seconds when nothing changed)
 #   make test    setup, then the whole pytest suite under test/
-#   make demo    run `python -m sage_irp_ros.demo` once that module exists
+#   make bench   setup, then the benchmarks (out/bench/{vision,language,orchestrator}.json)
+#   make demo    replay data/sample_bag through the nodes, record and score the outputs into
+#                out/demo/ (`python -m sage_irp_ros.demo`, docs/DEMO.md)
 #   make clean   remove build outputs and caches (`make distclean` also removes .venv)
 #
 # How the package is found: the ROS 2 wheels install into the venv as an ament prefix
@@ -24,8 +26,9 @@ BUILD_DIR := build/cmake
 NPROC    := $(shell nproc 2>/dev/null || echo 2)
 
 # Debian packages the project needs (xmllint: package.xml checks in tests; wordnet-base and
-# fortunes: the language plugin's training and held-out text).
-APT_PACKAGES := cmake g++ make libxml2-utils wordnet-base fortunes
+# fortunes: the language plugin's training and held-out text; flite: the speech of the sample
+# bag, tools/make_sample_bag.py).
+APT_PACKAGES := cmake g++ make libxml2-utils wordnet-base fortunes flite
 
 # Stamp files: the venv's live in .venv, the build's in build/, so removing either resets them.
 REQ_STAMP     := $(VENV)/.requirements.stamp
@@ -46,7 +49,7 @@ BUILD_ENV := PATH="$(VENV_ABS)/bin:$$PATH" AMENT_PREFIX_PATH="$(VENV_ABS)" \
 # Environment for running code (same as tools/env.sh): ament_index finds the venv prefix.
 RUN_ENV := AMENT_PREFIX_PATH="$(VENV_ABS)"
 
-.PHONY: setup test demo clean distclean apt-deps
+.PHONY: setup test demo bench clean distclean apt-deps
 
 setup: $(INSTALL_STAMP)
 
@@ -109,7 +112,13 @@ $(INSTALL_STAMP): $(CONF_STAMP) $(MSG_FILES) $(INSTALL_SRCS)
 test: setup
 	$(RUN_ENV) $(VPY) -m pytest test/ $(PYTEST_ARGS)
 
-# --- Demo: runs once sage_irp_ros/demo(.py) exists.
+# --- Benchmarks (not tests: they report speed and quality figures into out/bench/*.json).
+bench: setup
+	$(RUN_ENV) $(VPY) bench/vision_bench.py --n 200
+	$(RUN_ENV) $(VPY) bench/language_bench.py
+	$(RUN_ENV) $(VPY) bench/orchestrator_bench.py --cycles 60
+
+# --- Demo: the sample bag through the nodes; exit status 0 only when every stage worked.
 demo:
 	@if [ -f sage_irp_ros/demo.py ] || [ -f sage_irp_ros/demo/__main__.py ]; then \
 	  $(MAKE) --no-print-directory setup && $(RUN_ENV) $(VPY) -m sage_irp_ros.demo; \

@@ -15,11 +15,13 @@ Allocation rule (a water-filling form of the spec's ``max(floor*T, T*w_i/sum(w))
 1. every plugin first gets ``min(demand_i, floor * T)`` (the floor; if the floors of all
    plugins would exceed ``T``, each gets ``T / n``, capped by its demand);
 2. the rest is shared in proportion to ``w_i`` among plugins whose demand is not yet met, each
-   capped at its demand; what a capped plugin cannot use is shared again among the others.
+   capped at its demand; what a capped plugin cannot use is shared again among the others;
+3. if every demand is met, the surplus is shared in proportion to ``w_i`` too (more steps for
+   those who use them; what a plugin does not use comes back through re-grants).
 
-So the sum never exceeds ``T``, nobody gets more than it asked for, the floor holds whenever
-it is feasible, and the result depends only on the inputs (plugins are visited in name order).
-ATP nobody asked for stays unallocated (a reserve for re-grants).
+So the sum is ``T`` (never more), demands are met before any surplus is handed out, the floor
+holds whenever it is feasible, and the result depends only on the inputs (plugins are visited
+in name order).
 """
 
 from __future__ import annotations
@@ -85,7 +87,9 @@ def allocate(total: float, plugins: Mapping[str, Tuple[float, float]],
     rest = total - sum(given.values())
     weights = {n: active[n][0] * active[n][1] for n in names}
     caps = {n: active[n][1] for n in names}
-    _water_fill(rest, weights, caps, given)
+    rest = _water_fill(rest, weights, caps, given)
+    if rest > _EPS:  # every demand is met: the surplus buys extra steps, by trust x demand
+        _water_fill(rest, weights, {n: math.inf for n in names}, given)
     # Guard against rounding: never hand out more than total.
     s = sum(given.values())
     if s > total:
@@ -349,14 +353,17 @@ class CycleAllocator:
             b.budget_halts += 1
         elif reason in _FINISHED:
             b.need += 0.3 * (max(spent, 1e-3) - b.need)
+        price = (record.get('metadata') or {}).get('atp_per_step')
+        if isinstance(price, (int, float)) and math.isfinite(price) and price > 0:
+            b.need = max(b.need, float(price))  # at least one step
         if cycle is None:
             cycle = (record.get('metadata') or {}).get('cycle')
         if cycle != self.cycle:
             return {}  # a run on a default budget or an older grant
         b.spent += spent
         b.runs_cycle += 1
-        if reason == 'budget' and spent > 0:
-            b.short_cycle = True
+        if reason == 'budget':
+            b.short_cycle = True  # it wanted more (even a run that could not pay one step)
             return {}
         if reason not in _FINISHED or b.done:
             return {}

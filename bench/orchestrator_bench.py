@@ -1,0 +1,265 @@
+"""Orchestrator benchmark: the same input stream under three budget policies.
+
+The vision and language plugins and the misbehaving test fixture (noisy, non-monotone energy)
+each get one input per cycle: held-out scenes alternating easy and hard, held-out sentences
+alternating 15 % and 50 % span masking, noisy signals. Every cycle shares a fixed total ATP.
+Policies, on identical inputs:
+
+- ``trust``: the orchestrator's own bookkeeping (:class:`CycleAllocator`: trust x demand with a
+  floor, same-cycle re-grant of early-halt savings, trust learned from every run);
+- ``equal``: ``T / 3`` per plugin per cycle, no re-grant;
+- ``unlimited``: no budget at all (every plugin runs until its own halting rule or max_steps).
+
+ATP is charged at a fixed per-plugin tariff measured once at start-up (median step time), so the
+three policies pay the same price for the same step and the comparison is deterministic. The
+total per cycle is ``--atp-fraction`` of the mean ATP per cycle the unlimited policy spends.
+Within a cycle the plugins run one after the other, the cheapest expected run first (in a live
+system they run concurrently and the short runs finish first; that is when their savings can
+be re-granted to the long ones).
+
+Quality: vision mIoU over all frames (``plugins/vision/evaluate.py``), language token accuracy
+over the masked positions; combined score = mean over vision and language of quality relative to
+the unlimited policy (1.0 = nothing lost). The fixture's quality (fraction of noise removed) is
+reported, not combined: it is a test fixture.
+
+Deadline misses: cycles whose compute (every run of the cycle, encoding and decoding
+included, one after the other) took longer than ``--period-ms``.
+
+Usage: ``python bench/orchestrator_bench.py [--cycles 60] [--atp-fraction 0.5]``; writes
+``out/bench/orchestrator.json``.
+"""
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+
+import numpy as np
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from sage_irp_ros.core import Budget, HaltConfig, StepCostMeter, make_record, refine  # noqa: E402
+from sage_irp_ros.core.allocator import CycleAllocator, TrustBook  # noqa: E402
+from sage_irp_ros.plugins.fixture import NoisyFixture  # noqa: E402
+from sage_irp_ros.plugins.language import corpus  # noqa: E402
+from sage_irp_ros.plugins.language.evaluate import mask_sentence  # noqa: E402
+from sage_irp_ros.plugins.language.plugin import load_default as load_language  # noqa: E402
+from sage_irp_ros.plugins.vision.evaluate import IoUAccumulator  # noqa: E402
+from sage_irp_ros.plugins.vision.plugin import load_default as load_vision  # noqa: E402
+from sage_irp_ros.plugins.vision.scenes import held_out  # noqa: E402
+
+REAL = ('vision', 'language')
+
+
+class Workload:
+    """One plugin, its inputs (one per cycle), its halting config and its task metric."""
+
+    def __init__(self, name, kind, plugin, config, items, metric):
+        self.name, self.kind, self.plugin, self.config = name, kind, plugin, config
+        self.items, self.metric = items, metric  # items: [(x0, truth)]; metric(outs, truths)
+
+
+def workloads(cycles):
+    vision = load_vision()
+    imgs_e, gts_e = held_out('easy', (cycles + 1) // 2)
+    imgs_h, gts_h = held_out('hard', (cycles + 1) // 2)
+    v_items = []
+    for i in range(cycles):
+        imgs, gts = (imgs_e, gts_e) if i % 2 == 0 else (imgs_h, gts_h)
+        v_items.append((imgs[i // 2], gts[i // 2]))
+
+    def v_metric(results, truths):
+        acc = IoUAccumulator(len(vision.classes))
+        for r, gt in zip(results, truths, strict=True):
+            acc.add(r.output, gt)
+        return acc.miou()
+
+    language = load_language()
+    sents = corpus.load_sentences()['held_out']
+    l_items = []
+    for i in range(cycles):
+        toks = sents[i]
+        text, pos = mask_sentence(toks, 0.15 if i % 2 == 0 else 0.5)
+        l_items.append((text, [toks[p] for p in pos]))
+
+    def l_metric(results, truths):
+        ok = n = 0
+        for r, truth in zip(results, truths, strict=True):
+            fills = language.filled_tokens(r.state)
+            ok += sum(a == b for a, b in zip(fills, truth, strict=True))
+            n += len(truth)
+        return ok / max(n, 1)
+
+    rng = np.random.default_rng(7)
+    t = np.linspace(0, 6, 256)
+    f_items = []
+    for i in range(cycles):
+        clean = np.sin(t * (1 + i % 5))
+        f_items.append((clean + 0.4 * rng.standard_normal(t.size), clean))
+
+    def f_metric(results, truths):
+        gains = []
+        for r, (x0, clean) in zip(results, truths, strict=True):
+            before = np.mean((x0 - clean) ** 2)
+            after = np.mean((r.output - clean) ** 2)
+            gains.append(float(np.clip(1 - after / before, 0, 1)))
+        return float(np.mean(gains))
+
+    fixture = NoisyFixture(noise=0.5)
+    return [
+        Workload('/vision_irp_node', 'vision', vision, vision.halt_config(), v_items, v_metric),
+        Workload('/language_irp_node', 'language', language, language.halt_config(), l_items,
+                 l_metric),
+        Workload('/fixture_irp_node', 'custom', fixture, HaltConfig(eps=1e-3, K=2,
+                                                                     max_steps=40),
+                 [(x, (x, c)) for x, c in f_items], f_metric),
+    ]
+
+
+def run_policy(policy, wls, tariffs, total, cycles, period_ms):
+    """Run every cycle under ``policy``; return per-plugin results and accounting."""
+    results = {w.name: [] for w in wls}
+    spent = {w.name: 0.0 for w in wls}
+    halts = {w.name: {} for w in wls}
+    misses = 0
+    walls = []
+    over = 0
+    overhead = []
+    trust_hist = {w.name: [] for w in wls}
+    share_hist = {w.name: [] for w in wls}
+    alloc = CycleAllocator(total=total, floor=0.05, liveness_timeout=1e9,
+                           trust=TrustBook(alpha=0.2)) if policy == 'trust' else None
+    order = sorted(wls, key=lambda w: tariffs[w.name][1])  # cheapest expected run first
+    for c in range(cycles):
+        t_cpu = time.thread_time()
+        if policy == 'trust':
+            grants = alloc.start_cycle(now=float(c)) if c else {w.name: total / len(wls)
+                                                               for w in wls}
+        elif policy == 'equal':
+            grants = {w.name: total / len(wls) for w in wls}
+        else:
+            grants = {w.name: float('inf') for w in wls}
+        cpu = time.thread_time() - t_cpu
+        if sum(g for g in grants.values() if np.isfinite(g)) > total * (1 + 1e-9) + 1e-9:
+            over += 1
+        budgets = {n: Budget(g) for n, g in grants.items()}
+        wall = 0.0
+        for w in order:
+            x0, truth = w.items[c]
+            t0 = time.perf_counter()
+            r = refine(w.plugin, x0, None, config=w.config, budget=budgets[w.name],
+                       cost=tariffs[w.name][0])
+            wall += time.perf_counter() - t0
+            results[w.name].append((r, truth))
+            spent[w.name] += r.trace.atp_spent
+            halts[w.name][r.trace.halt_reason] = halts[w.name].get(r.trace.halt_reason, 0) + 1
+            if policy == 'trust':
+                t_cpu = time.thread_time()
+                rec = make_record(w.kind, r.trace, entity_id=w.name,
+                                  metadata={'atp_per_step': tariffs[w.name][0].per_step_ms})
+                if c == 0:  # the first cycle runs on an equal split while trust is learned
+                    alloc.observe(w.name, w.kind, rec, now=float(c), cycle=None)
+                else:
+                    for n, g in alloc.observe(w.name, w.kind, rec, now=float(c),
+                                              cycle=alloc.cycle).items():
+                        budgets[n].grant(g)
+                cpu += time.thread_time() - t_cpu
+        walls.append(wall * 1e3)
+        if wall * 1e3 > period_ms:  # the cycle's compute overran the cycle period
+            misses += 1
+        overhead.append(cpu * 1e3)
+        for w in wls:
+            trust_hist[w.name].append(alloc.trust.trust(w.name) if alloc else 1.0)
+            g = budgets[w.name].granted
+            share_hist[w.name].append(g / total if np.isfinite(g) else None)
+    return results, spent, halts, misses, over, overhead, trust_hist, share_hist, walls
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument('--cycles', type=int, default=60)
+    ap.add_argument('--atp-fraction', type=float, default=0.5)
+    ap.add_argument('--period-ms', type=float, default=40.0,
+                    help='cycle period (25 Hz camera): a cycle whose compute takes longer is a '
+                         'deadline miss')
+    ap.add_argument('--threads', type=int, default=1)
+    ap.add_argument('--out', default=os.path.join(ROOT, 'out', 'bench', 'orchestrator.json'))
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    wls = workloads(args.cycles)
+    tariffs = {}
+    for w in wls:
+        meter = StepCostMeter()
+        price = meter.calibrate(w.plugin, w.items[0][0], steps=5)
+        tariffs[w.name] = (StepCostMeter(price, learn=False), price)
+    out = {'cycles': args.cycles, 'atp_fraction': args.atp_fraction,
+           'period_ms': args.period_ms,
+           'tariff_ms_per_step': {w.name: tariffs[w.name][1] for w in wls},
+           'torch_threads': args.threads, 'cpu': platform.processor() or platform.machine(),
+           'policies': {}}
+    runs = {}
+    res = run_policy('unlimited', wls, tariffs, 1.0, args.cycles, args.period_ms)
+    runs['unlimited'] = res
+    total = args.atp_fraction * sum(res[1].values()) / args.cycles
+    for w in wls:  # price the cheapest expected run first: learned from the unlimited run
+        tariffs[w.name] = (tariffs[w.name][0], res[1][w.name] / args.cycles)
+    out['total_atp_per_cycle'] = total
+    for policy in ('trust', 'equal'):
+        runs[policy] = run_policy(policy, wls, tariffs, total, args.cycles, args.period_ms)
+    q_unl = {}
+    for policy in ('unlimited', 'trust', 'equal'):
+        results, spent, halts, misses, over, overhead, trust_hist, share_hist, walls = \
+            runs[policy]
+        quality = {}
+        for w in wls:
+            rs = results[w.name]
+            quality[w.kind] = w.metric([r for r, _ in rs], [t for _, t in rs])
+        if policy == 'unlimited':
+            q_unl = dict(quality)
+        combined = float(np.mean([quality[k] / q_unl[k] for k in REAL]))
+        p = {'quality': quality, 'combined': combined,
+             'atp_spent': sum(spent.values()), 'atp_spent_per_plugin': spent,
+             'halt_reasons': halts, 'deadline_misses': misses, 'overallocations': over,
+             'cycle_wall_ms_mean': float(np.mean(walls)),
+             'overhead_ms_per_cycle_mean': float(np.mean(overhead)),
+             'overhead_ms_per_cycle_max': float(np.max(overhead))}
+        if policy == 'trust':
+            fx = wls[2].name
+            lowest_from = None
+            for c in range(args.cycles):
+                lowest = all(trust_hist[fx][c] < trust_hist[w.name][c] for w in wls[:2])
+                if lowest and lowest_from is None:
+                    lowest_from = c + 1
+                elif not lowest:
+                    lowest_from = None
+            p['final_trust'] = {w.name: trust_hist[w.name][-1] for w in wls}
+            p['final_share'] = {w.name: share_hist[w.name][-1] for w in wls}
+            p['fixture_lowest_trust_from_cycle'] = lowest_from
+        out['policies'][policy] = p
+    pol = out['policies']
+    out['summary'] = {
+        'quality_trust': pol['trust']['combined'], 'quality_equal': pol['equal']['combined'],
+        'quality_unlimited': pol['unlimited']['combined'],
+        'atp_spent': {k: pol[k]['atp_spent'] for k in pol},
+        'deadline_misses': {k: pol[k]['deadline_misses'] for k in pol},
+        'overallocations': pol['trust']['overallocations'] + pol['equal']['overallocations'],
+        'overhead_ms_per_cycle': pol['trust']['overhead_ms_per_cycle_mean'],
+        'fixture_final_trust': pol['trust']['final_trust'][wls[2].name],
+        'fixture_final_share': pol['trust']['final_share'][wls[2].name],
+        'fixture_lowest_trust_from_cycle': pol['trust']['fixture_lowest_trust_from_cycle'],
+    }
+    os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    with open(args.out, 'w') as f:
+        json.dump(out, f, indent=1)
+    print(json.dumps(out['summary'], indent=1))
+    for k in ('unlimited', 'trust', 'equal'):
+        print(k, {n: round(v, 4) for n, v in pol[k]['quality'].items()},
+              'combined', round(pol[k]['combined'], 4))
+
+
+if __name__ == '__main__':
+    main()
