@@ -82,8 +82,11 @@ def test_grants_regrants_trust_liveness_and_restart(ros, node_process, tmp_path)
     orch2 = node_process(ORCH, orch_params)
     n = len(grants)
     assert wait_for(lambda: 'trust loaded' in orch2.log(), 15), orch2.log()
+    loaded = orch2.log().split('trust loaded from ')[1].splitlines()[0]
+    for name in (GOOD, HARD, NOISY):
+        assert f'{name}={saved[name]["trust"]:.2f}' in loaded, loaded
+    # The restarted orchestrator's cycles continue upwards, so the plugin takes its grants.
     feed(15.0, ['good'], until=lambda: any(g.plugin == GOOD for g in grants[n:]))
     assert any(g.plugin == GOOD for g in grants[n:]), orch2.log()
-    first = next(g for g in grants[n:] if g.plugin == GOOD)
-    assert abs(first.trust_weight - saved[GOOD]['trust']) < 0.5 * saved[GOOD]['trust']
+    assert min(g.cycle for g in grants[n:]) > last_cycle
     assert orch2.stop() == 0 and good.stop() == 0 and hard.stop() == 0

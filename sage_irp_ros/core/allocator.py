@@ -291,15 +291,22 @@ class CycleAllocator:
     """
 
     def __init__(self, total: float, floor: float = 0.05, headroom: float = 1.5,
-                 liveness_timeout: float = 2.0, trust: Optional[TrustBook] = None):
-        """Configure the total ATP per cycle, floor, demand headroom and liveness timeout."""
+                 liveness_timeout: float = 2.0, trust: Optional[TrustBook] = None,
+                 first_cycle: int = 1):
+        """Configure the total ATP per cycle, floor, demand headroom and liveness timeout.
+
+        Cycles are numbered from ``first_cycle`` on. The node starts them at the wall-clock
+        time in ms, so cycle numbers keep increasing across a restart of the orchestrator and
+        plugins, which ignore grants of older cycles, accept the new ones at once.
+        """
         self.total = float(total)
         self.floor = float(floor)
         self.headroom = float(headroom)
         self.liveness_timeout = float(liveness_timeout)
         self.trust = trust if trust is not None else TrustBook()
         self.plugins: Dict[str, PluginBook] = {}
-        self.cycle = 0
+        self.cycle = int(first_cycle) - 1  # the cycle under way; start_cycle opens the next
+        self._first_cycle = int(first_cycle)
         self.overallocations = 0
         self.regranted_total = 0.0
         self.left: list = []  # names dropped by the last start_cycle
@@ -311,7 +318,7 @@ class CycleAllocator:
         for name in self.left:
             del self.plugins[name]
         for b in self.plugins.values():  # learn from the cycle that ends
-            if self.cycle > 0:
+            if self.cycle >= self._first_cycle:
                 b.runs_per_cycle += 0.3 * (b.runs_cycle - b.runs_per_cycle)
             if b.short_cycle:
                 b.need = min(b.need * self.headroom, self.total)

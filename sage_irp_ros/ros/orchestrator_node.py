@@ -82,7 +82,8 @@ class OrchestratorNode(Node):
         self.alloc = CycleAllocator(
             total=self.get_parameter('total_atp').value, floor=self.get_parameter('floor').value,
             headroom=self.get_parameter('demand_headroom').value,
-            liveness_timeout=self.get_parameter('liveness_timeout_s').value, trust=self.trust)
+            liveness_timeout=self.get_parameter('liveness_timeout_s').value, trust=self.trust,
+            first_cycle=time.time_ns() // 10 ** 6)
         self.overhead_ms = 0.0  # EMA of the CPU time of a cycle (allocation + publishing)
         self._dirty = False
         self._last_save = 0.0
@@ -102,10 +103,12 @@ class OrchestratorNode(Node):
     # ------------------------------------------------------------------------- cycles
 
     def _publish_grants(self, grants) -> None:
+        stamp = self.get_clock().now().to_msg()
         for name, atp in grants.items():
-            self._grant_pub.publish(BudgetGrant(
-                plugin=name, cycle=self.alloc.cycle, atp_granted=float(atp), step_cap=0,
-                trust_weight=float(self.trust.trust(name))))
+            g = BudgetGrant(plugin=name, cycle=self.alloc.cycle, atp_granted=float(atp),
+                            step_cap=0, trust_weight=float(self.trust.trust(name)))
+            g.header.stamp = stamp
+            self._grant_pub.publish(g)
 
     def _on_cycle(self) -> None:
         t_cpu = time.thread_time()
@@ -122,7 +125,7 @@ class OrchestratorNode(Node):
         self._publish_grants(grants)
         self._maybe_save(now)
         dt = (time.thread_time() - t_cpu) * 1e3
-        self.overhead_ms = dt if a.cycle == 1 else self.overhead_ms + 0.1 * (
+        self.overhead_ms = dt if not self.overhead_ms else self.overhead_ms + 0.1 * (
             dt - self.overhead_ms)
 
     def _on_telemetry(self, msg: IRPTelemetry) -> None:
