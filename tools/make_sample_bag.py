@@ -1,0 +1,235 @@
+#!/usr/bin/env python3
+"""Make the bundled sample bag ``data/sample_bag/`` and its ground truth (deterministic).
+
+Run from the repository root (after ``make setup``; needs the Debian packages ``flite``,
+``wordnet-base`` and ``fortunes``)::
+
+    AMENT_PREFIX_PATH=$PWD/.venv .venv/bin/python tools/make_sample_bag.py [--force]
+
+Writes
+
+- ``data/sample_bag/``: a rosbag2 bag (metadata version 9, mcap storage) of 6.4 s:
+
+  * ``/camera/image_raw`` (``sensor_msgs/msg/Image``, rgb8 128x128, 10 Hz, sensor-data QoS):
+    60 procedural scenes whose difficulty ramps from 0 (clean) to 1 (noisy, blurred, low
+    contrast, occluded), upscaled 2x from 64x64 (nearest), then 4 photos from
+    ``skimage.data`` (astronaut, coffee, chelsea, rocket) resized to 128x128;
+  * ``/speech/text`` (``std_msgs/msg/String``, reliable): 20 held-out sentences of the language
+    corpus with 30 % of their words span-masked (``[MASK]`` per lost word), one every 0.32 s;
+  * ``/audio/raw`` (``std_msgs/msg/Int16MultiArray``, best effort): microphone audio, 16 kHz
+    mono PCM16, 100 ms (1600 samples) per message: the first utterances' original text
+    spoken by Debian ``flite`` (voice slt), then silence.
+
+- ``data/sample_bag_truth.json``: per frame its stamp and source (scene seed and difficulty,
+  or photo name), per utterance its stamp, masked text, original tokens and masked positions,
+  and the audio's format and transcript with start times;
+- ``data/sample_bag_truth.npz``: ``stamps_ns`` (int64, per scene frame) and ``class_maps``
+  ((60, 128, 128) uint8, class id per pixel at the frame's size).
+
+Every value is a pure function of this script (seeds, the corpus and flite), so re-running
+it gives the same messages.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import wave
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from rclpy.serialization import serialize_message  # noqa: E402
+from rosbags.rosbag2 import StoragePlugin, Writer  # noqa: E402
+from sensor_msgs.msg import Image  # noqa: E402
+from std_msgs.msg import Header, Int16MultiArray, MultiArrayDimension, String  # noqa: E402
+
+from sage_irp_ros.plugins.language.corpus import detokenize, load_sentences  # noqa: E402
+from sage_irp_ros.plugins.language.evaluate import mask_sentence  # noqa: E402
+from sage_irp_ros.plugins.vision.scenes import CLASSES, make_scene  # noqa: E402
+from sage_irp_ros.tools.bagio import bag_qos, make_typestore  # noqa: E402
+
+T0_NS = 1_700_000_000 * 10 ** 9     # stamp of the bag's start (fixed: deterministic)
+FRAME_PERIOD_NS = 100_000_000       # 10 Hz camera
+N_SCENES = 60
+SCENE_SEED0 = 7_000_000             # outside training, validation and held-out seed ranges
+UPSCALE = 2                         # 64x64 scenes -> 128x128 frames
+PHOTOS = ('astronaut', 'coffee', 'chelsea', 'rocket')
+N_UTTERANCES = 20
+UTTERANCE_PERIOD_NS = 320_000_000
+UTTERANCE_OFFSET_NS = 50_000_000
+MASK_RATE = 0.3
+SAMPLE_RATE = 16_000
+CHUNK = 1600                        # samples per audio message (100 ms)
+FLITE_VOICE = 'slt'                 # 16 kHz voice
+FRAME_ID = 'camera_optical_frame'
+
+TOPIC_IMAGE = '/camera/image_raw'
+TOPIC_TEXT = '/speech/text'
+TOPIC_AUDIO = '/audio/raw'
+
+
+def _stamp(ns: int):
+    from builtin_interfaces.msg import Time
+    return Time(sec=ns // 10 ** 9, nanosec=ns % 10 ** 9)
+
+
+def frames():
+    """Yield ``(image (128,128,3) uint8, class map or None, info dict)`` for every frame."""
+    for i in range(N_SCENES):
+        d = i / (N_SCENES - 1)
+        img, cls, _ = make_scene(SCENE_SEED0 + i, d)
+        big = np.kron(img, np.ones((UPSCALE, UPSCALE, 1), np.uint8))
+        big_cls = np.kron(cls, np.ones((UPSCALE, UPSCALE), np.uint8))
+        yield big, big_cls, {'kind': 'scene', 'seed': SCENE_SEED0 + i,
+                             'difficulty': round(d, 6)}
+    from skimage import data
+    from skimage.transform import resize
+    size = 64 * UPSCALE
+    for name in PHOTOS:
+        photo = getattr(data, name)()
+        h, w = photo.shape[:2]
+        s = min(h, w)  # centre square crop, then resize
+        crop = photo[(h - s) // 2:(h - s) // 2 + s, (w - s) // 2:(w - s) // 2 + s, :3]
+        small = resize(crop, (size, size), order=1, anti_aliasing=True, preserve_range=True)
+        yield np.clip(small + 0.5, 0, 255).astype(np.uint8), None, {'kind': 'photo',
+                                                                    'name': name}
+
+
+def utterances():
+    """Return the 20 ``(masked text, original tokens, masked positions)`` utterances."""
+    held = load_sentences()['held_out']
+    chosen = [t for t in held if 6 <= len(t) <= 14][:N_UTTERANCES]
+    if len(chosen) < N_UTTERANCES:
+        raise SystemExit('not enough held-out sentences: is the language corpus installed?')
+    out = []
+    for toks in chosen:
+        text, pos = mask_sentence(toks, MASK_RATE)
+        out.append((text, list(toks), pos))
+    return out
+
+
+def speech(texts, seconds: float):
+    """Speak ``texts`` with flite into one 16 kHz int16 track of ``seconds``; transcript."""
+    if shutil.which('flite') is None:
+        raise SystemExit('flite is not installed (Debian package flite; make setup installs it)')
+    total = int(seconds * SAMPLE_RATE)
+    track = np.zeros(total, np.int16)
+    transcript = []
+    pos = int(0.2 * SAMPLE_RATE)
+    with tempfile.TemporaryDirectory() as tmp:
+        for text in texts:
+            path = os.path.join(tmp, 'say.wav')
+            subprocess.run(['flite', '-voice', FLITE_VOICE, '-t', text, '-o', path],
+                           check=True, stdout=subprocess.DEVNULL)
+            with wave.open(path) as w:
+                if (w.getframerate(), w.getnchannels(), w.getsampwidth()) != (SAMPLE_RATE, 1, 2):
+                    raise SystemExit(f'flite voice {FLITE_VOICE} is not 16 kHz mono PCM16')
+                clip = np.frombuffer(w.readframes(w.getnframes()), '<i2')
+            if pos + len(clip) > total:
+                break
+            track[pos:pos + len(clip)] = clip
+            transcript.append({'text': text, 'start_s': round(pos / SAMPLE_RATE, 4),
+                               'end_s': round((pos + len(clip)) / SAMPLE_RATE, 4)})
+            pos += len(clip) + int(0.3 * SAMPLE_RATE)
+    return track, transcript
+
+
+def main(argv=None) -> int:
+    """Write the bag and its ground truth."""
+    ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    ap.add_argument('--out', default=os.path.join(ROOT, 'data'), help='output folder')
+    ap.add_argument('--force', action='store_true', help='replace an existing bag')
+    args = ap.parse_args(argv)
+    bag = os.path.join(args.out, 'sample_bag')
+    if os.path.exists(bag):
+        if not args.force:
+            print(f'{bag} exists; --force replaces it', file=sys.stderr)
+            return 1
+        shutil.rmtree(bag)
+    os.makedirs(args.out, exist_ok=True)
+
+    store = make_typestore()
+    messages = []  # (time ns, topic, cdr bytes)
+    frame_info, class_maps, scene_stamps = [], [], []
+    for i, (img, cls, info) in enumerate(frames()):
+        t = T0_NS + i * FRAME_PERIOD_NS
+        msg = Image(header=Header(stamp=_stamp(t), frame_id=FRAME_ID), height=img.shape[0],
+                    width=img.shape[1], encoding='rgb8', is_bigendian=0, step=img.shape[1] * 3,
+                    data=img.tobytes())
+        messages.append((t, TOPIC_IMAGE, serialize_message(msg)))
+        frame_info.append(dict(info, index=i, stamp_ns=t))
+        if cls is not None:
+            class_maps.append(cls)
+            scene_stamps.append(t)
+    duration_ns = len(frame_info) * FRAME_PERIOD_NS
+
+    utt_info = []
+    for k, (text, toks, pos) in enumerate(utterances()):
+        t = T0_NS + UTTERANCE_OFFSET_NS + k * UTTERANCE_PERIOD_NS
+        messages.append((t, TOPIC_TEXT, serialize_message(String(data=text))))
+        utt_info.append({'index': k, 'stamp_ns': t, 'masked_text': text, 'tokens': toks,
+                         'masked_positions': pos, 'original_text': detokenize(toks)})
+
+    track, transcript = speech([u['original_text'] for u in utt_info], duration_ns * 1e-9)
+    layout_dim = MultiArrayDimension(label='samples', size=CHUNK, stride=CHUNK)
+    for c in range(len(track) // CHUNK):
+        t = T0_NS + c * CHUNK * 10 ** 9 // SAMPLE_RATE
+        msg = Int16MultiArray(data=track[c * CHUNK:(c + 1) * CHUNK].tolist())
+        msg.layout.dim = [layout_dim]
+        messages.append((t, TOPIC_AUDIO, serialize_message(msg)))
+
+    qos = {TOPIC_IMAGE: bag_qos(False, 5), TOPIC_TEXT: bag_qos(True, 10),
+           TOPIC_AUDIO: bag_qos(False, 10)}
+    types = {TOPIC_IMAGE: 'sensor_msgs/msg/Image', TOPIC_TEXT: 'std_msgs/msg/String',
+             TOPIC_AUDIO: 'std_msgs/msg/Int16MultiArray'}
+    messages.sort(key=lambda m: (m[0], m[1]))
+    with Writer(bag, version=9, storage_plugin=StoragePlugin.MCAP) as writer:
+        writer.set_custom_data('sage_irp_ros.sample_bag',
+                               'made by tools/make_sample_bag.py; truth: '
+                               'sample_bag_truth.json/.npz; /audio/raw: 16 kHz mono PCM16, '
+                               f'{CHUNK} samples per message')
+        conns = {topic: writer.add_connection(topic, types[topic], typestore=store,
+                                              offered_qos_profiles=[qos[topic]])
+                 for topic in (TOPIC_IMAGE, TOPIC_TEXT, TOPIC_AUDIO)}
+        for t, topic, data in messages:
+            writer.write(conns[topic], t, data)
+
+    truth = {
+        'made_by': 'tools/make_sample_bag.py',
+        'bag': 'sample_bag',
+        'start_ns': T0_NS,
+        'duration_s': duration_ns * 1e-9,
+        'topics': {TOPIC_IMAGE: types[TOPIC_IMAGE], TOPIC_TEXT: types[TOPIC_TEXT],
+                   TOPIC_AUDIO: types[TOPIC_AUDIO]},
+        'classes': list(CLASSES),
+        'frames': frame_info,
+        'utterances': utt_info,
+        'mask_rate': MASK_RATE,
+        'audio': {'topic': TOPIC_AUDIO, 'sample_rate': SAMPLE_RATE, 'channels': 1,
+                  'format': 'int16 little-endian PCM in Int16MultiArray.data',
+                  'samples_per_message': CHUNK, 'voice': f'flite {FLITE_VOICE}',
+                  'transcript': transcript},
+    }
+    with open(os.path.join(args.out, 'sample_bag_truth.json'), 'w', encoding='utf-8') as f:
+        json.dump(truth, f, indent=1)
+        f.write('\n')
+    np.savez_compressed(os.path.join(args.out, 'sample_bag_truth.npz'),
+                        stamps_ns=np.array(scene_stamps, np.int64),
+                        class_maps=np.stack(class_maps))
+    size = sum(os.path.getsize(os.path.join(bag, n)) for n in os.listdir(bag))
+    print(f'{bag}: {len(messages)} messages ({len(frame_info)} frames, {len(utt_info)} '
+          f'utterances, {len(track) // CHUNK} audio chunks, {len(transcript)} spoken), '
+          f'{size / 1e6:.2f} MB')
+    return 0
+
+
+if __name__ == '__main__':
+    raise SystemExit(main())
