@@ -257,6 +257,7 @@ class PluginBook:
     errors: int = 0
     budget_halts: int = 0
     rate_hz: float = 0.0
+    dropped: int = 0  # stale inputs the plugin dropped (as it reports in metadata)
     granted: float = 0.0  # this cycle's grant
     spent: float = 0.0  # ATP reported spent this cycle
     runs_cycle: int = 0  # runs reported this cycle
@@ -360,11 +361,14 @@ class CycleAllocator:
             b.budget_halts += 1
         elif reason in _FINISHED:
             b.need += 0.3 * (max(spent, 1e-3) - b.need)
-        price = (record.get('metadata') or {}).get('atp_per_step')
+        meta = record.get('metadata') or {}
+        if isinstance(meta.get('dropped_total'), int):
+            b.dropped = meta['dropped_total']
+        price = meta.get('atp_per_step')
         if isinstance(price, (int, float)) and math.isfinite(price) and price > 0:
             b.need = max(b.need, float(price))  # at least one step
         if cycle is None:
-            cycle = (record.get('metadata') or {}).get('cycle')
+            cycle = meta.get('cycle')
         if cycle != self.cycle:
             return {}  # a run on a default budget or an older grant
         b.spent += spent

@@ -412,6 +412,7 @@ class IRPNodeHost(Node):
             'cycle': cycle,
             'trust_weight': trust_weight,
             'atp_per_step': self.cost.per_step_ms,
+            'dropped_total': self.counters.dropped_stale,
         }
         if result.output is not None:
             try:

@@ -176,6 +176,7 @@ class OrchestratorNode(Node):
                 ('trust', round(trust, 4)), ('share_atp', round(b.granted, 6)),
                 ('need_atp_per_run', round(b.need, 6)), ('rate_hz', round(b.rate_hz, 3)),
                 ('runs', b.runs), ('errors', b.errors), ('budget_halts', b.budget_halts),
+                ('dropped', b.dropped),
                 ('budget_use', 'n/a' if math.isnan(use) else round(use, 4)),
                 ('last_halt_reason', b.last_halt))]
             arr.status.append(st)
