@@ -7,6 +7,7 @@ from collections import defaultdict
 import numpy as np
 from conftest import wait_for
 from std_msgs.msg import Float32MultiArray
+from visualization_msgs.msg import MarkerArray
 
 from sage_irp_ros.msg import BudgetGrant
 
@@ -24,7 +25,7 @@ def signal(seed, noise=0.4, n=256):
 def test_grants_regrants_trust_liveness_and_restart(ros, node_process, tmp_path):
     trust_file = str(tmp_path / 'trust.json')
     orch_params = {'period_s': 0.25, 'total_atp': 3.0, 'floor': 0.1, 'trust_file': trust_file,
-                   'liveness_timeout_s': 1.5, 'trust_alpha': 0.3}
+                   'liveness_timeout_s': 1.5, 'trust_alpha': 0.3, 'diagnostics_period_s': 0.5}
     orch = node_process(ORCH, orch_params)
     common = {'grant_timeout_s': 5.0, 'diagnostics_period_s': 0.0}
     # good: alternating easy (little noise, halts early) and hard inputs; hard: always hard,
@@ -34,6 +35,7 @@ def test_grants_regrants_trust_liveness_and_restart(ros, node_process, tmp_path)
     noisy = node_process(FIXTURE, dict(common, input_topic='/noisy/in', noise=2.0),
                          name='noisy_fixture')
     grants = ros.collect(BudgetGrant, '/irp/budget', 100)
+    markers = ros.collect(MarkerArray, '/irp/markers')
     pubs = {k: ros.node.create_publisher(Float32MultiArray, f'/{k}/in', 10)
             for k in ('good', 'hard', 'noisy')}
     assert wait_for(lambda: all(p.get_subscription_count() > 0 for p in pubs.values()), 15)
@@ -67,6 +69,9 @@ def test_grants_regrants_trust_liveness_and_restart(ros, node_process, tmp_path)
     # The misbehaving fixture lost trust and ends with the lowest; the good one gained.
     last = {k: by_plugin[k][-1].trust_weight for k in (GOOD, HARD, NOISY)}
     assert last[NOISY] < 1.0 < last[GOOD] and min(last, key=last.get) == NOISY, last
+    # rviz text: one line per plugin with its trust and share.
+    assert markers and len(markers[-1].markers) == 4  # DELETEALL + 3 plugins
+    assert markers[-1].markers[3].text.startswith(NOISY + ': trust 0.')
 
     # Liveness: a plugin that stops reporting leaves the allocation.
     assert noisy.stop() == 0

@@ -23,6 +23,7 @@ from typing import Optional
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
+from visualization_msgs.msg import Marker, MarkerArray
 
 from sage_irp_ros.core.allocator import CycleAllocator, TrustBook
 from sage_irp_ros.msg import BudgetGrant, IRPTelemetry
@@ -34,6 +35,8 @@ from sage_irp_ros.ros.host import (
     _descriptor,
     run_node,
 )
+
+MARKERS_TOPIC = 'irp/markers'
 
 
 def default_trust_file() -> str:
@@ -66,8 +69,12 @@ class OrchestratorNode(Node):
         p('demand_headroom', 1.5, _descriptor(
             'Demand growth factor after a run that ran out of budget',
             float_range=(1.0, 100.0)))
-        p('diagnostics_period_s', 1.0, _descriptor('Period of /diagnostics status, s',
-                                                   read_only=True, float_range=(0.01, 3600.0)))
+        p('diagnostics_period_s', 1.0, _descriptor(
+            'Period of /diagnostics status and the irp/markers text, s', read_only=True,
+            float_range=(0.01, 3600.0)))
+        p('marker_frame', 'base_link', _descriptor(
+            'Frame of the irp/markers text (per-plugin trust, share, steps) for rviz',
+            read_only=True))
         path = self.get_parameter('trust_file').value or None
         try:
             self.trust = TrustBook(alpha=self.get_parameter('trust_alpha').value, path=path)
@@ -90,6 +97,7 @@ class OrchestratorNode(Node):
         qos = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
         self._grant_pub = self.create_publisher(BudgetGrant, BUDGET_TOPIC, qos)
         self._diag_pub = self.create_publisher(DiagnosticArray, DIAGNOSTICS_TOPIC, 10)
+        self._marker_pub = self.create_publisher(MarkerArray, MARKERS_TOPIC, 10)
         self.create_subscription(IRPTelemetry, TELEMETRY_TOPIC, self._on_telemetry, qos)
         self._timer = self.create_timer(self.get_parameter('period_s').value, self._on_cycle)
         self._diag_timer = self.create_timer(self.get_parameter('diagnostics_period_s').value,
@@ -181,6 +189,25 @@ class OrchestratorNode(Node):
                 ('last_halt_reason', b.last_halt))]
             arr.status.append(st)
         self._diag_pub.publish(arr)
+        self._publish_markers(arr.header.stamp)
+
+    def _publish_markers(self, stamp) -> None:
+        """Publish one text line per plugin (trust, share, last halt) for rviz."""
+        markers = MarkerArray(markers=[Marker(action=Marker.DELETEALL)])
+        frame = self.get_parameter('marker_frame').value
+        for i, (name, b) in enumerate(sorted(self.alloc.plugins.items())):
+            m = Marker(type=Marker.TEXT_VIEW_FACING, action=Marker.ADD, ns='irp', id=i)
+            m.header.frame_id = frame
+            m.header.stamp = stamp
+            m.pose.position.z = 1.0 + 0.15 * i
+            m.pose.orientation.w = 1.0
+            m.scale.z = 0.1
+            m.color.r, m.color.g, m.color.b, m.color.a = 1.0, 1.0, 1.0, 1.0
+            share = b.granted / self.alloc.total if self.alloc.total > 0 else 0.0
+            m.text = (f'{name}: trust {self.trust.trust(name):.2f}, share {100 * share:.0f} %, '
+                      f'{b.runs} runs, last halt {b.last_halt or "-"}')
+            markers.markers.append(m)
+        self._marker_pub.publish(markers)
 
     def destroy_node(self) -> None:
         """Save trust, then destroy the node."""
