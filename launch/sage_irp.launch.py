@@ -8,6 +8,7 @@ Arguments:
   precision     fp32 or fp16 (default: fp32)
   composed      true: every node in one process (sage_irp_all, a multi-threaded executor)
   orchestrator  false: plugins run on their default budgets (default: true)
+  rviz          true: also start rviz2 with the package's config/sage_irp.rviz (default: false)
 
 Example: ros2 launch sage_irp_ros sage_irp.launch.py plugins:=vision device:=cuda precision:=fp16
 """
@@ -34,20 +35,26 @@ COMPOSED = 'sage_irp_all'
 def _nodes(context):
     arg = {name: LaunchConfiguration(name).perform(context)
            for name in ('plugins', 'namespace', 'config', 'device', 'precision', 'composed',
-                        'orchestrator')}
+                        'orchestrator', 'rviz')}
     plugins = [p.strip() for p in arg['plugins'].split(',') if p.strip()]
     unknown = [p for p in plugins if p not in PLUGIN_NODES]
     if unknown:
         raise RuntimeError(f'unknown plugins {unknown}; available: {sorted(PLUGIN_NODES)}')
     with_orchestrator = arg['orchestrator'].lower() == 'true'
     model_params = {'device': arg['device'], 'precision': arg['precision']}
+    viewer = []
+    if arg['rviz'].lower() == 'true':
+        rviz_config = os.path.join(get_package_share_directory(PACKAGE), 'config',
+                                   'sage_irp.rviz')
+        viewer.append(Node(package='rviz2', executable='rviz2', arguments=['-d', rviz_config],
+                           namespace=arg['namespace'], output='screen'))
     if arg['composed'].lower() == 'true':
         extra = ['--plugins', ','.join(plugins)]
         if not with_orchestrator:
             extra.append('--no-orchestrator')
-        return [Node(package=PACKAGE, executable=COMPOSED, namespace=arg['namespace'],
-                     arguments=extra, parameters=[arg['config'], model_params],
-                     output='screen', emulate_tty=True)]
+        return viewer + [Node(package=PACKAGE, executable=COMPOSED, namespace=arg['namespace'],
+                              arguments=extra, parameters=[arg['config'], model_params],
+                              output='screen', emulate_tty=True)]
     nodes = []
     if with_orchestrator:
         nodes.append(Node(package=PACKAGE, executable=ORCHESTRATOR[0], name=ORCHESTRATOR[1],
@@ -58,7 +65,7 @@ def _nodes(context):
         nodes.append(Node(package=PACKAGE, executable=executable, name=name,
                           namespace=arg['namespace'], parameters=[arg['config'], model_params],
                           output='screen', emulate_tty=True))
-    return nodes
+    return viewer + nodes
 
 
 def generate_launch_description():
@@ -79,5 +86,7 @@ def generate_launch_description():
                               description='true: all nodes in one process (sage_irp_all)'),
         DeclareLaunchArgument('orchestrator', default_value='true',
                               description='false: plugins run on their default budgets'),
+        DeclareLaunchArgument('rviz', default_value='false',
+                              description='true: also start rviz2 with config/sage_irp.rviz'),
         OpaqueFunction(function=_nodes),
     ])

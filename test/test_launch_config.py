@@ -37,7 +37,7 @@ def test_launch_file_names_only_executables_that_exist():
         path = os.path.join(ROOT, 'scripts', exe)
         assert os.access(path, os.X_OK), f'launch file names {exe}, not in scripts/'
     src = open(LAUNCH).read()
-    for arg in ('plugins', 'namespace', 'config', 'device', 'precision', 'composed'):
+    for arg in ('plugins', 'namespace', 'config', 'device', 'precision', 'composed', 'rviz'):
         assert f"DeclareLaunchArgument('{arg}'" in src
 
 
@@ -63,3 +63,19 @@ def test_config_sections_match_node_names_and_declared_parameters():
                 node.destroy_node()
     finally:
         rclpy.try_shutdown(context=ctx)
+
+
+def test_rviz_config_shows_topics_the_nodes_publish():
+    rviz = yaml.safe_load(open(os.path.join(ROOT, 'config', 'sage_irp.rviz')))
+    displays = rviz['Visualization Manager']['Displays']
+    cfg = yaml.safe_load(open(CONFIG))
+    vision = cfg['vision_irp_node']['ros__parameters']
+    published = {'/' + vision['output_topic'], '/' + vision['overlay_topic'],
+                 '/' + vision['input_topic'], '/irp/markers'}
+    topics = {d['Topic']['Value'] for d in displays}
+    assert topics <= published, topics - published
+    assert {'/vision/overlay', '/irp/markers', '/camera/image_raw'} <= topics
+    classes = {d['Class'] for d in displays}
+    assert classes <= {'rviz_default_plugins/Image', 'rviz_default_plugins/MarkerArray'}
+    camera = next(d for d in displays if d['Topic']['Value'] == '/camera/image_raw')
+    assert camera['Topic']['Reliability Policy'] == 'Best Effort'  # sensor-data publishers
