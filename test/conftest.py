@@ -90,8 +90,8 @@ def ros():
 class NodeProcess:
     """A plugin node in its own process, stopped with SIGINT like ``ros2 launch`` does."""
 
-    def __init__(self, module, params=None, name=None, tmp_path=None):
-        args = [sys.executable, '-m', module, '--ros-args']
+    def __init__(self, module, params=None, name=None, tmp_path=None, args=()):
+        args = [sys.executable, '-m', module, *args, '--ros-args']
         for k, v in (params or {}).items():
             args += ['-p', f'{k}:={v}']
         if name:
@@ -129,8 +129,8 @@ class NodeProcess:
 def node_process(tmp_path):
     procs = []
 
-    def start(module, params=None, name=None):
-        p = NodeProcess(module, params, name, tmp_path)
+    def start(module, params=None, name=None, args=()):
+        p = NodeProcess(module, params, name, tmp_path, args)
         procs.append(p)
         return p
 
