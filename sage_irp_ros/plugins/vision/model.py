@@ -3,23 +3,30 @@
 Why this design makes refinement matter
 ---------------------------------------
 Shape colour and texture carry no class information in our scenes (see ``scenes.py``); only the
-outline does. The **encoder** is deliberately *local*: one full-resolution conv (the boundary
-features the decoder reuses), two stride-2 convs and one 3x3 conv to a 16x16 latent, a
-receptive field of about 19 pixels. Decoding its latent directly (step 0) finds *where* shapes
-are but cannot tell a disk's interior from a rectangle's. The **refiner** is one residual block
-applied again and again with the same weights (so steps are iterations of one map, not layers):
-each step reads the current latent and the encoder's features (input injection, as in deep-
-equilibrium and recurrent-convolution models) and adds a correction. Two 3x3 convs at stride 4
-(the second dilated by 2) widen the receptive field by 24 pixels per step, so class evidence
-from the outline spreads over the shape and noise is averaged over a growing neighbourhood.
-Clean, isolated shapes are settled after one or two steps; noisy, low-contrast, occluded ones
-keep changing for longer, which is what makes early halting save compute on easy frames while
-hard frames use their budget.
+outline does. The **encoder** (run once per frame) is deliberately *local*: two 3x3 convs at
+full resolution (the boundary features the decoder reuses), a stride-2 conv and a 3x3 conv at
+32x32 (edge / corner features, also reused by the decoder), a stride-2 conv and a 3x3 conv with
+GroupNorm to a 16x16 latent: a receptive field of 23 pixels. Decoding its latent directly
+(step 0) finds *where* shapes are but often cannot tell a disk's interior from a rectangle's.
+The **refiner** is one residual block applied again and again with the same weights (so steps
+are iterations of one map, not layers): each step reads the current latent and the encoder's
+features (input injection, as in deep-equilibrium and recurrent-convolution models) and adds a
+correction. Two 3x3 convs at stride 4 (the second dilated by 2) widen the receptive field by 24
+pixels per step, so class evidence from the outline spreads over the shape and noise is
+averaged over a growing neighbourhood. Clean, isolated shapes are settled after one or two
+steps; noisy, low-contrast, occluded ones keep changing for longer, which is what makes early
+halting save compute on easy frames while hard frames use their budget.
 
-The **decoder** is cheap on purpose (it runs after every step, because the energy and the
-halting rule read the decoded class distribution): a 1x1 projection of the latent, bilinear
-upsampling to the input size, concatenation with the full-resolution encoder features
-(boundaries), a 1x1 conv with ReLU and a 1x1 classifier.
+The **decoder** runs after every step (the energy and the halting rule read the decoded class
+distribution), so its per-frame parts are computed once by ``encode``: the 1x1 projections of
+the 32x32 and 64x64 encoder features. Per step it only projects the latent (1x1), upsamples it
+bilinearly to 32x32, adds the 32x32 term, applies ReLU and a 3x3 conv, upsamples to 64x64, adds
+the full-resolution term, applies ReLU and a 1x1 classifier (a two-level U-Net-style decoder).
+
+``VisionConfig`` also has the variants tried while tuning (``latent_stride=2``: a 32x32 latent;
+``enc_dilated``: one more dilated conv in the encoder; ``norm_all``: GroupNorm after every
+encoder stage); ``docs/VISION.md`` lists how they compared. The committed weights use the
+defaults.
 
 Training (``train.py``) supervises the decoding of *every* step, including step 0, with weights
 that grow with the step index, over a random number of unrolled steps up to ``steps_max``. The
@@ -47,6 +54,9 @@ class VisionConfig:
     input_size: int = 64
     skip_channels: int = 16
     latent_channels: int = 32
+    enc_dilated: bool = False       # an extra dilated 3x3 conv at the latent resolution
+    norm_all: bool = False          # GroupNorm after every encoder stage (not only the last)
+    latent_stride: int = 4          # 4: 16x16 latent, 2: 32x32 latent (input 64x64)
     steps_max: int = 8
     # Halting (tuned on the validation seeds by train.py; defaults are sane starting points).
     uncertain_p: float = 0.9        # a pixel is uncertain when its max class probability < this
@@ -81,29 +91,61 @@ class VisionIRPNet(nn.Module):
     def __init__(self, cfg: VisionConfig):
         """Build the modules of ``cfg``."""
         super().__init__()
+        if cfg.latent_stride not in (2, 4):
+            raise ValueError(f'latent_stride must be 2 or 4, got {cfg.latent_stride!r}')
         self.cfg = cfg
         s, c = cfg.skip_channels, cfg.latent_channels
-        self.stem = nn.Conv2d(3, s, 3, padding=1)
+        # encoder (once per frame)
+        self.stem1 = nn.Conv2d(3, s, 3, padding=1)
+        self.stem2 = nn.Conv2d(s, s, 3, padding=1)
         self.down1 = nn.Conv2d(s, c, 3, stride=2, padding=1)
-        self.down2 = nn.Conv2d(c, c, 3, stride=2, padding=1)
-        self.enc3 = nn.Conv2d(c, c, 3, padding=1)
+        self.enc2 = nn.Conv2d(c, c, 3, padding=1)
+        if cfg.latent_stride == 4:
+            self.down2 = nn.Conv2d(c, c, 3, stride=2, padding=1)
+            self.enc3 = nn.Conv2d(c, c, 3, padding=1)
+        else:
+            self.enc3 = nn.Conv2d(c, c, 3, padding=1)
+        self.enc4 = nn.Conv2d(c, c, 3, padding=2, dilation=2) if cfg.enc_dilated else None
         self.enc_norm = nn.GroupNorm(4, c)
+        if cfg.norm_all:
+            self.n64, self.n32 = nn.GroupNorm(4, s), nn.GroupNorm(4, c)
+            self.n16 = nn.GroupNorm(4, c) if cfg.latent_stride == 4 else nn.Identity()
+        else:
+            self.n64 = self.n32 = self.n16 = nn.Identity()
         self.to_z = nn.Conv2d(c, c, 1)
+        # refiner (the step)
         self.ref1 = nn.Conv2d(2 * c, c, 3, padding=1)
         self.ref_norm = nn.GroupNorm(4, c)
         self.ref2 = nn.Conv2d(c, c, 3, padding=2, dilation=2)
-        self.dec_proj = nn.Conv2d(c, s, 1)
-        self.dec_mid = nn.Conv2d(2 * s, s, 1)
+        # decoder: skip terms are computed once per frame, the latent path after every step
+        self.dec_skip = nn.Conv2d(s, s, 1)
+        self.dec_z = nn.Conv2d(c, s, 1, bias=False)
+        if cfg.latent_stride == 4:
+            self.dec_f = nn.Conv2d(c, s, 1)
+            self.dec_mid = nn.Conv2d(s, s, 3, padding=1)
         self.dec_out = nn.Conv2d(s, cfg.num_classes, 1)
         nn.init.zeros_(self.ref2.weight)  # the step starts as the identity map
         nn.init.zeros_(self.ref2.bias)
 
     def encode(self, x: torch.Tensor):
-        """``x``: (B, 3, S, S) in [0, 1]. Returns ``(z0, inject, skip)``."""
+        """``x``: (B, 3, S, S) in [0, 1]. Returns ``(z0, inject, skip)``.
+
+        ``skip`` is a tuple of the decoder's per-frame terms (computed once, reused each step).
+        """
         x = x * 2.0 - 1.0
-        skip = F.relu(self.stem(x))
-        h = F.relu(self.down1(skip))
-        e = F.relu(self.enc_norm(self.enc3(F.relu(self.down2(h)))))
+        f64 = F.relu(self.n64(self.stem2(F.relu(self.stem1(x)))))
+        f32 = F.relu(self.n32(self.enc2(F.relu(self.down1(f64)))))
+        h = f32
+        if self.cfg.latent_stride == 4:
+            h = F.relu(self.n16(self.down2(h)))
+            skip = (self.dec_f(f32), self.dec_skip(f64))
+        else:
+            skip = (None, self.dec_skip(f64))
+        if self.enc4 is not None:
+            h = F.relu(self.enc3(h))
+            e = F.relu(self.enc_norm(self.enc4(h)))
+        else:
+            e = F.relu(self.enc_norm(self.enc3(h)))
         return self.to_z(e), e, skip
 
     def step(self, z: torch.Tensor, inject: torch.Tensor) -> torch.Tensor:
@@ -111,11 +153,15 @@ class VisionIRPNet(nn.Module):
         h = F.relu(self.ref_norm(self.ref1(torch.cat([z, inject], 1))))
         return z + self.ref2(h)
 
-    def decode(self, z: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
-        """Class logits (B, C, S, S) at the model input size."""
-        up = F.interpolate(self.dec_proj(z), size=skip.shape[-2:], mode='bilinear',
-                           align_corners=False)
-        return self.dec_out(F.relu(self.dec_mid(torch.cat([up, skip], 1))))
+    def decode(self, z: torch.Tensor, skip) -> torch.Tensor:
+        """Class logits (B, C, S, S) at the model input size (``skip`` from :meth:`encode`)."""
+        f32, f64 = skip
+        u = self.dec_z(z)
+        if f32 is not None:
+            u = F.interpolate(u, size=f32.shape[-2:], mode='bilinear', align_corners=False)
+            u = self.dec_mid(F.relu(u + f32))
+        u = F.interpolate(u, size=f64.shape[-2:], mode='bilinear', align_corners=False)
+        return self.dec_out(F.relu(u + f64))
 
     def forward(self, x: torch.Tensor, steps: int):
         """Logits after each of steps 0..``steps`` (a list of ``steps + 1`` tensors)."""

@@ -26,14 +26,15 @@ class VisionIRP(IRPPlugin):
 
     - **state space**: the payload is a latent ``z`` of shape (1, latent_channels=32, 16, 16) (the
       model input, 64x64, at stride 4) on the plugin's device; ``state.meta`` holds the
-      encoder's injection and skip features (computed once by ``init_state``), the decoded
-      logits of the current ``z`` (1, C, 64, 64), its energy and uncertain fraction, and the
-      input size. Step ``t`` maps ``z_t`` to ``z_{t+1} = z_t + f(z_t, e)`` with one weight-tied
-      residual block ``f`` (steps are iterations of the same map).
+      encoder's injection features and the decoder's per-frame skip terms (computed once by
+      ``init_state``), the decoded logits of the current ``z`` (1, C, 64, 64), its energy and
+      uncertain fraction, and the input size. Step ``t`` maps ``z_t`` to
+      ``z_{t+1} = z_t + f(z_t, e)`` with one weight-tied residual block ``f`` (steps are
+      iterations of the same map).
     - **noise / uncertainty model**: the image is a scene seen through sensor noise, optical
       blur, low contrast and occluders (``scenes.py``); the per-pixel class posterior is the
       softmax of the decoded logits, and its spread is the plugin's uncertainty. The encoder
-      sees only a local window (~11 px), so ``z_0`` is uncertain wherever a class needs the
+      sees only a local window (23 px), so ``z_0`` is uncertain wherever a class needs the
       shape's outline; refinement spreads that context.
     - **energy**: the mean over the 64x64 model-resolution pixels of the entropy of the decoded
       class distribution, in **nats** per pixel, in ``[0, ln C]``; lower is better (a confident
@@ -53,7 +54,7 @@ class VisionIRP(IRPPlugin):
     """
 
     kind = 'vision'
-    version = 'vision-irp-1'
+    version = 'vision-irp-2'
 
     def __init__(self, net: VisionIRPNet, device: str = 'cpu', precision: str = 'fp32',
                  confident: bool = True):

@@ -128,7 +128,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument('--n-val', type=int, default=300)
     ap.add_argument('--n-heldout', type=int, default=200, help='held-out scenes per split')
     ap.add_argument('--lr', type=float, default=3e-3)
+    ap.add_argument('--difficulty-power', type=float, default=1.0,
+                    help='training difficulty d = u ** p with u ~ U(0, 1) (p < 1 draws more hard '
+                         'scenes); 1 keeps the generator default (d drawn from the seed)')
     ap.add_argument('--steps-max', type=int, default=8)
+    ap.add_argument('--channels', type=int, default=32, help='latent channels')
+    ap.add_argument('--skip-channels', type=int, default=16)
+    ap.add_argument('--enc-dilated', action='store_true', help='extra dilated encoder conv')
+    ap.add_argument('--norm-all', action='store_true', help='GroupNorm after every encoder stage')
+    ap.add_argument('--latent-stride', type=int, default=4, choices=(2, 4),
+                    help='4: 16x16 latent, 2: 32x32 latent')
     ap.add_argument('--max-minutes', type=float, default=11.0,
                     help='wall-clock cap: training stops early (recorded) so that the whole '
                          'run, evaluation included, ends within about this time')
@@ -142,11 +151,22 @@ def main(argv: Optional[List[str]] = None) -> int:
     rng = np.random.default_rng(args.seed)
     t0 = time.perf_counter()
 
-    cfg = VisionConfig(steps_max=args.steps_max)
+    cfg = VisionConfig(steps_max=args.steps_max, latent_channels=args.channels,
+                       skip_channels=args.skip_channels, latent_stride=args.latent_stride,
+                       enc_dilated=args.enc_dilated, norm_all=args.norm_all)
     net = VisionIRPNet(cfg)
     print(f'[train] {sum(p.numel() for p in net.parameters())} parameters, '
           f'{args.threads} threads, seed {args.seed}', flush=True)
-    imgs, gts = scenes.make_batch(scenes.train_seeds(0, args.n_train))
+    tseeds = scenes.train_seeds(0, args.n_train)
+    if args.difficulty_power == 1.0:
+        diffs = None
+        data_desc = 'scenes.make_scene(seed) for seeds 0..{} (difficulty ~ U(0,1) per seed)'
+    else:
+        u = np.random.default_rng([args.seed, 1]).uniform(0.0, 1.0, args.n_train)
+        diffs = list(u ** args.difficulty_power)
+        data_desc = ('scenes.make_scene(seed, d) for seeds 0..{} '
+                     f'(difficulty d = u ** {args.difficulty_power}, u ~ U(0,1))')
+    imgs, gts = scenes.make_batch(tseeds, diffs)
     X = torch.from_numpy(imgs).permute(0, 3, 1, 2).contiguous()
     Y = torch.from_numpy(gts.astype(np.int64))
     print(f'[train] {args.n_train} training scenes in {time.perf_counter() - t0:.1f} s',
@@ -212,8 +232,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         'torch': torch.__version__, 'threads': args.threads,
         'train_seconds': round(t_train, 1), 'total_seconds': round(time.perf_counter() - t0, 1),
         'recipe': {
-            'data': f'scenes.make_scene(seed) for seeds 0..{args.n_train - 1} '
-                    '(difficulty ~ U(0,1) per seed), 64x64, random flips/rot90 per batch',
+            'data': data_desc.format(args.n_train - 1) + ', 64x64, random flips/rot90 per batch',
             'iters': args.iters, 'iters_done': iters_done, 'wall_capped': capped,
             'batch': args.batch, 'lr': args.lr,
             'optimizer': 'Adam, linear warm-up 5 %, cosine decay, grad-norm clip 1.0',
