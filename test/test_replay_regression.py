@@ -3,7 +3,7 @@ replay and record tools (round trip over DDS).
 
 The regression runs the demo in regression mode (``python -m sage_irp_ros.demo --regression``:
 orchestrator, vision and language nodes in their own processes, budgets and deadlines
-non-binding, the recorder, the replay of ``data/sample_bag`` at its original rate) and compares
+non-binding, the recorder, the replay of ``data/sample_bag`` at half its rate) and compares
 its summary with ``test/golden/replay_summary.json``:
 
 - every input answered, per plugin (exact);
