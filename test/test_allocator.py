@@ -96,6 +96,9 @@ def test_run_score_ranks_good_runs_above_erratic_ones():
     broken = run_score(record([100, 90], 'error'))
     assert good > 0.8 and erratic < 0.4 and broken < good
     assert run_score(record([5.0], 'stable')) == 1.0  # nothing to do, done at once
+    assert run_score(record([5.0], 'budget')) is None  # not allowed to start: no evidence
+    # Stopped from outside after some steps: judged by those steps, not by the stop.
+    assert run_score(record([100, 50, 25], 'budget')) > 0.8
     assert run_score(record([100, 50], 'slope<eps', quality=0.0)) < run_score(
         record([100, 50], 'slope<eps', quality=1.0))
 

@@ -123,7 +123,7 @@ def regrant(freed: float, running: Mapping[str, Tuple[float, float]]) -> Dict[st
 _EARLY = ('slope<eps', 'confident', 'stable', 'feasible')
 
 
-def run_score(record: Mapping, quality: Optional[float] = None) -> float:
+def run_score(record: Mapping, quality: Optional[float] = None) -> Optional[float]:
     """Score one run in [0, 1] from its telemetry record (higher is more trustworthy).
 
     The mean of:
@@ -132,17 +132,24 @@ def run_score(record: Mapping, quality: Optional[float] = None) -> float:
     - stability: ``1 / (1 + sd(dE) / scale)`` with ``scale = max(|E_0| / steps, |mean dE|)``,
       so steady descent scores near 1 and erratic energy near 0;
     - improvement: the fraction of the initial energy removed, ``clip(-contribution_to_H, 0, 1)``;
-    - efficiency: 1 when it halted by its own rule, 0.5 on ``budget``/``max_steps``/``manual``,
-      0 on ``timeout``/``error``;
+    - efficiency, when the plugin itself ended the run: 1 when it halted by its own rule, 0.5 on
+      ``max_steps`` (it did not converge), 0 on ``error``. Runs stopped from outside
+      (``budget``, ``timeout``, ``manual``) are judged by the steps they ran, not by the stop;
     - task quality in [0, 1] when known (``quality``, or ``metadata.quality``).
 
-    A run of zero steps that halted by its own rule (nothing to do) scores by efficiency and
-    quality only.
+    Returns None when the run says nothing about the plugin: no step ran and the plugin did not
+    decide that (a run its budget or deadline did not allow to start). A run of zero steps that
+    halted by its own rule (nothing to do) scores by efficiency and quality.
     """
     t = record['trust']
     reason = record['halt_reason']
-    eff = 1.0 if reason in _EARLY else (0.0 if reason in ('timeout', 'error') else 0.5)
-    parts = [eff]
+    parts = []
+    if reason in _EARLY:
+        parts.append(1.0)
+    elif reason == 'max_steps':
+        parts.append(0.5)
+    elif reason == 'error':
+        parts.append(0.0)
     steps = int(record['steps'])
     if steps > 0:
         trace = record.get('E_trace') or []
@@ -158,7 +165,7 @@ def run_score(record: Mapping, quality: Optional[float] = None) -> float:
         quality = float(q) if isinstance(q, (int, float)) and math.isfinite(q) else None
     if quality is not None:
         parts.append(min(max(quality, 0.0), 1.0))
-    return sum(parts) / len(parts)
+    return sum(parts) / len(parts) if parts else None
 
 
 def score_to_trust(score: float) -> float:
@@ -356,7 +363,9 @@ class CycleAllocator:
         b.last_halt = reason
         b.errors += reason == 'error'
         b.spent_total += spent
-        self.trust.update(name, run_score(record))
+        score = run_score(record)
+        if score is not None:  # a run that could not start says nothing about the plugin
+            self.trust.update(name, score)
         if reason == 'budget':
             b.budget_halts += 1
         elif reason in _FINISHED:
