@@ -9,6 +9,13 @@ import threading
 import time
 
 import pytest
+from hypothesis import settings
+
+# CI runs the property tests derandomized (the same examples every run: a red CI is a real
+# regression, not a new random draw); locally they draw fresh examples.
+settings.register_profile('ci', derandomize=True)
+if os.environ.get('CI'):
+    settings.load_profile('ci')
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)

@@ -155,3 +155,8 @@ def test_cycle_allocator_regrants_spare_within_the_cycle_and_conserves_total():
     assert set(a.start_cycle(now=1.35)) == {'/b'} and a.left == ['/a']
     a.observe('/a', 'vision', _rec(1.0, 'slope<eps', None), now=1.4)
     assert set(a.start_cycle(now=1.45)) == {'/a', '/b'}
+
+
+def test_allocate_with_denormal_demand_hands_out_everything():
+    # Found by hypothesis: amount * w / total underflowed for w ~ 1e-323.
+    assert allocate(1.625, {'_': (2.0, 5e-324)}, floor=0.0) == {'_': 1.625}

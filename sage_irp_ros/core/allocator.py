@@ -52,7 +52,7 @@ def _water_fill(amount: float, weights: Mapping[str, float], caps: Mapping[str, 
         saturated = []
         spent = 0.0
         for n in open_:
-            want = amount * wts[n] / total_w
+            want = amount * (wts[n] / total_w)  # ratio first: no denormal underflow
             room = caps[n] - given[n]
             take = min(want, room)
             given[n] += take
