@@ -29,6 +29,16 @@ os.environ.setdefault('ROS_LOG_DIR', tempfile.mkdtemp(prefix='sage_irp_roslog_')
 os.environ.pop('ROS_LOCALHOST_ONLY', None)
 
 
+@pytest.fixture(scope='module')
+def one_torch_thread():
+    """Run a module's model tests on one torch thread (as the benchmarks do), then restore."""
+    import torch
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 def wait_for(predicate, timeout=10.0, period=0.02):
     """Poll ``predicate`` until it is true or ``timeout`` seconds pass; return its last value."""
     end = time.monotonic() + timeout

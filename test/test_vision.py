@@ -20,14 +20,7 @@ from sage_irp_ros.plugins.vision.plugin import (  # noqa: E402
 )
 
 N_PER_SPLIT = 200  # the same held-out scenes as the benchmark default
-
-
-@pytest.fixture(scope='module', autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures('one_torch_thread')
 
 
 @pytest.fixture(scope='module')
