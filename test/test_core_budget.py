@@ -2,6 +2,7 @@
 
 import math
 import threading
+import time
 
 import pytest
 from hypothesis import given, settings
@@ -27,6 +28,20 @@ def test_meter_calibrates_from_real_steps():
     m = StepCostMeter()
     ms = m.calibrate(SmoothingFixture(), [0.0, 1.0, 0.0, 1.0] * 64, steps=5)
     assert 0 < ms < 50 and m.per_step_ms == ms and m.samples == 5
+
+
+def test_calibration_price_ignores_pauses_from_other_processes():
+    class Paused(SmoothingFixture):
+        calls = 0
+
+        def step(self, state, schedule):
+            Paused.calls += 1
+            if Paused.calls % 3 == 0:
+                time.sleep(0.05)  # another process took the core
+            return super().step(state, schedule)
+
+    ms = StepCostMeter().calibrate(Paused(), [0.0, 1.0] * 64, steps=8, warmup=1)
+    assert ms < 20  # the lower quartile is an unpaused step, not a 50 ms pause
 
 
 def test_meter_rejects_bad_config():

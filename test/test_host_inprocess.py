@@ -120,3 +120,20 @@ def test_stale_inputs_are_dropped_not_queued(ros):
         assert (node.counters.received, node.counters.dropped_stale) == (5, 3)
     finally:
         node.destroy_node()
+
+
+def test_a_price_too_high_for_every_grant_is_re_measured(ros):
+    from sage_irp_ros.core import StepCostMeter
+    node = make_node(ros, input_topic='/in3', default_atp=5.0)
+    try:
+        node.cost = StepCostMeter(initial_ms=1e6)  # as if measured under a heavy load
+        for i in range(3):
+            node._on_input(Float32MultiArray(data=[float(i), 1.0, 2.0, 0.5]))
+            assert wait_for(lambda i=i: node.counters.runs == i + 1, 10)
+        assert node.counters.steps_total == 0  # none of the three could pay one step
+        assert node.cost.per_step_ms < 100  # re-measured after the third
+        node._on_input(Float32MultiArray(data=[3.0, 1.0, 2.0, 0.5]))
+        assert wait_for(lambda: node.counters.runs == 4, 10)
+        assert node.counters.steps_total > 0
+    finally:
+        node.destroy_node()

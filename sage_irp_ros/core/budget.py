@@ -63,29 +63,32 @@ class StepCostMeter:
                 self._ms += self._alpha * (step_ms - self._ms)
             self._count += 1
 
-    def calibrate(self, plugin, x0, ctx=None, steps: int = 5) -> float:
-        """Measure ``steps`` real steps of ``plugin`` on ``x0`` and set the price to their median.
+    def calibrate(self, plugin, x0, ctx=None, steps: int = 8, warmup: int = 2) -> float:
+        """Measure ``steps`` real steps of ``plugin`` on ``x0``; set the price from them.
 
-        The first step is run once untimed as a warm-up (caches, lazy initialisation). Returns the
-        new price in ms.
+        ``warmup`` steps run untimed first (caches, lazy initialisation). The price is the lower
+        quartile of the measured times: a step's own cost, without the pauses another process
+        on the same cores adds to some of them (start-up, when several nodes load at once, is
+        when that happens most). Returns the new price in ms.
         """
         from sage_irp_ros.core.plugin import Schedule
         state = plugin.init_state(x0, ctx)
+        total = steps + warmup
         times = []
-        for i in range(steps + 1):
-            sched = Schedule(step_idx=i, max_steps=steps + 1, steps_left=steps + 1 - i,
-                             noise_level=1.0 - i / (steps + 1))
+        for i in range(total):
+            sched = Schedule(step_idx=i, max_steps=total, steps_left=total - i,
+                             noise_level=1.0 - i / total)
             t = time.perf_counter()
             state = plugin.project(plugin.step(state, sched))
             plugin.energy(state)
-            if i > 0:
+            if i >= warmup:
                 times.append((time.perf_counter() - t) * 1e3)
         times.sort()
-        median = max(times[len(times) // 2], 1e-6) if times else self.per_step_ms
+        price = max(times[len(times) // 4], 1e-6) if times else self.per_step_ms
         with self._lock:
-            self._ms = median
+            self._ms = price
             self._count = max(self._count, len(times))
-        return median
+        return price
 
 
 class Budget:

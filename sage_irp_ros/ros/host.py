@@ -121,6 +121,8 @@ class IRPNodeHost(Node):
 
     input_type: Type = String
     sensor_input: bool = False
+    #: Runs in a row that had ATP but could not pay one step before the price is re-measured.
+    STARVED_RUNS = 3
     default_input_topic: str = 'input'
     default_output_topic: str = 'output'
     default_eps: float = 1e-3
@@ -138,6 +140,7 @@ class IRPNodeHost(Node):
         self._cancel = threading.Event()
         self._busy = False
         self._last_halt = ''
+        self._starved = 0
         self._grant: Optional[Tuple[int, Budget, float, float]] = None
         self._declare_host_parameters()
         self.declare_plugin_parameters()
@@ -396,6 +399,7 @@ class IRPNodeHost(Node):
             self.get_logger().error(f'bad input on {self._input_topic}: {exc}')
             return
         trace = result.trace
+        self._watch_price(trace, budget, x0, ctx)
         with self._lock:
             self.counters.runs += 1
             self.counters.steps_total += trace.steps
@@ -427,6 +431,30 @@ class IRPNodeHost(Node):
         self.publish_telemetry(make_record(
             self.plugin.kind, trace, entity_id=self.entity_id, metadata=metadata,
             memory_mb=process_memory_mb()), header)
+
+    def _watch_price(self, trace, budget: Budget, x0, ctx) -> None:
+        """Re-measure the step price when grants keep failing to pay for a single step.
+
+        The price only learns from steps that run: one measured too high (say, at a start-up
+        while other nodes loaded on the same cores) would starve the plugin for good. After
+        ``STARVED_RUNS`` runs in a row that had ATP but could not pay one step, a few real
+        steps on the current input re-measure it.
+        """
+        starved = (trace.steps == 0 and trace.halt_reason == 'budget'
+                   and budget.granted > 0 and not budget.unlimited)
+        self._starved = self._starved + 1 if starved else 0
+        if self._starved < self.STARVED_RUNS:
+            return
+        self._starved = 0
+        old = self.cost.per_step_ms
+        try:
+            new = self.cost.calibrate(self.plugin, x0, ctx, steps=4, warmup=1)
+        except Exception as exc:  # noqa: BLE001 - a failed re-measure must not stop the node
+            self.get_logger().warning(f'step-cost re-measure failed: {exc!r}')
+            return
+        self.get_logger().warning(
+            f'{self.STARVED_RUNS} runs could not pay one step at {old:.3f} ATP: step cost '
+            f're-measured as {new:.3f} ms')
 
     def publish_telemetry(self, record: Mapping[str, Any], header: Header) -> bool:
         """Validate ``record`` and publish it on both telemetry topics; count a reject."""
