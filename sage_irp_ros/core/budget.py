@@ -64,23 +64,22 @@ class StepCostMeter:
             self._count += 1
 
     def calibrate(self, plugin, x0, ctx=None, steps: int = 8, warmup: int = 2) -> float:
-        """Measure ``steps`` real steps of ``plugin`` on ``x0``; set the price from them.
+        """Time the first step of ``plugin`` on ``x0`` repeatedly; set the price from it.
 
-        ``warmup`` steps run untimed first (caches, lazy initialisation). The price is the lower
-        quartile of the measured times: a step's own cost, without the pauses another process
-        on the same cores adds to some of them (start-up, when several nodes load at once, is
-        when that happens most). Returns the new price in ms.
+        Every repetition steps from the same initial state, so the price is the cost of a real
+        step even for plugins whose later steps can be cheap (a text already filled) or empty.
+        ``warmup`` repetitions run untimed first (caches, lazy initialisation). The price is the
+        lower quartile of the ``steps`` timed ones: a step's own cost, without the pauses
+        another process on the same cores adds to some of them (start-up, when several nodes
+        load at once, is when that happens most). Returns the new price in ms.
         """
         from sage_irp_ros.core.plugin import Schedule
-        state = plugin.init_state(x0, ctx)
-        total = steps + warmup
+        state0 = plugin.init_state(x0, ctx)
+        sched = Schedule(step_idx=0, max_steps=1, steps_left=1, noise_level=1.0)
         times = []
-        for i in range(total):
-            sched = Schedule(step_idx=i, max_steps=total, steps_left=total - i,
-                             noise_level=1.0 - i / total)
+        for i in range(steps + warmup):
             t = time.perf_counter()
-            state = plugin.project(plugin.step(state, sched))
-            plugin.energy(state)
+            plugin.energy(plugin.project(plugin.step(state0, sched)))
             if i >= warmup:
                 times.append((time.perf_counter() - t) * 1e3)
         times.sort()
