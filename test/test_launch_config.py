@@ -42,6 +42,7 @@ def test_launch_file_names_only_executables_that_exist():
 
 
 def test_config_sections_match_node_names_and_declared_parameters():
+    from sage_irp_ros.ros.language_node import LanguageIRPNode
     from sage_irp_ros.ros.orchestrator_node import OrchestratorNode
     from sage_irp_ros.ros.vision_node import VisionIRPNode
     cfg = yaml.safe_load(open(CONFIG))
@@ -51,7 +52,8 @@ def test_config_sections_match_node_names_and_declared_parameters():
     ctx = rclpy.Context()
     rclpy.init(context=ctx, args=['--ros-args', '--params-file', CONFIG])
     try:
-        for cls in (OrchestratorNode, VisionIRPNode):
+        assert set(cfg) == {'orchestrator_node', 'vision_irp_node', 'language_irp_node'}
+        for cls in (OrchestratorNode, VisionIRPNode, LanguageIRPNode):
             node = cls(context=ctx)
             try:
                 section = cfg[node.get_name()]['ros__parameters']
