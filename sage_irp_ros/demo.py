@@ -39,6 +39,8 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
+from sage_irp_ros.ros.conversions import image_to_rgb
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PLUGINS = {  # plugin kind -> (module, node name)
     'vision': ('sage_irp_ros.ros.vision_node', 'vision_irp_node'),
@@ -289,7 +291,7 @@ def score(recorded: Dict[str, list], truth: dict) -> dict:
         answered_frames.add(t)
         if t in truth['class_maps']:
             gt = truth['class_maps'][t]
-            mask = np.frombuffer(bytes(m.data), np.uint8).reshape(m.height, m.step)[:, :m.width]
+            mask = image_to_rgb(m)[:, :, 0]  # mono8 class ids
             acc.add(mask, gt)
             (acc_easy if frames[t]['difficulty'] < 0.5 else acc_hard).add(mask, gt)
     n_scenes = sum(1 for t in answered_frames if t in truth['class_maps'])
@@ -477,8 +479,7 @@ def plots(out_dir: str, recorded, truth, t0_ns: int) -> List[str]:
         fig, axes = plt.subplots(2, len(picks), figsize=(2.2 * len(picks), 4.6), squeeze=False)
         for j, f in enumerate(picks):
             m = overlays[f['stamp_ns']]
-            img = np.frombuffer(bytes(m.data), np.uint8).reshape(m.height, m.step)[
-                :, :m.width * 3].reshape(m.height, m.width, 3)
+            img = image_to_rgb(m)
             axes[0, j].imshow(img)
             title = (f'd={f["difficulty"]:.2f}' if f['kind'] == 'scene' else f['name'])
             axes[0, j].set_title(f'#{f["index"]} {title}', fontsize=8)
