@@ -33,6 +33,14 @@ import tempfile
 from dataclasses import dataclass
 from typing import Dict, Mapping, Optional, Tuple
 
+from sage_irp_ros.core.plugin import (
+    HALT_BUDGET,
+    HALT_ERROR,
+    HALT_MAX_STEPS,
+    HALT_SLOPE,
+    PLUGIN_HALT_REASONS,
+)
+
 TRUST_MIN = 0.1
 TRUST_MAX = 10.0
 _EPS = 1e-12
@@ -120,7 +128,7 @@ def regrant(freed: float, running: Mapping[str, Tuple[float, float]]) -> Dict[st
 
 
 # Halting reasons that mean "stopped because more steps stopped paying".
-_EARLY = ('slope<eps', 'confident', 'stable', 'feasible')
+_EARLY = PLUGIN_HALT_REASONS + (HALT_SLOPE,)
 
 
 def run_score(record: Mapping, quality: Optional[float] = None) -> Optional[float]:
@@ -148,7 +156,7 @@ def run_score(record: Mapping, quality: Optional[float] = None) -> Optional[floa
         parts.append(1.0)
     elif reason == 'max_steps':
         parts.append(0.5)
-    elif reason == 'error':
+    elif reason == HALT_ERROR:
         parts.append(0.0)
     steps = int(record['steps'])
     if steps > 0:
@@ -249,7 +257,7 @@ class TrustBook:
 
 
 # Halting reasons after which a run finished its work with ATP to spare (not cut short).
-_FINISHED = _EARLY + ('max_steps',)
+_FINISHED = _EARLY + (HALT_MAX_STEPS,)
 
 
 @dataclass
@@ -361,12 +369,12 @@ class CycleAllocator:
         b.last_seen = now
         b.runs += 1
         b.last_halt = reason
-        b.errors += reason == 'error'
+        b.errors += reason == HALT_ERROR
         b.spent_total += spent
         score = run_score(record)
         if score is not None:  # a run that could not start says nothing about the plugin
             self.trust.update(name, score)
-        if reason == 'budget':
+        if reason == HALT_BUDGET:
             b.budget_halts += 1
         elif reason in _FINISHED:
             b.need += 0.3 * (max(spent, 1e-3) - b.need)
@@ -382,7 +390,7 @@ class CycleAllocator:
             return {}  # a run on a default budget or an older grant
         b.spent += spent
         b.runs_cycle += 1
-        if reason == 'budget':
+        if reason == HALT_BUDGET:
             b.short_cycle = True  # it wanted more (even a run that could not pay one step)
             return {}
         if reason not in _FINISHED or b.done:
