@@ -13,7 +13,7 @@ from std_msgs.msg import Float32MultiArray, Header
 
 from sage_irp_ros.plugins.fixture import NoisyFixture, SmoothingFixture
 from sage_irp_ros.ros import conversions
-from sage_irp_ros.ros.host import IRPNodeHost, _descriptor, run_node
+from sage_irp_ros.ros.host import IRPNodeHost, descriptor, run_node
 
 
 class FixtureIRPNode(IRPNodeHost):
@@ -31,14 +31,14 @@ class FixtureIRPNode(IRPNodeHost):
 
     def declare_plugin_parameters(self) -> None:
         """Declare the fixture's parameters."""
-        self.declare_parameter('lam', 4.0, _descriptor('Smoothing weight', read_only=True,
+        self.declare_parameter('lam', 4.0, descriptor('Smoothing weight', read_only=True,
                                                        float_range=(0.0, 1e3)))
-        self.declare_parameter('lr', 0.1, _descriptor('Gradient step size', read_only=True,
+        self.declare_parameter('lr', 0.1, descriptor('Gradient step size', read_only=True,
                                                       float_range=(1e-6, 10.0)))
-        self.declare_parameter('noise', 0.0, _descriptor(
+        self.declare_parameter('noise', 0.0, descriptor(
             'Noise added per step (> 0 makes the misbehaving fixture)', read_only=True,
             float_range=(0.0, 1e3)))
-        self.declare_parameter('max_input_len', 65536, _descriptor(
+        self.declare_parameter('max_input_len', 65536, descriptor(
             'Longest accepted signal', read_only=True, int_range=(1, 1 << 24)))
 
     def create_plugin(self):

@@ -90,9 +90,10 @@ class HostCounters:
     steps_total: int = 0
 
 
-def _descriptor(description: str, *, read_only: bool = False,
+def descriptor(description: str, *, read_only: bool = False,
                 float_range: Optional[Tuple[float, float]] = None,
                 int_range: Optional[Tuple[int, int]] = None) -> ParameterDescriptor:
+    """Return a parameter descriptor with a description and optional range / read-only flag."""
     d = ParameterDescriptor(description=description, read_only=read_only)
     if float_range is not None:
         d.floating_point_range = [FloatingPointRange(from_value=float(float_range[0]),
@@ -220,42 +221,42 @@ class IRPNodeHost(Node):
 
     def _declare_halt_parameters(self, defaults: HaltConfig) -> None:
         p = self.declare_parameter
-        p('eps', float(defaults.eps), _descriptor(
+        p('eps', float(defaults.eps), descriptor(
             'Slope threshold: halt when the energy falls by less than eps * energy scale per '
             'step over the last K steps', float_range=(0.0, 1.0)))
-        p('K', int(defaults.K), _descriptor('Window of the slope rule, steps',
+        p('K', int(defaults.K), descriptor('Window of the slope rule, steps',
                                             int_range=(1, 1000)))
-        p('max_steps', int(defaults.max_steps), _descriptor('Hard cap of refinement steps',
+        p('max_steps', int(defaults.max_steps), descriptor('Hard cap of refinement steps',
                                                             int_range=(0, 100000)))
 
     def _declare_host_parameters(self) -> None:
         p = self.declare_parameter
-        p('deadline_ms', 0.0, _descriptor(
+        p('deadline_ms', 0.0, descriptor(
             'Wall-clock deadline per input from its arrival, ms; 0 = none',
             float_range=(0.0, 3.6e6)))
-        p('default_atp', 0.0, _descriptor(
+        p('default_atp', 0.0, descriptor(
             'ATP per input when no orchestrator grant is current (1 ATP = 1 ms of measured '
             'step cost); 0 = unlimited (max_steps still applies)', float_range=(0.0, 1e9)))
-        p('grant_timeout_s', 2.0, _descriptor(
+        p('grant_timeout_s', 2.0, descriptor(
             'A grant older than this is stale and the default budget applies',
             float_range=(0.01, 3600.0)))
-        p('device', 'cpu', _descriptor('Torch device of the plugin: cpu, cuda, cuda:N',
+        p('device', 'cpu', descriptor('Torch device of the plugin: cpu, cuda, cuda:N',
                                        read_only=True))
-        p('precision', 'fp32', _descriptor('Numeric precision of the plugin: fp32 or fp16',
+        p('precision', 'fp32', descriptor('Numeric precision of the plugin: fp32 or fp16',
                                            read_only=True))
-        p('input_topic', self.default_input_topic, _descriptor('Input topic', read_only=True))
-        p('output_topic', self.default_output_topic, _descriptor('Output topic',
+        p('input_topic', self.default_input_topic, descriptor('Input topic', read_only=True))
+        p('output_topic', self.default_output_topic, descriptor('Output topic',
                                                                  read_only=True))
         p('input_qos_reliability', 'best_effort' if self.sensor_input else 'reliable',
-          _descriptor('Input QoS reliability: best_effort or reliable (match the publisher)',
+          descriptor('Input QoS reliability: best_effort or reliable (match the publisher)',
                       read_only=True))
-        p('input_qos_depth', 5 if self.sensor_input else 10, _descriptor(
+        p('input_qos_depth', 5 if self.sensor_input else 10, descriptor(
             'Input QoS history depth', read_only=True, int_range=(1, 1000)))
-        p('output_qos_depth', 5, _descriptor('Output and telemetry QoS depth (reliable)',
+        p('output_qos_depth', 5, descriptor('Output and telemetry QoS depth (reliable)',
                                              read_only=True, int_range=(1, 1000)))
-        p('preempt', False, _descriptor(
+        p('preempt', False, descriptor(
             'A new input cancels the run under way (halt reason manual) instead of waiting'))
-        p('diagnostics_period_s', 1.0, _descriptor(
+        p('diagnostics_period_s', 1.0, descriptor(
             'Period of /diagnostics status, s; 0 = off', read_only=True,
             float_range=(0.0, 3600.0)))
 

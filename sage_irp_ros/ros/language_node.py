@@ -16,7 +16,7 @@ from std_msgs.msg import Float32MultiArray, Header, String
 from sage_irp_ros.core import HaltConfig
 from sage_irp_ros.plugins.language.plugin import DEFAULT_TOKENIZER, DEFAULT_WEIGHTS, LanguageIRP
 from sage_irp_ros.ros import conversions
-from sage_irp_ros.ros.host import IRPNodeHost, _descriptor, run_node
+from sage_irp_ros.ros.host import IRPNodeHost, descriptor, run_node
 
 
 class LanguageIRPNode(IRPNodeHost):
@@ -33,15 +33,15 @@ class LanguageIRPNode(IRPNodeHost):
 
     def declare_plugin_parameters(self) -> None:
         """Declare the model files, meaning topic and text-length limit."""
-        self.declare_parameter('model_path', '', _descriptor(
+        self.declare_parameter('model_path', '', descriptor(
             'Checkpoint of the masked language model; empty = the weights shipped with the '
             'package', read_only=True))
-        self.declare_parameter('tokenizer_path', '', _descriptor(
+        self.declare_parameter('tokenizer_path', '', descriptor(
             'Vocabulary file of the model; empty = the one shipped with the package',
             read_only=True))
-        self.declare_parameter('meaning_topic', 'text_meaning', _descriptor(
+        self.declare_parameter('meaning_topic', 'text_meaning', descriptor(
             'Topic of the meaning latent (Float32MultiArray)', read_only=True))
-        self.declare_parameter('max_input_chars', 2000, _descriptor(
+        self.declare_parameter('max_input_chars', 2000, descriptor(
             'Longest accepted text, characters', read_only=True, int_range=(1, 1 << 20)))
 
     def create_plugin(self) -> LanguageIRP:

@@ -32,7 +32,7 @@ from sage_irp_ros.ros.host import (
     BUDGET_TOPIC,
     DIAGNOSTICS_TOPIC,
     TELEMETRY_TOPIC,
-    _descriptor,
+    descriptor,
     run_node,
 )
 
@@ -52,27 +52,27 @@ class OrchestratorNode(Node):
         """Declare parameters, load the trust file, start the cycle timer."""
         super().__init__(node_name, **kwargs)
         p = self.declare_parameter
-        p('period_s', 0.1, _descriptor('Allocation cycle period, s', read_only=True,
+        p('period_s', 0.1, descriptor('Allocation cycle period, s', read_only=True,
                                        float_range=(0.001, 3600.0)))
-        p('total_atp', 100.0, _descriptor(
+        p('total_atp', 100.0, descriptor(
             'ATP shared per cycle (1 ATP = 1 ms of a plugin\'s measured step cost)',
             float_range=(0.0, 1e9)))
-        p('floor', 0.05, _descriptor('Fraction of total_atp each active plugin is guaranteed',
+        p('floor', 0.05, descriptor('Fraction of total_atp each active plugin is guaranteed',
                                      float_range=(0.0, 1.0)))
-        p('liveness_timeout_s', 2.0, _descriptor(
+        p('liveness_timeout_s', 2.0, descriptor(
             'A plugin silent this long leaves the allocation', float_range=(0.01, 3600.0)))
-        p('trust_alpha', 0.2, _descriptor('EMA weight of a run\'s score in trust',
+        p('trust_alpha', 0.2, descriptor('EMA weight of a run\'s score in trust',
                                           read_only=True, float_range=(0.001, 1.0)))
-        p('trust_file', default_trust_file(), _descriptor(
+        p('trust_file', default_trust_file(), descriptor(
             'JSON file trust is loaded from at start and saved to; empty = not persisted',
             read_only=True))
-        p('demand_headroom', 1.5, _descriptor(
+        p('demand_headroom', 1.5, descriptor(
             'Demand growth factor after a run that ran out of budget',
             float_range=(1.0, 100.0)))
-        p('diagnostics_period_s', 1.0, _descriptor(
+        p('diagnostics_period_s', 1.0, descriptor(
             'Period of /diagnostics status and the irp/markers text, s', read_only=True,
             float_range=(0.01, 3600.0)))
-        p('marker_frame', 'base_link', _descriptor(
+        p('marker_frame', 'base_link', descriptor(
             'Frame of the irp/markers text (per-plugin trust, share, steps) for rviz',
             read_only=True))
         path = self.get_parameter('trust_file').value or None

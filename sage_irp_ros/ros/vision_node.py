@@ -21,7 +21,7 @@ from std_msgs.msg import Header
 from sage_irp_ros.core import HaltConfig
 from sage_irp_ros.plugins.vision.plugin import DEFAULT_WEIGHTS, VisionIRP
 from sage_irp_ros.ros import conversions
-from sage_irp_ros.ros.host import IRPNodeHost, _descriptor, run_node
+from sage_irp_ros.ros.host import IRPNodeHost, descriptor, run_node
 
 # Overlay colours per class id (background keeps the camera image).
 PALETTE = np.array([[0, 0, 0], [230, 25, 75], [60, 180, 75], [0, 130, 200], [245, 130, 48],
@@ -51,18 +51,18 @@ class VisionIRPNode(IRPNodeHost):
 
     def declare_plugin_parameters(self) -> None:
         """Declare the model path, class names, overlay and input-size parameters."""
-        self.declare_parameter('model_path', '', _descriptor(
+        self.declare_parameter('model_path', '', descriptor(
             'Checkpoint of the vision model; empty = the weights shipped with the package',
             read_only=True))
-        self.declare_parameter('class_names', [''], _descriptor(
+        self.declare_parameter('class_names', [''], descriptor(
             'Names of the classes, by class id; [""] = the names stored in the checkpoint',
             read_only=True))
-        self.declare_parameter('overlay_topic', 'overlay', _descriptor(
+        self.declare_parameter('overlay_topic', 'overlay', descriptor(
             'Topic of the rgb8 colour overlay (published only while subscribed)',
             read_only=True))
-        self.declare_parameter('overlay_alpha', 0.5, _descriptor(
+        self.declare_parameter('overlay_alpha', 0.5, descriptor(
             'Opacity of the class colours in the overlay', float_range=(0.0, 1.0)))
-        self.declare_parameter('max_input_pixels', 4096 * 4096, _descriptor(
+        self.declare_parameter('max_input_pixels', 4096 * 4096, descriptor(
             'Largest accepted image (width * height)', read_only=True,
             int_range=(1, 1 << 30)))
 
