@@ -37,6 +37,22 @@ from sage_irp_ros.plugins.vision.evaluate import IoUAccumulator, summarize_steps
 from sage_irp_ros.plugins.vision.plugin import DEFAULT_WEIGHTS, VisionIRP  # noqa: E402
 
 
+def _row(acc, steps, t, sm):
+    """Figures of one split (or all): mIoU at step 0 / full / early, steps, speed-ups."""
+    st = summarize_steps(steps)
+    n = len(steps)
+    return {
+        'n': n,
+        'miou_step0': acc['step0'].miou(), 'miou_full': acc['full'].miou(),
+        'miou_early': acc['early'].miou(),
+        'steps_max': sm, 'steps_mean_early': st['mean'], 'steps_p95_early': st['p95'],
+        'speedup_steps': sm / max(st['mean'], 1e-9),
+        'speedup_wall': t['off'] / max(t['on'], 1e-12),
+        'ms_per_frame_full': 1e3 * t['off'] / n,
+        'ms_per_frame_early': 1e3 * t['on'] / n,
+    }
+
+
 def _sync(device):
     if device.type == 'cuda':
         torch.cuda.synchronize(device)
@@ -78,34 +94,15 @@ def bench(plugin: VisionIRP, n: int, warmup: int = 10):
             steps.append(res['on'].trace.steps)
             hr = res['on'].trace.halt_reason
             reasons[hr] = reasons.get(hr, 0) + 1
-        st = summarize_steps(steps)
-        rep[split] = {
-            'n': len(gts),
-            'miou_step0': acc['step0'].miou(), 'miou_full': acc['full'].miou(),
-            'miou_early': acc['early'].miou(),
+        rep[split] = dict(_row(acc, steps, t, sm), **{
             'iou_per_class_full': acc['full'].per_class(),
             'iou_per_class_early': acc['early'].per_class(),
-            'steps_max': sm, 'steps_mean_early': st['mean'], 'steps_p95_early': st['p95'],
-            'speedup_steps': sm / max(st['mean'], 1e-9),
-            'speedup_wall': t['off'] / max(t['on'], 1e-12),
-            'ms_per_frame_full': 1e3 * t['off'] / len(gts),
-            'ms_per_frame_early': 1e3 * t['on'] / len(gts),
             'halt_reasons_early': reasons,
-        }
+        })
         all_steps += steps
         all_t['on'] += t['on']
         all_t['off'] += t['off']
-    st = summarize_steps(all_steps)
-    rep['overall'] = {
-        'n': len(all_steps),
-        'miou_step0': acc_all['step0'].miou(), 'miou_full': acc_all['full'].miou(),
-        'miou_early': acc_all['early'].miou(),
-        'steps_max': sm, 'steps_mean_early': st['mean'], 'steps_p95_early': st['p95'],
-        'speedup_steps': sm / max(st['mean'], 1e-9),
-        'speedup_wall': all_t['off'] / max(all_t['on'], 1e-12),
-        'ms_per_frame_full': 1e3 * all_t['off'] / len(all_steps),
-        'ms_per_frame_early': 1e3 * all_t['on'] / len(all_steps),
-    }
+    rep['overall'] = _row(acc_all, all_steps, all_t, sm)
     o = rep['overall']
     o['miou_loss_rel_early'] = (o['miou_full'] - o['miou_early']) / max(o['miou_full'], 1e-12)
     return rep
