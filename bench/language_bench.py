@@ -13,6 +13,9 @@ on) is masked and handed, as the masked string alone, to the plugin:
 outside the vocabulary count as misses), ``meaning_cos`` the mean cosine between the
 all-MiniLM-L6-v2 embeddings of the repaired and the original sentence (``meaning_cos_masked``:
 the same for the masked input, as a floor), steps are those of the iterative runs.
+``tokens_only_*_right`` count the masked tokens one run got right and the other wrong;
+``sign_test_p`` is McNemar's exact two-sided test on them (how likely a split this uneven is
+if neither run were better).
 """
 
 import argparse
@@ -35,6 +38,7 @@ from sage_irp_ros.plugins.language.evaluate import (  # noqa: E402
     MiniLMEmbedder,
     cosines,
     mask_sentence,
+    paired_sign_test,
     percentile,
     run_set,
 )
@@ -62,6 +66,7 @@ def main():
     for rate in MASK_RATES:
         it = run_set(plugin, sents, rate, cfg)
         one = run_set(plugin, sents, rate, HaltConfig(eps=0.0, K=2, max_steps=1))
+        sign = paired_sign_test(it['hits'], one['hits'])
         masked_in = [mask_sentence(s, rate)[0] for s in sents]
         cos_it = cosines(emb(it['outputs']), ref)
         cos_one = cosines(emb(one['outputs']), ref)
@@ -69,6 +74,9 @@ def main():
         r = {
             'token_acc_iterative': round(it['token_acc'], 4),
             'token_acc_oneshot': round(one['token_acc'], 4),
+            'tokens_only_iterative_right': sign['a_only'],
+            'tokens_only_oneshot_right': sign['b_only'],
+            'sign_test_p': round(sign['p'], 4),
             'meaning_cos': round(float(np.mean(cos_it)), 4),
             'meaning_cos_oneshot': round(float(np.mean(cos_one)), 4),
             'meaning_cos_masked': round(float(np.mean(cos_masked)), 4),

@@ -52,7 +52,7 @@ def mask_sentence(toks: Sequence[str], rate: float) -> Tuple[str, List[int]]:
 
 def run_set(plugin, sentences: Sequence[Sequence[str]], rate: float, config: HaltConfig) -> dict:
     """Repair every span-masked sentence through the core loop; per-sentence results."""
-    outs, correct, total, steps, reasons, wall, unk = [], 0, 0, [], {}, [], 0
+    outs, hits, steps, reasons, wall, unk = [], [], [], {}, [], 0
     for toks in sentences:
         text, pos = mask_sentence(toks, rate)
         t = time.perf_counter()
@@ -60,15 +60,29 @@ def run_set(plugin, sentences: Sequence[Sequence[str]], rate: float, config: Hal
         wall.append(time.perf_counter() - t)
         fills = plugin.filled_tokens(res.state)
         truth = [toks[p] for p in pos]
-        correct += sum(a == b for a, b in zip(fills, truth, strict=True))
-        total += len(truth)
+        hits += [a == b for a, b in zip(fills, truth, strict=True)]
         unk += sum(w not in plugin.vocab.token_to_id for w in truth)
         steps.append(res.trace.steps)
         reasons[res.trace.halt_reason] = reasons.get(res.trace.halt_reason, 0) + 1
         outs.append(res.output)
-    return {'outputs': outs, 'token_acc': correct / max(total, 1), 'masked_tokens': total,
-            'masked_oov_frac': unk / max(total, 1), 'steps': steps, 'halt_reasons': reasons,
-            'wall_s': wall}
+    total = len(hits)
+    return {'outputs': outs, 'token_acc': sum(hits) / max(total, 1), 'hits': hits,
+            'masked_tokens': total, 'masked_oov_frac': unk / max(total, 1), 'steps': steps,
+            'halt_reasons': reasons, 'wall_s': wall}
+
+
+def paired_sign_test(hits_a: Sequence[bool], hits_b: Sequence[bool]) -> dict:
+    """Compare two runs token by token (McNemar's exact test on the discordant tokens).
+
+    ``a_only``: tokens ``a`` got right and ``b`` wrong, ``b_only`` the reverse; ``p``: the
+    two-sided binomial probability of a split at least this uneven if neither run were better.
+    """
+    pairs = list(zip(hits_a, hits_b, strict=True))
+    a_only = sum(bool(x) and not y for x, y in pairs)
+    b_only = sum(bool(y) and not x for x, y in pairs)
+    n, k = a_only + b_only, min(a_only, b_only)
+    p = min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n) if n else 1.0
+    return {'a_only': a_only, 'b_only': b_only, 'p': p}
 
 
 def percentile(xs: Sequence[float], q: float) -> float:

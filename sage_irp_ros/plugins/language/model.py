@@ -5,6 +5,8 @@ word or punctuation mark, so one ``[MASK]`` in the input is exactly one missing 
 network maps token ids (B, L) to per-position logits over the vocabulary (output projection
 tied to the input embedding) and to a pooled sentence state (mean of the final hidden states
 over the non-padding positions, L2-normalised) that the plugin uses as its meaning latent.
+A self-conditioned model (``MLMConfig.self_cond``) also takes what an earlier pass made of the
+sentence (``MaskedLM.recycled``) and flags for the words that are earlier guesses.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ class MLMConfig:
     d_ff: int = 512
     max_len: int = 32
     dropout: float = 0.05
+    self_cond: str = ''  # recycled input: '' none, 'soft' soft fill, 'hidden' hidden states
 
 
 class Vocab:
@@ -83,17 +86,52 @@ class MaskedLM(nn.Module):
         self.head_bias = nn.Parameter(torch.zeros(cfg.vocab_size))
         nn.init.normal_(self.tok.weight, std=0.02)
         nn.init.normal_(self.pos.weight, std=0.02)
+        if cfg.self_cond:
+            # recycling: the previous pass's final hidden states and a learned "this word is
+            # a guess" vector enter the input; zero-initialised, so the plain pass (no
+            # previous pass) is the ordinary masked LM
+            self.sc_proj = nn.Linear(cfg.d_model, cfg.d_model)
+            nn.init.zeros_(self.sc_proj.weight)
+            nn.init.zeros_(self.sc_proj.bias)
+            self.guess = nn.Parameter(torch.zeros(cfg.d_model))
 
-    def hidden(self, ids: torch.Tensor, pad: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Return the final hidden states (B, L, d); ``pad``: (B, L) bool, True at padding."""
+    def hidden(self, ids: torch.Tensor, pad: Optional[torch.Tensor] = None,
+               prev: Optional[torch.Tensor] = None,
+               guess: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Return the final hidden states (B, L, d); ``pad``: (B, L) bool, True at padding.
+
+        With ``cfg.self_cond`` (recycling): ``prev`` (B, L, d) is the previous pass's output of
+        this method and ``guess`` (B, L) bool marks the positions whose token is a previous
+        fill rather than given text. Both omitted: the plain (first) pass.
+        """
         pos = torch.arange(ids.shape[1], device=ids.device)
-        x = self.drop(self.tok(ids) + self.pos(pos)[None])
-        x = self.encoder(x, src_key_padding_mask=pad)
+        x = self.tok(ids) + self.pos(pos)[None]
+        if prev is not None or guess is not None:
+            if not self.cfg.self_cond:
+                raise ValueError('this model was trained without recycling (self_cond)')
+            if prev is not None:
+                x = x + self.sc_proj(prev)
+            if guess is not None:
+                x = x + guess.unsqueeze(-1).to(x.dtype) * self.guess
+        x = self.encoder(self.drop(x), src_key_padding_mask=pad)
         return self.norm(x)
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:
         """Vocabulary logits of hidden states (..., d) -> (..., V)."""
         return F.linear(h, self.tok.weight, self.head_bias)
+
+    def recycled(self, h: torch.Tensor, sel: torch.Tensor, logp: torch.Tensor) -> torch.Tensor:
+        """Return the ``prev`` input of the next pass, from this pass's hidden states ``h``.
+
+        ``'hidden'``: ``h / sqrt(d)`` at every position (unit-norm rows on average, the scale
+        of the word embeddings); ``'soft'``: the expected word embedding under ``logp`` (n, V)
+        at the positions ``sel`` (B, L), zero elsewhere.
+        """
+        if self.cfg.self_cond == 'hidden':
+            return h / math.sqrt(self.cfg.d_model)
+        out = torch.zeros_like(h)
+        out[sel] = logp.exp() @ self.tok.weight
+        return out
 
     @staticmethod
     def pooled(h: torch.Tensor, pad: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -108,6 +146,21 @@ class MaskedLM(nn.Module):
     def forward(self, ids: torch.Tensor, pad: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Logits (B, L, V)."""
         return self.logits(self.hidden(ids, pad))
+
+
+def guess_inputs(ids: torch.Tensor, sel: torch.Tensor, fills: torch.Tensor,
+                 keep: torch.Tensor, mask_id: int):
+    """Input ids and guess flags of a recycled pass (training and the plugin alike).
+
+    ``sel`` (B, L) bool marks the positions to fill, ``fills`` (n,) the previous pass's fills
+    there (row-major order of ``sel``), ``keep`` (n,) bool those kept as flagged guesses; the
+    others are re-masked. Returns ``(ids, guess)`` for :meth:`MaskedLM.hidden`.
+    """
+    x = ids.clone()
+    x[sel] = torch.where(keep, fills, torch.full_like(fills, mask_id))
+    guess = torch.zeros_like(sel)
+    guess[sel] = keep
+    return x, guess
 
 
 def n_params(net: nn.Module) -> int:

@@ -20,7 +20,13 @@ import torch
 from sage_irp_ros.core.loop import HaltConfig
 from sage_irp_ros.core.plugin import HALT_STABLE, IRPPlugin, IRPState, Schedule
 from sage_irp_ros.plugins.language.corpus import MASK_TEXT, words
-from sage_irp_ros.plugins.language.model import SPECIALS, MaskedLM, Vocab, load_checkpoint
+from sage_irp_ros.plugins.language.model import (
+    SPECIALS,
+    MaskedLM,
+    Vocab,
+    guess_inputs,
+    load_checkpoint,
+)
 
 WEIGHTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'weights')
 DEFAULT_WEIGHTS = os.path.join(WEIGHTS_DIR, 'language_mlm.pt')
@@ -35,13 +41,17 @@ class LanguageIRP(IRPPlugin):
     - **state space**: the payload is the current hypothesis, a (1, L) int64 tensor of
       word-level token ids (``L`` <= ``max_len`` tokens of the input); ``state.meta`` holds the
       positions that were masked in the input (``M``, ``n = |M|``), the negative
-      log-likelihood of the word now at each of them, the meaning latent of the hypothesis and
-      the history of its changes. Positions outside ``M`` never change. Step 1 predicts every
-      masked position at once (the one-shot fill); step ``t >= 1`` re-masks every fill whose
-      probability is below ``tau_t = keep_p * (1 - t / H)`` (``H = min(horizon,
-      max_steps)``: the threshold, and with it the re-masked set, falls linearly with the step
-      index as ``schedule.noise_level`` does over ``H``) and predicts them again from the
-      trusted fills and the rest of the text; at ``t >= H`` nothing is re-masked.
+      log-likelihood of the word now at each of them, what the last pass hands the next one
+      (``prev``: the soft fill, i.e. the expected word embedding at each position of ``M``),
+      the meaning latent of the hypothesis and the history of its changes. Positions outside
+      ``M`` never change. Step 1 is the plain pass: it predicts every masked position at once
+      (the one-shot fill). Step ``t >= 1`` keeps the fills whose probability reaches
+      ``tau_t = keep_p * (1 - t / H)`` (``H = min(horizon, max_steps)``: the threshold falls
+      linearly with the step index as ``schedule.noise_level`` does over ``H``) as flagged
+      guesses, re-masks the others, gives every position of ``M`` the previous soft fill and
+      predicts all of ``M`` again (a kept guess may be corrected). The network was trained for
+      exactly these inputs (``train.py``: self-conditioning), so a later step is a trained
+      operation, not the one-shot predictor re-used on its own output.
     - **noise / uncertainty model**: the sender lost whole words (dropped or garbled spans),
       marked ``[MASK]``; nothing is known about them but their count. The model's posterior
       ``p(w_i | visible words)`` at a masked position is the uncertainty; its argmax is the
@@ -55,8 +65,7 @@ class LanguageIRP(IRPPlugin):
       hidden state of the hypothesis, L2-normalised, 128-d) moved by less than
       ``stable_eps`` in cosine distance ``1 - cos`` at each of the last ``stable_K`` steps, or
       at once when there is nothing to repair; then the core's rules (``halt_config()`` turns
-      the slope rule off: the schedule ends in steps that change nothing, which ``stable``
-      catches).
+      the slope rule off: the fills settle, which ``stable`` catches).
     - **contribution (coherence)**: a complete utterance for the downstream parser / planner
       when speech recognition or a channel lost words, plus its meaning latent
       (:meth:`meaning`) for other plugins; easy repairs stop after 2-3 steps and return their
@@ -68,7 +77,7 @@ class LanguageIRP(IRPPlugin):
     """
 
     kind = 'language'
-    version = 'language-mlm-1'
+    version = 'language-mlm-2'
 
     def __init__(self, net: MaskedLM, vocab: Vocab, horizon: int = 8, keep_p: float = 0.95,
                  stable_eps: float = 1e-3, stable_K: int = 2):
@@ -78,6 +87,9 @@ class LanguageIRP(IRPPlugin):
         starting trust threshold (probability) of that schedule; ``stable_eps`` the
         cosine-distance threshold and ``stable_K`` the window of the ``stable`` rule.
         """
+        if not net.cfg.self_cond:
+            raise ValueError('the language plugin needs a self-conditioned model '
+                             '(train.py --self-cond > 0)')
         if len(vocab) != net.cfg.vocab_size:
             raise ValueError(f'vocabulary of {len(vocab)} words does not match the model '
                              f'({net.cfg.vocab_size})')
@@ -129,34 +141,37 @@ class LanguageIRP(IRPPlugin):
         return float(nll.mean()) if len(nll) else 0.0
 
     def step(self, state: IRPState, schedule: Schedule) -> IRPState:
-        """Re-mask the fills below the falling trust threshold (all at step 1) and predict them."""
+        """One pass of the network over the masked positions (see the class docstring).
+
+        Step 1 is the plain pass (the one-shot fill). Later steps keep the fills whose
+        probability reaches the falling threshold ``tau`` as flagged guesses, re-mask the
+        others, hand every masked position the previous pass's soft fill, and re-predict all
+        of them (a kept guess may be corrected).
+        """
         m = state.meta
         masked = m['masked']
-        n = len(masked)
-        nll = m['nll']
-        if not m['filled']:
-            order = np.arange(n)
-        else:
-            h = max(1, min(self.horizon, schedule.max_steps))
-            tau = self.keep_p * max(0.0, 1.0 - schedule.step_idx / h)
-            # re-mask every fill whose probability is below the falling threshold tau
-            order = np.flatnonzero(np.exp(-nll) < tau)
-        if len(order) == 0:  # all fills trusted: the hypothesis and its meaning stay
-            return state.evolve(state.payload, dmeaning=m['dmeaning'] + [0.0])
-        pos = torch.tensor([masked[j] for j in order], dtype=torch.long)
-        ids = state.payload.clone()
+        pos = torch.tensor(masked, dtype=torch.long)
+        ids = state.payload
+        sel = torch.zeros(ids.shape, dtype=torch.bool)
+        sel[0, pos] = True
         with torch.inference_mode():
-            inp = ids.clone()
-            inp[0, pos] = self.vocab.mask
-            h_all = self.net.hidden(inp)
+            if not m['filled']:
+                h_all = self.net.hidden(ids)
+            else:
+                h = max(1, min(self.horizon, schedule.max_steps))
+                tau = self.keep_p * max(0.0, 1.0 - schedule.step_idx / h)
+                keep = torch.from_numpy(np.exp(-m['nll']) >= tau)
+                inp, guess = guess_inputs(ids, sel, ids[sel], keep, self.vocab.mask)
+                h_all = self.net.hidden(inp, prev=m['prev'], guess=guess)
             logp = torch.log_softmax(self.net.logits(h_all[0, pos]) + self._ban, -1)
             best, tok = logp.max(-1)
-            ids[0, pos] = tok
-            meaning = self._meaning(ids)
+            new = ids.clone()
+            new[0, pos] = tok
+            meaning = self._meaning(new)
             dm = float(1.0 - torch.dot(meaning, m['meaning']).clamp(-1, 1))
-        new_nll = nll.copy()
-        new_nll[order] = (-best).numpy().astype(np.float64)
-        return state.evolve(ids, nll=new_nll, filled=True, meaning=meaning,
+            prev = self.net.recycled(h_all, sel, logp)
+        return state.evolve(new, nll=(-best).numpy().astype(np.float64), prev=prev,
+                            filled=True, meaning=meaning,
                             dmeaning=m['dmeaning'] + [max(dm, 0.0)])
 
     def halt(self, state: IRPState, energies: list) -> Optional[str]:

@@ -11,6 +11,16 @@ Masking during training follows the conditional masked LM of Mask-Predict: per s
 rate ``r ~ U(0.1, 0.9)``, ``max(1, round(r * L))`` positions masked, half of the sentences as
 contiguous spans (geometric span lengths, mean 3), half as scattered positions; the loss is
 the cross-entropy at the masked positions whose word is in the vocabulary.
+
+Self-conditioning (``--self-cond P``, after Chen et al., "Analog Bits", 2022): in a fraction
+``P`` of the batches, 1 to ``--recycle`` earlier passes (no gradient) fill the masks first; a
+threshold ``tau ~ U(0, 1)`` per sentence keeps the fills with probability ``>= tau`` as
+flagged guesses and re-masks the rest, and every pass hands the next one what
+``MaskedLM.recycled`` makes of it (``--recycle-input soft``: the expected word embedding at
+each masked position; ``hidden``: the final hidden states). The loss is that of the last
+pass, at every masked position (kept guesses included, so the model learns to correct them).
+The other batches train the plain pass. These are exactly the inputs the plugin's refinement
+steps give the model, so step 2 onwards is a trained operation.
 """
 
 from __future__ import annotations
@@ -33,6 +43,7 @@ from sage_irp_ros.plugins.language.model import (
     MaskedLM,
     MLMConfig,
     Vocab,
+    guess_inputs,
     lr_at,
     n_params,
     save_checkpoint,
@@ -145,6 +156,12 @@ def main(argv=None) -> int:
     ap.add_argument('--lr', type=float, default=2e-3)
     ap.add_argument('--threads', type=int, default=1)
     ap.add_argument('--vocab', type=int, default=None, help='vocabulary size incl. specials')
+    ap.add_argument('--self-cond', type=float, default=0.5,
+                    help='fraction of self-conditioned batches (0: plain masked LM)')
+    ap.add_argument('--recycle-input', choices=('soft', 'hidden'), default='soft',
+                    help='what a pass hands the next one: soft fill or hidden states')
+    ap.add_argument('--recycle', type=int, default=2,
+                    help='self-conditioned batches run 1..N earlier passes (no gradient)')
     args = ap.parse_args(argv)
 
     torch.set_num_threads(args.threads)
@@ -154,12 +171,13 @@ def main(argv=None) -> int:
     t0 = time.time()
 
     data = corpus.load_sentences(limit=1500 if args.quick else None)
+    self_cond = args.recycle_input if args.self_cond > 0 else ''
     if args.quick:
         cfg = MLMConfig(vocab_size=args.vocab or 1003, d_model=32, n_layers=1, n_heads=2,
-                        d_ff=64, max_len=32, dropout=0.0)
+                        d_ff=64, max_len=32, dropout=0.0, self_cond=self_cond)
         steps, batch = args.steps or 40, args.batch or 32
     else:
-        cfg = MLMConfig(vocab_size=args.vocab or 8003)
+        cfg = MLMConfig(vocab_size=args.vocab or 8003, self_cond=self_cond)
         steps, batch = args.steps or 2000, args.batch or 128
     tok_path = os.path.join(args.out, 'tokenizer.json')
     vocab = train_tokenizer(data['train'], cfg.vocab_size, tok_path)
@@ -173,6 +191,8 @@ def main(argv=None) -> int:
     opt = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=0.01,
                             betas=(0.9, 0.98))
     warmup = max(1, min(200, steps // 10))
+    ban = torch.zeros(len(vocab))
+    ban[[vocab.token_to_id[t] for t in SPECIALS]] = -float('inf')
     it = batches(rng, lens, batch)
     net.train()
     ema = None
@@ -183,7 +203,22 @@ def main(argv=None) -> int:
         L = int(lens[idx].max())
         inp, tgt = mask_batch(rng, ids[idx, :L], lens[idx], vocab)
         x, y = torch.from_numpy(inp), torch.from_numpy(tgt)
-        h = net.hidden(x, x == vocab.pad)
+        pad = x == vocab.pad
+        if args.self_cond > 0 and rng.random() < args.self_cond:
+            filled = x == vocab.mask
+            tau = torch.from_numpy(rng.uniform(size=len(idx)))[:, None].expand_as(x)[filled]
+            rounds = 1 + int(rng.integers(args.recycle))
+            with torch.no_grad():
+                xin, prev, guess = x, None, None
+                for _ in range(rounds):
+                    h = net.hidden(xin, pad, prev=prev, guess=guess)
+                    logp = torch.log_softmax(net.logits(h[filled]) + ban, -1)
+                    best, fills = logp.max(-1)
+                    prev = net.recycled(h, filled, logp)
+                    xin, guess = guess_inputs(x, filled, fills, best.exp() >= tau, vocab.mask)
+            h = net.hidden(xin, pad, prev=prev, guess=guess)
+        else:
+            h = net.hidden(x, pad)
         sel = y != -100
         loss = F.cross_entropy(net.logits(h[sel]), y[sel])
         opt.zero_grad(set_to_none=True)
@@ -206,7 +241,9 @@ def main(argv=None) -> int:
     meta = {
         'quick': bool(args.quick), 'seed': args.seed, 'command': cmd.strip(),
         'config': asdict(cfg), 'steps': steps, 'batch': batch, 'lr': args.lr,
-        'threads': args.threads, 'params': n_params(net), 'train_seconds': round(train_s, 1),
+        'threads': args.threads, 'self_cond': args.self_cond, 'recycle': args.recycle,
+        'recycle_input': args.recycle_input, 'params': n_params(net),
+        'train_seconds': round(train_s, 1),
         'train_sentences': len(ids), 'dev_sentences_scored': len(dev_ids),
         'corpus_recipe': corpus.RECIPE, 'dev_metrics': dev, 'torch': torch.__version__,
     }
