@@ -1,6 +1,7 @@
 """Language plugin benchmark: held-out repair quality, steps to stable, time per sentence.
 
     PYTHONPATH=. python bench/language_bench.py [--limit N] [--out out/bench/language.json]
+    PYTHONPATH=. python bench/language_bench.py --split dev --weights DIR --out /tmp/dev.json
 
 For each span-masking rate (15 %, 30 %, 50 % of the tokens, spans drawn deterministically
 per sentence) every held-out sentence (corpus.py's hash rule; never trained on, never tuned
@@ -42,23 +43,39 @@ from sage_irp_ros.plugins.language.evaluate import (  # noqa: E402
     percentile,
     run_set,
 )
-from sage_irp_ros.plugins.language.plugin import load_default  # noqa: E402
+from sage_irp_ros.plugins.language.plugin import LanguageIRP, load_default  # noqa: E402
 
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument('--limit', type=int, default=None, help='first N held-out sentences')
+    ap.add_argument('--limit', type=int, default=None, help='first N sentences of the split')
+    ap.add_argument('--split', choices=('held_out', 'dev'), default='held_out',
+                    help='dev: for choosing settings and comparing training runs')
+    ap.add_argument('--weights', default=None,
+                    help='folder with language_mlm.pt + tokenizer.json (default: committed)')
+    ap.add_argument('--horizon', type=int, default=None)
+    ap.add_argument('--keep-p', type=float, default=None)
+    ap.add_argument('--stable-eps', type=float, default=None)
+    ap.add_argument('--stable-K', type=int, default=None)
     ap.add_argument('--threads', type=int, default=1)
     ap.add_argument('--out', default=os.path.join(ROOT, 'out', 'bench', 'language.json'))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     t0 = time.time()
-    sents = corpus.load_sentences()['held_out'][:args.limit]
-    plugin = load_default()
+    sents = corpus.load_sentences()[args.split][:args.limit]
+    kw = {k: v for k, v in (('horizon', args.horizon), ('keep_p', args.keep_p),
+                            ('stable_eps', args.stable_eps), ('stable_K', args.stable_K))
+          if v is not None}
+    if args.weights:
+        plugin = LanguageIRP.from_files(os.path.join(args.weights, 'language_mlm.pt'),
+                                        os.path.join(args.weights, 'tokenizer.json'), **kw)
+    else:
+        plugin = load_default(**kw)
     emb = MiniLMEmbedder()
     ref = emb([' '.join(s) for s in sents])
     cfg = plugin.halt_config()
-    res = {'sentences': len(sents), 'split': 'held_out (corpus.split_of)',
+    res = {'sentences': len(sents), 'split': f'{args.split} (corpus.split_of)',
+           'weights': args.weights or 'committed',
            'plugin_version': plugin.version, 'halt_config': vars(cfg) if hasattr(cfg, '__dict__')
            else str(cfg), 'horizon': plugin.horizon, 'stable_eps': plugin.stable_eps,
            'stable_K': plugin.stable_K, 'torch_threads': torch.get_num_threads(),
