@@ -192,3 +192,10 @@ def test_paired_sign_test_counts_discordant_tokens():
     assert paired_sign_test([True] * 10, [False] * 10)['p'] < 0.002
     with pytest.raises(ValueError):
         paired_sign_test([True], [True, False])
+
+
+def test_a_model_trained_without_self_conditioning_is_refused_clearly(tmp_path):
+    from sage_irp_ros.plugins.language import train
+    assert train.main(['--quick', '--out', str(tmp_path), '--steps', '2', '--self-cond', '0']) == 0
+    with pytest.raises(ValueError, match='self-conditioned'):
+        LanguageIRP.from_files(str(tmp_path / 'language_mlm.pt'), str(tmp_path / 'tokenizer.json'))
