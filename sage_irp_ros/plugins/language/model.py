@@ -86,10 +86,12 @@ class MaskedLM(nn.Module):
         self.head_bias = nn.Parameter(torch.zeros(cfg.vocab_size))
         nn.init.normal_(self.tok.weight, std=0.02)
         nn.init.normal_(self.pos.weight, std=0.02)
+        if cfg.self_cond not in ('', 'soft', 'hidden'):
+            raise ValueError(f"self_cond must be '', 'soft' or 'hidden', not {cfg.self_cond!r}")
         if cfg.self_cond:
-            # recycling: the previous pass's final hidden states and a learned "this word is
-            # a guess" vector enter the input; zero-initialised, so the plain pass (no
-            # previous pass) is the ordinary masked LM
+            # self-conditioning: what the previous pass made of the sentence (recycled()) and
+            # a learned "this word is a guess" vector enter the input; zero-initialised, so
+            # the plain pass (no previous pass) is the ordinary masked LM
             self.sc_proj = nn.Linear(cfg.d_model, cfg.d_model)
             nn.init.zeros_(self.sc_proj.weight)
             nn.init.zeros_(self.sc_proj.bias)
@@ -100,15 +102,15 @@ class MaskedLM(nn.Module):
                guess: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Return the final hidden states (B, L, d); ``pad``: (B, L) bool, True at padding.
 
-        With ``cfg.self_cond`` (recycling): ``prev`` (B, L, d) is the previous pass's output of
-        this method and ``guess`` (B, L) bool marks the positions whose token is a previous
-        fill rather than given text. Both omitted: the plain (first) pass.
+        With ``cfg.self_cond``: ``prev`` (B, L, d) is :meth:`recycled` of the previous pass and
+        ``guess`` (B, L) bool marks the positions whose token is a previous fill rather than
+        given text. Both omitted: the plain (first) pass.
         """
         pos = torch.arange(ids.shape[1], device=ids.device)
         x = self.tok(ids) + self.pos(pos)[None]
         if prev is not None or guess is not None:
             if not self.cfg.self_cond:
-                raise ValueError('this model was trained without recycling (self_cond)')
+                raise ValueError('this model was trained without self-conditioning')
             if prev is not None:
                 x = x + self.sc_proj(prev)
             if guess is not None:
