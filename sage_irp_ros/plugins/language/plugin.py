@@ -130,6 +130,8 @@ class LanguageIRP(IRPPlugin):
         meta = {'text': x0, 'spans': [(a, b) for _, a, b in spans], 'masked': masked,
                 'nll': np.full(len(masked), self.log_v), 'filled': False, 'dmeaning': []}
         ids = torch.tensor([self.vocab.encode([t for t, _, _ in spans])], dtype=torch.long)
+        meta['sel'] = torch.zeros(ids.shape, dtype=torch.bool)  # masked positions, fixed
+        meta['sel'][0, masked] = True
         if masked:
             with torch.inference_mode():
                 meta['meaning'] = self._meaning(ids)
@@ -149,11 +151,7 @@ class LanguageIRP(IRPPlugin):
         of them (a kept guess may be corrected).
         """
         m = state.meta
-        masked = m['masked']
-        pos = torch.tensor(masked, dtype=torch.long)
-        ids = state.payload
-        sel = torch.zeros(ids.shape, dtype=torch.bool)
-        sel[0, pos] = True
+        ids, sel = state.payload, m['sel']
         with torch.inference_mode():
             if not m['filled']:
                 h_all = self.net.hidden(ids)
@@ -163,10 +161,10 @@ class LanguageIRP(IRPPlugin):
                 keep = torch.from_numpy(np.exp(-m['nll']) >= tau)
                 inp, guess = guess_inputs(ids, sel, ids[sel], keep, self.vocab.mask)
                 h_all = self.net.hidden(inp, prev=m['prev'], guess=guess)
-            logp = torch.log_softmax(self.net.logits(h_all[0, pos]) + self._ban, -1)
+            logp = torch.log_softmax(self.net.logits(h_all[sel]) + self._ban, -1)
             best, tok = logp.max(-1)
             new = ids.clone()
-            new[0, pos] = tok
+            new[sel] = tok
             meaning = self._meaning(new)
             dm = float(1.0 - torch.dot(meaning, m['meaning']).clamp(-1, 1))
             prev = self.net.recycled(h_all, sel, logp)
