@@ -43,8 +43,8 @@ from sage_irp_ros.ros.conversions import image_to_rgb
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PLUGINS = {  # plugin kind -> (module, node name)
-    'vision': ('sage_irp_ros.ros.vision_node', 'vision_irp_node'),
-    'language': ('sage_irp_ros.ros.language_node', 'language_irp_node'),
+    'vision': ('sage_irp_ros.plugins.vision.node', 'vision_irp_node'),
+    'language': ('sage_irp_ros.plugins.language.node', 'language_irp_node'),
 }
 ORCHESTRATOR = ('sage_irp_ros.ros.orchestrator_node', 'orchestrator_node')
 INPUT_TOPICS = {'vision': '/camera/image_raw', 'language': '/speech/text'}
@@ -392,7 +392,7 @@ def plots(out_dir: str, recorded, truth, t0_ns: int) -> List[str]:
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
 
-    from sage_irp_ros.ros.vision_node import PALETTE
+    from sage_irp_ros.plugins.vision.node import PALETTE
     records = [(t, json.loads(m.data)) for t, m in recorded.get('/irp/telemetry_json', [])]
     frame_of = {f['stamp_ns']: f for f in truth['frames']}
     paths = []

@@ -10,7 +10,7 @@ from rclpy.parameter import Parameter
 from std_msgs.msg import Float32MultiArray, String
 
 from sage_irp_ros.plugins.fixture import SmoothingFixture
-from sage_irp_ros.ros.fixture_node import FixtureIRPNode
+from sage_irp_ros.plugins.fixture.node import FixtureIRPNode
 
 
 class CrashingFixture(SmoothingFixture):

@@ -12,7 +12,7 @@ from sage_irp_ros.core import validate_record
 from sage_irp_ros.msg import BudgetGrant, IRPTelemetry
 from sage_irp_ros.ros.conversions import msg_to_record
 
-MODULE = 'sage_irp_ros.ros.fixture_node'
+MODULE = 'sage_irp_ros.plugins.fixture.node'
 
 
 def signal(n=200, seed=0):

@@ -9,7 +9,7 @@ from std_msgs.msg import Float32MultiArray, String
 
 from sage_irp_ros.core import validate_record
 
-MODULE = 'sage_irp_ros.ros.language_node'
+MODULE = 'sage_irp_ros.plugins.language.node'
 
 
 def test_language_node_repairs_text_and_survives_bad_input(ros, node_process):

@@ -42,9 +42,9 @@ def test_launch_file_names_only_executables_that_exist():
 
 
 def test_config_sections_match_node_names_and_declared_parameters():
-    from sage_irp_ros.ros.language_node import LanguageIRPNode
+    from sage_irp_ros.plugins.language.node import LanguageIRPNode
     from sage_irp_ros.ros.orchestrator_node import OrchestratorNode
-    from sage_irp_ros.ros.vision_node import VisionIRPNode
+    from sage_irp_ros.plugins.vision.node import VisionIRPNode
     cfg = yaml.safe_load(open(CONFIG))
     c = _launch_constants()
     names = {n for _, n in c['PLUGIN_NODES'].values()} | {c['ORCHESTRATOR'][1]}

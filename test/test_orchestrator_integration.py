@@ -11,7 +11,7 @@ from visualization_msgs.msg import MarkerArray
 
 from sage_irp_ros.msg import BudgetGrant
 
-FIXTURE = 'sage_irp_ros.ros.fixture_node'
+FIXTURE = 'sage_irp_ros.plugins.fixture.node'
 ORCH = 'sage_irp_ros.ros.orchestrator_node'
 GOOD, HARD, NOISY = '/good_fixture', '/hard_fixture', '/noisy_fixture'
 

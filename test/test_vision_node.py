@@ -15,7 +15,7 @@ from sage_irp_ros.msg import IRPTelemetry
 from sage_irp_ros.plugins.vision.scenes import held_out
 from sage_irp_ros.ros.conversions import rgb_to_image
 
-MODULE = 'sage_irp_ros.ros.vision_node'
+MODULE = 'sage_irp_ros.plugins.vision.node'
 
 
 def test_vision_node_segments_camera_frames(ros, node_process):

@@ -21,15 +21,15 @@ from rclpy.node import Node
 def _factories() -> Dict[str, Callable[[], Node]]:
     """Return the node constructors by plugin name (imported lazily: models are heavy)."""
     def vision():
-        from sage_irp_ros.ros.vision_node import VisionIRPNode
+        from sage_irp_ros.plugins.vision.node import VisionIRPNode
         return VisionIRPNode()
 
     def fixture():
-        from sage_irp_ros.ros.fixture_node import FixtureIRPNode
+        from sage_irp_ros.plugins.fixture.node import FixtureIRPNode
         return FixtureIRPNode()
 
     def language():
-        from sage_irp_ros.ros.language_node import LanguageIRPNode
+        from sage_irp_ros.plugins.language.node import LanguageIRPNode
         return LanguageIRPNode()
 
     table = {'vision': vision, 'language': language, 'fixture': fixture}
