@@ -43,7 +43,14 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from sage_irp_ros.core import Budget, HaltConfig, StepCostMeter, make_record, refine  # noqa: E402
+from sage_irp_ros.core import (  # noqa: E402
+    Budget,
+    HaltConfig,
+    RunInfo,
+    StepCostMeter,
+    make_record,
+    refine,
+)
 from sage_irp_ros.core.allocator import CycleAllocator, TrustBook  # noqa: E402
 from sage_irp_ros.plugins.fixture import NoisyFixture  # noqa: E402
 from sage_irp_ros.plugins.language import corpus  # noqa: E402
@@ -164,8 +171,8 @@ def run_policy(policy, wls, tariffs, total, cycles, period_ms):
             halts[name][r.trace.halt_reason] = halts[name].get(r.trace.halt_reason, 0) + 1
             if policy == 'trust':
                 t_cpu = time.thread_time()
-                rec = make_record(w.kind, r.trace, entity_id=name,
-                                  metadata={'atp_per_step': tariffs[name][0].per_step_ms})
+                rec = make_record(w.kind, r.trace, entity_id=name, run=RunInfo(
+                    cycle=None, trust_weight=None, atp_per_step=tariffs[name][0].per_step_ms))
                 if c == 0:  # the first cycle runs on an equal split while trust is learned
                     alloc.observe(name, w.kind, rec, now=float(c), cycle=None)
                 else:

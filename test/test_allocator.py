@@ -127,10 +127,14 @@ def test_trust_book_ema_and_persistence(tmp_path):
         TrustBook(path=str(tmp_path / 'broken.json'))
 
 
-def _rec(spent, reason, cycle, energies=(10.0, 5.0, 4.0)):
-    from sage_irp_ros.core import Trace, make_record
+def _rec(spent, reason, cycle, energies=(10.0, 5.0, 4.0), price=None, dropped=0,
+         metadata=None):
+    """A run's record; ``price`` None: a host that reports no run info (no ``run``)."""
+    from sage_irp_ros.core import RunInfo, Trace, make_record
     t = Trace(energies=list(energies), halt_reason=reason, atp_spent=spent)
-    return make_record('custom', t, metadata={'cycle': cycle})
+    run = None if price is None else RunInfo(cycle=cycle, trust_weight=None,
+                                             atp_per_step=price, dropped_inputs=dropped)
+    return make_record('custom', t, run=run, metadata=metadata)
 
 
 def test_cycle_allocator_regrants_spare_within_the_cycle_and_conserves_total():
@@ -141,8 +145,8 @@ def test_cycle_allocator_regrants_spare_within_the_cycle_and_conserves_total():
     g = a.start_cycle(now=0.1)
     assert set(g) == {'/a', '/b'} and sum(g.values()) <= 10.0
     # /b runs out of budget (wants more); /a then halts early with ATP to spare.
-    assert a.observe('/b', 'language', _rec(g['/b'], 'budget', 1), now=0.2) == {}
-    changes = a.observe('/a', 'vision', _rec(1.0, 'slope<eps', 1), now=0.3)
+    assert a.observe('/b', 'language', _rec(g['/b'], 'budget', 1, price=0.1), now=0.2) == {}
+    changes = a.observe('/a', 'vision', _rec(1.0, 'slope<eps', 1, price=0.1), now=0.3)
     assert list(changes)[0] == '/a' and changes['/a'] < g['/a'] and changes['/b'] > g['/b']
     assert sum(p.granted for p in a.plugins.values()) <= 10.0 + 1e-9
     assert a.regranted_total == pytest.approx(g['/a'] - changes['/a'])
@@ -151,10 +155,45 @@ def test_cycle_allocator_regrants_spare_within_the_cycle_and_conserves_total():
     a.start_cycle(now=0.4)
     assert a.plugins['/b'].need > need_b and a.overallocations == 0
     # Liveness: /a stops reporting and leaves; it rejoins when it reports again.
-    a.observe('/b', 'language', _rec(1.0, 'slope<eps', 2), now=1.3)
+    a.observe('/b', 'language', _rec(1.0, 'slope<eps', 2, price=0.1), now=1.3)
     assert set(a.start_cycle(now=1.35)) == {'/b'} and a.left == ['/a']
     a.observe('/a', 'vision', _rec(1.0, 'slope<eps', None), now=1.4)
     assert set(a.start_cycle(now=1.45)) == {'/a', '/b'}
+
+
+def test_cycle_allocator_reads_the_typed_run_fields_not_metadata():
+    from sage_irp_ros.core.allocator import CycleAllocator
+    a = CycleAllocator(total=10.0, floor=0.1)
+    a.observe('/a', 'vision', _rec(1.0, 'slope<eps', None, price=0.5, dropped=3), now=0.0)
+    assert a.plugins['/a'].dropped == 3
+    # The price of one step is the least a run needs.
+    a.observe('/a', 'vision', _rec(0.2, 'slope<eps', None, price=3.0, dropped=5), now=0.1)
+    assert a.plugins['/a'].need == pytest.approx(3.0) and a.plugins['/a'].dropped == 5
+    a.start_cycle(now=0.2)
+    # Facts in metadata are plugin extras, not read: this run names no cycle, frees nothing.
+    legacy = _rec(0.1, 'slope<eps', None, metadata={
+        'cycle': a.cycle, 'atp_per_step': 9.0, 'dropped_total': 99})
+    assert a.observe('/a', 'vision', legacy, now=0.3) == {}
+    assert a.plugins['/a'].dropped == 5 and a.plugins['/a'].need < 9.0
+    assert a.plugins['/a'].runs_cycle == 0
+    # The same run with its cycle in run.cycle counts towards the cycle.
+    a.observe('/a', 'vision', _rec(0.1, 'slope<eps', a.cycle, price=0.05), now=0.4)
+    assert a.plugins['/a'].runs_cycle == 1 and a.plugins['/a'].spent == pytest.approx(0.1)
+
+
+def test_cycle_allocator_takes_records_without_run_info():
+    # A host that reports no run info: priced by what it spends, its runs on default budgets.
+    from sage_irp_ros.core.allocator import CycleAllocator
+    a = CycleAllocator(total=10.0, floor=0.1)
+    a.observe('/x', 'custom', _rec(2.0, 'slope<eps', None), now=0.0)
+    assert a.plugins['/x'].need == pytest.approx(2.0) and a.plugins['/x'].dropped == 0
+    g = a.start_cycle(now=0.1)
+    assert g == {'/x': pytest.approx(10.0)}
+    assert a.observe('/x', 'custom', _rec(1.0, 'slope<eps', None), now=0.2) == {}
+    assert a.plugins['/x'].runs_cycle == 0  # no cycle named: not counted as this cycle's
+    # With the cycle passed explicitly (the benchmark's way), it counts.
+    a.observe('/x', 'custom', _rec(1.0, 'slope<eps', None), now=0.3, cycle=a.cycle)
+    assert a.plugins['/x'].runs_cycle == 1
 
 
 def test_allocate_with_denormal_demand_hands_out_everything():

@@ -4,11 +4,13 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from rclpy.serialization import deserialize_message, serialize_message
 from sensor_msgs.msg import Image
 from std_msgs.msg import Float32MultiArray, Header, String
 
-from sage_irp_ros.core import HaltConfig, make_record, refine
+from sage_irp_ros.core import HaltConfig, RunInfo, Trace, make_record, refine, validate_record
 from sage_irp_ros.msg import BudgetGrant, IRPTelemetry, TrustMetrics
 from sage_irp_ros.plugins.fixture import SmoothingFixture
 from sage_irp_ros.ros import conversions as cv
@@ -85,6 +87,59 @@ def test_telemetry_message_mirrors_the_record_and_serialises():
     assert cv.msg_to_record(back) == rec
     assert back.halt_reason == IRPTelemetry.HALT_MAX_STEPS == 'max_steps'
     assert isinstance(back.trust, TrustMetrics) and back.header.frame_id == 'f'
+    assert 'run' not in rec and not back.has_run  # no run info: has_run false, no "run"
+
+
+def _round_trip(rec):
+    validate_record(rec)
+    back = deserialize_message(serialize_message(cv.record_to_msg(rec)), IRPTelemetry)
+    assert cv.msg_to_record(back) == rec
+    return back
+
+
+@pytest.mark.parametrize('info', [
+    RunInfo(cycle=1_761_000_000_123, trust_weight=2.5, atp_per_step=0.75, dropped_inputs=4,
+            model_version='lm-v3', device='cuda:0', precision='fp16'),
+    RunInfo(cycle=None, trust_weight=None, atp_per_step=3.0),  # a default budget
+    RunInfo(cycle=0, trust_weight=0.0, atp_per_step=0.0, dropped_inputs=2 ** 64 - 1),
+])
+def test_run_info_travels_in_typed_fields(info):
+    t = Trace(energies=[5.0, 3.0, 2.5], halt_reason='slope<eps', atp_spent=1.5,
+              atp_granted=4.0)
+    rec = make_record('language', t, entity_id='/lm', run=info,
+                      metadata={'quality': 0.9, 'input_stamp': 12.5})
+    back = _round_trip(rec)
+    assert back.has_run and back.has_cycle == (info.cycle is not None)
+    assert back.cycle == (info.cycle or 0) and back.dropped_inputs == info.dropped_inputs
+    assert back.trust_weight == (-1.0 if info.trust_weight is None else info.trust_weight)
+    assert (back.atp_per_step, back.model_version, back.device, back.precision) == (
+        info.atp_per_step, info.model_version, info.device, info.precision)
+    assert 'cycle' not in back.metadata_json  # the typed fields, not metadata
+
+
+_ros_text = st.text(max_size=6).filter(lambda s: '\x00' not in s)  # RunInfo refuses NUL
+
+
+@given(energies=st.lists(st.floats(allow_nan=False), max_size=6),
+       granted=st.one_of(st.none(), st.floats(0, 1e9)),
+       info=st.one_of(st.none(), st.builds(
+           RunInfo, cycle=st.one_of(st.none(), st.integers(0, 2 ** 64 - 1)),
+           trust_weight=st.one_of(st.none(), st.floats(0)), atp_per_step=st.floats(0),
+           dropped_inputs=st.integers(0, 2 ** 64 - 1), model_version=_ros_text,
+           device=_ros_text, precision=_ros_text)))
+@settings(max_examples=150, deadline=None)
+def test_record_and_message_are_exact_inverses(energies, granted, info):
+    t = Trace(energies=energies, halt_reason='max_steps', atp_granted=granted)
+    _round_trip(make_record('control', t, entity_id='/c', run=info))
+
+
+def test_record_without_run_leaves_the_run_fields_at_their_defaults():
+    t = Trace(energies=[1.0], halt_reason='budget')
+    back = _round_trip(make_record('custom', t))
+    assert (back.has_run, back.has_cycle, back.cycle, back.atp_per_step, back.dropped_inputs,
+            back.model_version, back.device, back.precision) == (
+        False, False, 0, 0.0, 0, '', '', '')
+    assert 'run' not in cv.msg_to_record(back)
 
 
 def test_budget_grant_message():

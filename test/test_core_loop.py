@@ -204,5 +204,5 @@ def test_fixture_converges_and_lowers_energy():
 
 
 def test_spec_signature_unpacks_to_output_and_trace():
-    out, trace = SmoothingFixture().refine(_signals(1)[0], config=HaltConfig(max_steps=3))
+    out, trace = refine(SmoothingFixture(), _signals(1)[0], config=HaltConfig(max_steps=3))
     assert out.shape == (128,) and trace.steps == 3

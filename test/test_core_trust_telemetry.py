@@ -14,6 +14,7 @@ from sage_irp_ros.core import (
     Budget,
     HaltConfig,
     JsonlSink,
+    RunInfo,
     TelemetryError,
     Trace,
     make_record,
@@ -23,6 +24,11 @@ from sage_irp_ros.core import (
 )
 
 finite_floats = st.floats(allow_nan=False, allow_infinity=False)
+run_infos = st.builds(
+    RunInfo, cycle=st.one_of(st.none(), st.integers(0, 2 ** 64 - 1)),
+    trust_weight=st.one_of(st.none(), st.floats(0, 1e300)), atp_per_step=st.floats(0),
+    dropped_inputs=st.integers(0, 2 ** 64 - 1), model_version=st.text(max_size=8).filter(
+        lambda s: '\x00' not in s), device=st.just('cpu'), precision=st.just('fp32'))
 
 
 def test_trust_known_values():
@@ -58,22 +64,65 @@ def test_trust_is_always_finite(energies):
 
 @given(energies=st.lists(finite_floats, min_size=1, max_size=30),
        max_steps=st.integers(0, 30), granted=st.one_of(st.none(), st.floats(0, 1e6)),
-       kind=st.sampled_from(['vision', 'language', 'audio', 'control', 'memory', 'custom']))
+       kind=st.sampled_from(['vision', 'language', 'audio', 'control', 'memory', 'custom']),
+       run=st.one_of(st.none(), run_infos))
 @settings(max_examples=200, deadline=None)
-def test_schema_accepts_every_record_the_code_makes(energies, max_steps, granted, kind):
+def test_schema_accepts_every_record_the_code_makes(energies, max_steps, granted, kind, run):
     budget = Budget(granted) if granted is not None else None
     r = refine(ScriptedPlugin(energies), None, config=HaltConfig(eps=1e-3, K=2,
                                                                    max_steps=max_steps),
                budget=budget)
     rec = make_record(kind, r.trace, entity_id='/n', metadata={'q': 1.0},
                       lrc_context={'policy_id': 'p', 'L': 0.5, 'R': 1.0, 'C': 0.2},
-                      memory_mb=12.5, gpu_util=None)
+                      memory_mb=12.5, gpu_util=None, run=run)
     json.loads(validate_record(rec))
+    assert ('run' in rec) == (run is not None)
+
+
+def test_run_info_becomes_the_typed_run_object():
+    t = Trace(energies=[4.0, 2.0], halt_reason='slope<eps')
+    info = RunInfo(cycle=1_700_000_000_123, trust_weight=2.5, atp_per_step=0.75,
+                   dropped_inputs=3, model_version='v2', device='cuda:0', precision='fp16')
+    rec = make_record('vision', t, metadata={'quality': 0.5}, run=info)
+    assert rec['run'] == {'cycle': 1_700_000_000_123, 'trust_weight': 2.5,
+                          'atp_per_step': 0.75, 'dropped_inputs': 3, 'model_version': 'v2',
+                          'device': 'cuda:0', 'precision': 'fp16'}
+    assert rec['metadata'] == {'quality': 0.5}  # metadata keeps the plugin's extras only
+    validate_record(rec)
+    # The default budget: no cycle, no trust weight; the other fields have defaults.
+    rec = make_record('vision', t, run=RunInfo(cycle=None, trust_weight=None, atp_per_step=2))
+    assert rec['run'] == {'cycle': None, 'trust_weight': None, 'atp_per_step': 2.0,
+                          'dropped_inputs': 0, 'model_version': '', 'device': '',
+                          'precision': ''}
+    validate_record(rec)
+    # An infinite price is clipped like every other number, so the record still serialises.
+    rec = make_record('vision', t, run=RunInfo(cycle=None, trust_weight=math.inf,
+                                               atp_per_step=math.inf))
+    validate_record(rec)
+    assert 'run' not in make_record('vision', t)
+    with pytest.raises(TypeError):
+        make_record('vision', t, run={'cycle': 1})
+    with pytest.raises(AttributeError):
+        info.cycle = 2  # frozen
+
+
+@pytest.mark.parametrize('kwargs', [
+    {'cycle': -1}, {'cycle': 2 ** 64}, {'cycle': 1.0}, {'cycle': True},
+    {'trust_weight': -0.5}, {'trust_weight': math.nan}, {'trust_weight': '1'},
+    {'atp_per_step': -1.0}, {'atp_per_step': math.nan}, {'atp_per_step': None},
+    {'dropped_inputs': -1}, {'dropped_inputs': 0.5}, {'dropped_inputs': None},
+    {'model_version': 3}, {'device': None}, {'precision': b'fp32'}, {'device': 'cpu\x00'},
+])
+def test_run_info_refuses_values_no_record_can_carry(kwargs):
+    base = {'cycle': 1, 'trust_weight': 1.0, 'atp_per_step': 1.0}
+    with pytest.raises(ValueError, match=next(iter(kwargs))):
+        RunInfo(**{**base, **kwargs})
 
 
 def _good():
     r = refine(ScriptedPlugin([4.0, 2.0, 1.0]), None, config=HaltConfig(max_steps=5))
-    return make_record('vision', r.trace, entity_id='/cam')
+    return make_record('vision', r.trace, entity_id='/cam',
+                       run=RunInfo(cycle=7, trust_weight=1.0, atp_per_step=0.5))
 
 
 @pytest.mark.parametrize('mutate, where', [
@@ -91,6 +140,15 @@ def _good():
     (lambda r: r['budget'].update(gpu_util=101), 'gpu_util'),
     (lambda r: r.update(LRC_context={'L': 2.0}), 'L'),
     (lambda r: r.update(metadata='text'), 'metadata'),
+    (lambda r: r['run'].update(extra=1), 'extra'),
+    (lambda r: r['run'].pop('device'), 'device'),
+    (lambda r: r['run'].update(cycle=-1), 'cycle'),
+    (lambda r: r['run'].update(cycle=1.5), 'cycle'),
+    (lambda r: r['run'].update(trust_weight=-1.0), 'trust_weight'),
+    (lambda r: r['run'].update(atp_per_step=None), 'atp_per_step'),
+    (lambda r: r['run'].update(dropped_inputs=-3), 'dropped_inputs'),
+    (lambda r: r['run'].update(precision=16), 'precision'),
+    (lambda r: r.update(run=None), 'run'),
 ])
 def test_schema_rejects_malformed_records(mutate, where):
     rec = copy.deepcopy(_good())

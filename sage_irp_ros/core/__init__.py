@@ -24,6 +24,7 @@ from sage_irp_ros.core.plugin import (
 )
 from sage_irp_ros.core.telemetry import (
     JsonlSink,
+    RunInfo,
     TelemetryError,
     make_record,
     process_memory_mb,
@@ -36,7 +37,7 @@ __all__ = [
     'Budget', 'StepCostMeter', 'HaltConfig', 'RefineResult', 'Trace', 'refine',
     'HALT_BUDGET', 'HALT_CONFIDENT', 'HALT_ERROR', 'HALT_FEASIBLE', 'HALT_MANUAL',
     'HALT_MAX_STEPS', 'HALT_REASONS', 'HALT_SLOPE', 'HALT_STABLE', 'HALT_TIMEOUT',
-    'IRPPlugin', 'IRPState', 'PLUGIN_KINDS', 'Schedule', 'JsonlSink', 'TelemetryError',
+    'IRPPlugin', 'IRPState', 'PLUGIN_KINDS', 'Schedule', 'JsonlSink', 'RunInfo', 'TelemetryError',
     'make_record', 'process_memory_mb', 'schema_path', 'validate_record', 'TrustMetrics',
     'trust_metrics',
 ]

@@ -272,7 +272,7 @@ class PluginBook:
     errors: int = 0
     budget_halts: int = 0
     rate_hz: float = 0.0
-    dropped: int = 0  # stale inputs the plugin dropped (as it reports in metadata)
+    dropped: int = 0  # stale inputs the plugin dropped (its record's run.dropped_inputs)
     granted: float = 0.0  # this cycle's grant
     spent: float = 0.0  # ATP reported spent this cycle
     runs_cycle: int = 0  # runs reported this cycle
@@ -355,8 +355,11 @@ class CycleAllocator:
                 cycle: Optional[int] = None) -> Dict[str, float]:
         """Fold one run's record into trust and demand; return re-grant changes (or ``{}``).
 
-        ``cycle`` is the grant cycle the run drew on (``metadata.cycle`` by default); only runs
-        of the current cycle count towards its spending and can free ATP.
+        ``cycle`` is the grant cycle the run drew on (the record's ``run.cycle`` by default);
+        only runs of the current cycle count towards its spending and can free ATP. The price of
+        one step (``run.atp_per_step``) is the least a run needs. A record without ``run`` (a
+        host that does not report it) counts as a run on a default budget, priced by its
+        spending alone.
         """
         spent = float(record['budget']['ATP_spent'])
         reason = record['halt_reason']
@@ -378,14 +381,14 @@ class CycleAllocator:
             b.budget_halts += 1
         elif reason in _FINISHED:
             b.need += 0.3 * (max(spent, 1e-3) - b.need)
-        meta = record.get('metadata') or {}
-        if isinstance(meta.get('dropped_total'), int):
-            b.dropped = meta['dropped_total']
-        price = meta.get('atp_per_step')
+        run = record.get('run') or {}
+        if isinstance(run.get('dropped_inputs'), int):
+            b.dropped = run['dropped_inputs']
+        price = run.get('atp_per_step')
         if isinstance(price, (int, float)) and math.isfinite(price) and price > 0:
             b.need = max(b.need, float(price))  # at least one step
         if cycle is None:
-            cycle = meta.get('cycle')
+            cycle = run.get('cycle')
         if cycle != self.cycle:
             return {}  # a run on a default budget or an older grant
         b.spent += spent

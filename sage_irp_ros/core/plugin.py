@@ -3,8 +3,9 @@
 A plugin holds configuration and models only. Everything that belongs to one run lives in
 an :class:`IRPState` (the payload) and a :class:`~sage_irp_ros.core.loop.Trace` (the energy
 history), so one plugin instance can refine several inputs at once. The loop that drives a
-plugin is written once, in :mod:`sage_irp_ros.core.loop`; a plugin never re-implements it, as a
-diffusers scheduler never re-implements the pipeline.
+plugin is written once, in :mod:`sage_irp_ros.core.loop` (``refine(plugin, x0, ...)``); a plugin
+never re-implements it, as a diffusers scheduler never re-implements the pipeline. This module
+imports no other module of the core (the loop imports it, not the other way round).
 """
 
 from __future__ import annotations
@@ -98,7 +99,7 @@ class IRPPlugin(abc.ABC):
     """
 
     kind: str = 'custom'
-    #: Version string of the model / algorithm, copied into telemetry metadata.
+    #: Version string of the model / algorithm, reported in telemetry (``run.model_version``).
     version: str = '0'
 
     @abc.abstractmethod
@@ -136,9 +137,3 @@ class IRPPlugin(abc.ABC):
         step. Plugins whose energy has a natural unit (nats per token, say) override this.
         """
         return max(abs(e0), 1e-12)
-
-    def refine(self, x0: Any, ctx: Optional[Mapping[str, Any]] = None, budget=None,
-               config=None, **kwargs: Any):
-        """Refine ``x0``: the shared loop of :func:`sage_irp_ros.core.loop.refine`."""
-        from sage_irp_ros.core.loop import refine
-        return refine(self, x0, ctx, budget=budget, config=config, **kwargs)

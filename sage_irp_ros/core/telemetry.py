@@ -3,14 +3,20 @@
 A record is a plain ``dict`` that validates against ``schema/telemetry.schema.json`` (JSON Schema
 2020-12). JSON cannot carry inf or NaN, so validation first serialises with
 ``allow_nan=False``; a record that fails is rejected with a reason, never silently dropped.
+
+The host-side facts of a run (which grant paid it, the step price, the model and device) are a
+:class:`RunInfo`, carried as the record's typed ``run`` object; ``metadata`` is left to
+plugin-specific extras.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import numbers
 import os
 import threading
+from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Optional
 
 import jsonschema
@@ -20,6 +26,72 @@ from sage_irp_ros.core.plugin import PLUGIN_KINDS
 from sage_irp_ros.core.trust import finite
 
 SCHEMA_NAME = 'telemetry.schema.json'
+_UINT64_MAX = 2 ** 64 - 1  # cycle and dropped_inputs are uint64 in the IRPTelemetry message
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """The host-side facts of one run, the record's ``run`` object (typed fields of the message).
+
+    Attributes
+    ----------
+    cycle:
+        The orchestrator cycle whose grant paid the run; None when it ran on the node's
+        default budget.
+    trust_weight:
+        The orchestrator's trust weight sent with that grant; None without a grant.
+    atp_per_step:
+        Price of one step in ATP (the step-cost meter's price when the run ended).
+    dropped_inputs:
+        Inputs the node has dropped as stale so far (a running total).
+    model_version, device, precision:
+        The plugin's model / algorithm version, the device it ran on, its numeric precision.
+
+    Raises ValueError for values no record (or message) can carry: a negative or NaN number, a
+    count or cycle that is not an integer in the uint64 range, a string field that is not a
+    string or holds a NUL character.
+    """
+
+    cycle: Optional[int]
+    trust_weight: Optional[float]
+    atp_per_step: float
+    dropped_inputs: int = 0
+    model_version: str = ''
+    device: str = ''
+    precision: str = ''
+
+    def __post_init__(self):
+        """Reject values that cannot be telemetry."""
+        for name in ('cycle', 'dropped_inputs'):
+            v = getattr(self, name)
+            if v is None and name == 'cycle':
+                continue
+            if (isinstance(v, bool) or not isinstance(v, numbers.Integral)
+                    or not 0 <= v <= _UINT64_MAX):
+                raise ValueError(f'RunInfo.{name} must be an integer in [0, 2**64), got {v!r}')
+        for name in ('trust_weight', 'atp_per_step'):
+            v = getattr(self, name)
+            if v is None and name == 'trust_weight':
+                continue
+            if isinstance(v, bool) or not isinstance(v, numbers.Real) or not v >= 0:
+                raise ValueError(f'RunInfo.{name} must be a number >= 0, got {v!r}')
+        for name in ('model_version', 'device', 'precision'):
+            v = getattr(self, name)
+            if not isinstance(v, str) or '\x00' in v:  # a ROS string ends at a NUL
+                raise ValueError(f'RunInfo.{name} must be a string without NUL, got {v!r}')
+
+    def as_dict(self) -> dict:
+        """Return the record's ``run`` object (numbers clipped to the finite range)."""
+        return {
+            'cycle': None if self.cycle is None else int(self.cycle),
+            'trust_weight': None if self.trust_weight is None else finite(
+                float(self.trust_weight)),
+            'atp_per_step': finite(float(self.atp_per_step)),
+            'dropped_inputs': int(self.dropped_inputs),
+            'model_version': self.model_version,
+            'device': self.device,
+            'precision': self.precision,
+        }
 
 
 def schema_path() -> str:
@@ -76,14 +148,19 @@ def make_record(kind: str, trace: Trace, *, entity_id: Optional[str] = None,
                 metadata: Optional[Mapping[str, Any]] = None,
                 lrc_context: Optional[Mapping[str, Any]] = None,
                 memory_mb: Optional[float] = None,
-                gpu_util: Optional[float] = None) -> dict:
+                gpu_util: Optional[float] = None,
+                run: Optional[RunInfo] = None) -> dict:
     """Build the telemetry record of one run from its :class:`Trace`.
 
-    ``trace.error`` (when set) is copied into ``metadata['error']``. Numbers are clipped to
-    the finite range, so the record always serialises.
+    ``run`` (the host-side facts) becomes the record's ``run`` object; without it the record
+    has no ``run``. ``metadata`` holds plugin-specific extras; ``trace.error`` (when set) is
+    copied into ``metadata['error']``. Numbers are clipped to the finite range, so the record
+    always serialises.
     """
     if kind not in PLUGIN_KINDS:
         raise ValueError(f'plugin kind must be one of {PLUGIN_KINDS}, got {kind!r}')
+    if run is not None and not isinstance(run, RunInfo):
+        raise TypeError(f'run must be a RunInfo or None, got {type(run).__name__}')
     meta = dict(metadata) if metadata else {}
     if trace.error:
         meta['error'] = trace.error
@@ -95,7 +172,7 @@ def make_record(kind: str, trace: Trace, *, entity_id: Optional[str] = None,
         'memory_mb': None if memory_mb is None else finite(memory_mb),
         'gpu_util': None if gpu_util is None else finite(gpu_util),
     }
-    return {
+    record = {
         'plugin': kind,
         'entity_id': entity_id,
         'step_idx': trace.steps,
@@ -109,6 +186,9 @@ def make_record(kind: str, trace: Trace, *, entity_id: Optional[str] = None,
         'LRC_context': dict(lrc_context) if lrc_context else None,
         'metadata': meta or None,
     }
+    if run is not None:
+        record['run'] = run.as_dict()
+    return record
 
 
 class JsonlSink:

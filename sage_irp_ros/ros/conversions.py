@@ -108,7 +108,11 @@ def stamp_to_sec(stamp) -> float:
 
 
 def record_to_msg(record: Mapping[str, Any], header: Optional[Header] = None):
-    """Build an ``IRPTelemetry`` message from a (valid) telemetry record."""
+    """Build an ``IRPTelemetry`` message from a (valid) telemetry record.
+
+    Nulls become the message's conventions: -1 for an unknown number, an empty string for
+    null JSON, ``has_run`` / ``has_cycle`` false for an absent ``run`` / a null cycle.
+    """
     from sage_irp_ros.msg import IRPTelemetry, TrustMetrics
     m = IRPTelemetry()
     if header is not None:
@@ -132,6 +136,17 @@ def record_to_msg(record: Mapping[str, Any], header: Optional[Header] = None):
     m.time_ms = float(b['time_ms'])
     m.memory_mb = -1.0 if b.get('memory_mb') is None else float(b['memory_mb'])
     m.gpu_util = -1.0 if b.get('gpu_util') is None else float(b['gpu_util'])
+    run = record.get('run')
+    m.has_run = run is not None
+    if run is not None:  # otherwise the run fields keep their zero / empty defaults
+        m.has_cycle = run['cycle'] is not None
+        m.cycle = 0 if run['cycle'] is None else int(run['cycle'])
+        m.trust_weight = -1.0 if run['trust_weight'] is None else float(run['trust_weight'])
+        m.atp_per_step = float(run['atp_per_step'])
+        m.dropped_inputs = int(run['dropped_inputs'])
+        m.model_version = run['model_version']
+        m.device = run['device']
+        m.precision = run['precision']
     m.metadata_json = '' if record.get('metadata') is None else json.dumps(
         record['metadata'], allow_nan=False)
     m.lrc_context_json = '' if record.get('LRC_context') is None else json.dumps(
@@ -143,7 +158,7 @@ def msg_to_record(m) -> dict:
     """Rebuild the telemetry record from an ``IRPTelemetry`` message (inverse of the above)."""
     def opt(v: float):
         return None if v < 0 or math.isnan(v) else float(v)
-    return {
+    record = {
         'plugin': m.plugin,
         'entity_id': m.entity_id or None,
         'step_idx': int(m.step_idx),
@@ -162,3 +177,14 @@ def msg_to_record(m) -> dict:
         'LRC_context': json.loads(m.lrc_context_json) if m.lrc_context_json else None,
         'metadata': json.loads(m.metadata_json) if m.metadata_json else None,
     }
+    if m.has_run:
+        record['run'] = {
+            'cycle': int(m.cycle) if m.has_cycle else None,
+            'trust_weight': opt(m.trust_weight),
+            'atp_per_step': float(m.atp_per_step),
+            'dropped_inputs': int(m.dropped_inputs),
+            'model_version': m.model_version,
+            'device': m.device,
+            'precision': m.precision,
+        }
+    return record
