@@ -22,7 +22,7 @@ from __future__ import annotations
 import importlib
 import os
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 #: Environment variable naming extra modules that define ``PLUGIN_SPECS``.
 ENV_MODULES = 'SAGE_IRP_PLUGIN_MODULES'

@@ -6,11 +6,13 @@ import numpy as np
 import pytest
 from conftest import wait_for
 from rcl_interfaces.msg import ParameterType
+from rclpy.lifecycle import TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from std_msgs.msg import Float32MultiArray, String
 
 from sage_irp_ros.plugins.fixture import SmoothingFixture
 from sage_irp_ros.plugins.fixture.node import FixtureIRPNode
+from sage_irp_ros.ros.lifecycle import StartError
 
 
 class CrashingFixture(SmoothingFixture):
@@ -67,8 +69,16 @@ def test_reliable_qos_parameter_is_honoured(ros):
 
 
 def test_bad_qos_reliability_is_refused(ros):
-    with pytest.raises(ValueError, match='input_qos_reliability'):
+    with pytest.raises(StartError, match='input_qos_reliability'):
         make_node(ros, input_qos_reliability='sometimes')
+    # a managed node: configure fails, returns failure, raises nothing, stays unconfigured
+    node = make_node(ros, input_qos_reliability='sometimes', autostart=False)
+    try:
+        assert node.trigger_configure() == TransitionCallbackReturn.FAILURE
+        assert node.lifecycle_state == 'unconfigured'
+        assert 'input_qos_reliability' in node.last_transition_error
+    finally:
+        node.destroy_node()
 
 
 def test_a_crashing_plugin_is_counted_and_the_node_goes_on(ros):
@@ -112,10 +122,10 @@ class SlowFixtureNode(FixtureIRPNode):
 def test_stale_inputs_are_dropped_not_queued(ros):
     node = make_node(ros, SlowFixtureNode, input_topic='/in2', max_steps=5)
     try:
-        node._on_input(Float32MultiArray(data=[0.0, 1.0, 2.0]))
+        node._on_input('input', Float32MultiArray(data=[0.0, 1.0, 2.0]))
         assert wait_for(lambda: node._busy, 5)
         for i in range(4):  # arrive while the first run (5 x 20 ms) is under way
-            node._on_input(Float32MultiArray(data=[float(i), 1.0, 2.0]))
+            node._on_input('input', Float32MultiArray(data=[float(i), 1.0, 2.0]))
         assert wait_for(lambda: node.counters.runs == 2, 10)
         assert (node.counters.received, node.counters.dropped_stale) == (5, 3)
     finally:
@@ -128,11 +138,11 @@ def test_a_price_too_high_for_every_grant_is_re_measured(ros):
     try:
         node.cost = StepCostMeter(initial_ms=1e6)  # as if measured under a heavy load
         for i in range(3):
-            node._on_input(Float32MultiArray(data=[float(i), 1.0, 2.0, 0.5]))
+            node._on_input('input', Float32MultiArray(data=[float(i), 1.0, 2.0, 0.5]))
             assert wait_for(lambda i=i: node.counters.runs == i + 1, 10)
         assert node.counters.steps_total == 0  # none of the three could pay one step
         assert node.cost.per_step_ms < 100  # re-measured after the third
-        node._on_input(Float32MultiArray(data=[3.0, 1.0, 2.0, 0.5]))
+        node._on_input('input', Float32MultiArray(data=[3.0, 1.0, 2.0, 0.5]))
         assert wait_for(lambda: node.counters.runs == 4, 10)
         assert node.counters.steps_total > 0
     finally:

@@ -3,6 +3,9 @@
 A multi-threaded executor serves every node, so the models share one process (one GPU context)
 and each node's worker thread refines on its own. Parameters come from the usual ROS arguments
 (``--ros-args --params-file config/sage_irp.yaml``); each node reads the section of its own name.
+The plugins are the registry's (:mod:`sage_irp_ros.registry`). A node that cannot start (its
+model does not load, a bad parameter) is logged and left out; the others run on. The process
+exits with 1 only when no node could start.
 
 Usage: ``sage_irp_all [--plugins vision,language] [--no-orchestrator] [--ros-args ...]``
 """
@@ -11,29 +14,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Callable, Dict, List, Optional
+from typing import List, Optional
 
 import rclpy
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 
-
-def _factories() -> Dict[str, Callable[[], Node]]:
-    """Return the node constructors by plugin name (imported lazily: models are heavy)."""
-    def vision():
-        from sage_irp_ros.plugins.vision.node import VisionIRPNode
-        return VisionIRPNode()
-
-    def fixture():
-        from sage_irp_ros.plugins.fixture.node import FixtureIRPNode
-        return FixtureIRPNode()
-
-    def language():
-        from sage_irp_ros.plugins.language.node import LanguageIRPNode
-        return LanguageIRPNode()
-
-    table = {'vision': vision, 'language': language, 'fixture': fixture}
-    return table
+from sage_irp_ros import registry
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -42,24 +29,31 @@ def main(argv: Optional[List[str]] = None) -> int:
     ros_args = rclpy.utilities.remove_ros_args(argv)
     parser = argparse.ArgumentParser(prog='sage_irp_all', description=__doc__.splitlines()[0])
     parser.add_argument('--plugins', default='vision',
-                        help='comma-separated plugin nodes to run (vision, language, fixture)')
+                        help=f'comma-separated plugins ({", ".join(registry.names())})')
     parser.add_argument('--no-orchestrator', action='store_true',
                         help='run the plugin nodes on their default budgets')
     parser.add_argument('--threads', type=int, default=0,
                         help='executor threads (0 = one per node plus one)')
     opts = parser.parse_args(ros_args[1:])
-    table = _factories()
-    names = [p.strip() for p in opts.plugins.split(',') if p.strip()]
-    unknown = [n for n in names if n not in table]
-    if unknown:
-        parser.error(f'unknown plugins {unknown}; available: {sorted(table)}')
+    try:
+        names = registry.parse_list(opts.plugins)
+    except KeyError as exc:
+        parser.error(str(exc.args[0]))
     rclpy.init(args=argv)
+    log = rclpy.logging.get_logger('sage_irp_all')
+    factories = [] if opts.no_orchestrator else [
+        ('orchestrator', 'sage_irp_ros.ros.orchestrator_node:OrchestratorNode')]
+    factories += [(n, registry.get(n).node) for n in names]
     nodes: List[Node] = []
     try:
-        if not opts.no_orchestrator:
-            from sage_irp_ros.ros.orchestrator_node import OrchestratorNode
-            nodes.append(OrchestratorNode())
-        nodes += [table[n]() for n in names]
+        for name, target in factories:
+            try:
+                nodes.append(registry.load(target)())
+            except Exception as exc:  # noqa: BLE001 - one node's failure must not stop the rest
+                log.error(f'{name}: could not start ({exc}); the other nodes run on')
+        if not nodes:
+            log.error('no node could start')
+            return 1
         executor = MultiThreadedExecutor(num_threads=opts.threads or len(nodes) + 1)
         for node in nodes:
             executor.add_node(node)

@@ -1,14 +1,24 @@
-"""The node host: one rclpy base that turns any IRP plugin into a ROS 2 node.
+"""The node host: one rclpy base that turns any IRP plugin into a ROS 2 (lifecycle) node.
 
-A plugin node subclasses :class:`IRPNodeHost` and supplies the plugin and its message
-conversions (``create_plugin``, ``decode``, ``create_outputs``, ``publish_output``). The host does
-the rest, the same way for every plugin:
+A plugin node subclasses :class:`IRPNodeHost`, names its registry entry (``plugin_name``) and
+supplies the plugin and its message conversions (``create_plugin``, ``decode`` or
+``decode_inputs``, ``publish_output``). The host does the rest, the same way for every plugin:
 
 - declares the common parameters with descriptors (halting, deadline, device, precision,
-  topics, QoS, default budget) and applies the run-time ones when they change;
-- subscribes to the input with sensor-data QoS by default for sensor inputs, keeps only the
-  newest message (stale ones are dropped and counted), and refines it in a worker thread, so the
-  executor keeps serving callbacks;
+  budget) and one set per port of the plugin's registry entry: ``<port>_topic`` for every input
+  and output, ``<port>_qos_reliability`` and ``<port>_qos_depth`` for inputs;
+- is a managed node (:class:`~sage_irp_ros.ros.lifecycle.ManagedNode`): ``configure`` picks the
+  device (falling back to cpu / fp32 with a warning when the plugin or the machine cannot run
+  the one asked for), loads the model, measures the step price and creates the publishers;
+  ``activate`` subscribes to the inputs and grants and starts the worker; ``deactivate`` stops
+  them and releases GPU memory; ``cleanup`` drops the model;
+- subscribes to every input with its own QoS: an input *triggers* runs (``newest``: only the
+  newest message waits while the worker is busy, older ones are dropped and counted; ``each``:
+  every message, in order, up to the port's depth) or is *kept* (``none``: its last value is
+  read by the runs other inputs trigger, e.g. a latched map); ``run_period_s`` > 0 also
+  triggers a run on a timer with the newest values. A run starts only when every required
+  input has a value. Refinement runs in a worker thread, so the executor keeps serving
+  callbacks;
 - listens to ``irp/budget`` for its grants (top-ups reach a run under way) and falls back to the
   default budget when no orchestrator speaks;
 - publishes telemetry as ``IRPTelemetry`` on ``irp/telemetry`` and schema-valid JSON on
@@ -20,11 +30,13 @@ No refinement logic lives here: the loop is :func:`sage_irp_ros.core.loop.refine
 
 from __future__ import annotations
 
+import collections
+import importlib
 import math
 import threading
 import time
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Mapping, Optional, Tuple, Type
+from typing import Any, Callable, Deque, Dict, Mapping, Optional, Tuple
 
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
@@ -37,17 +49,19 @@ from rcl_interfaces.msg import (
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.qos import (
+    DurabilityPolicy,
     HistoryPolicy,
     QoSProfile,
     ReliabilityPolicy,
-    qos_profile_sensor_data,
 )
 from std_msgs.msg import Header, String
 
+from sage_irp_ros import registry
 from sage_irp_ros.core import (
     HALT_ERROR,
     Budget,
     HaltConfig,
+    RunInfo,
     StepCostMeter,
     TelemetryError,
     make_record,
@@ -58,6 +72,7 @@ from sage_irp_ros.core import (
 from sage_irp_ros.core.plugin import IRPPlugin
 from sage_irp_ros.msg import BudgetGrant, IRPTelemetry
 from sage_irp_ros.ros.conversions import InputError, record_to_msg
+from sage_irp_ros.ros.lifecycle import ManagedNode, StartError
 
 try:  # Iron and newer
     from rclpy.event_handler import PublisherEventCallbacks, SubscriptionEventCallbacks
@@ -68,6 +83,7 @@ TELEMETRY_TOPIC = 'irp/telemetry'
 TELEMETRY_JSON_TOPIC = 'irp/telemetry_json'
 BUDGET_TOPIC = 'irp/budget'
 DIAGNOSTICS_TOPIC = '/diagnostics'
+TIMER_TRIGGER = 'timer'
 
 _RELIABILITY = {
     'best_effort': ReliabilityPolicy.BEST_EFFORT,
@@ -90,9 +106,38 @@ class HostCounters:
     steps_total: int = 0
 
 
+@dataclass
+class HeldGrant:
+    """The orchestrator grant a node holds: one cycle's account, when it came, the trust."""
+
+    cycle: int
+    budget: Budget
+    received_at: float  # time.monotonic() of the newest message for this cycle
+    trust_weight: float
+
+
+@dataclass
+class Inputs:
+    """What one run reads: the port that triggered it and the newest message of every input.
+
+    ``trigger`` is an input port's name, or ``'timer'`` for a run of ``run_period_s``;
+    ``msgs`` maps each input port that has a value to its message (the triggering message for
+    the triggering port).
+    """
+
+    trigger: str
+    msgs: Dict[str, Any]
+    received: float  # time.perf_counter() when the triggering message arrived
+
+    @property
+    def msg(self) -> Any:
+        """The triggering message (None for a timer run)."""
+        return self.msgs.get(self.trigger)
+
+
 def descriptor(description: str, *, read_only: bool = False,
-                float_range: Optional[Tuple[float, float]] = None,
-                int_range: Optional[Tuple[int, int]] = None) -> ParameterDescriptor:
+               float_range: Optional[Tuple[float, float]] = None,
+               int_range: Optional[Tuple[int, int]] = None) -> ParameterDescriptor:
     """Return a parameter descriptor with a description and optional range / read-only flag."""
     d = ParameterDescriptor(description=description, read_only=read_only)
     if float_range is not None:
@@ -104,79 +149,72 @@ def descriptor(description: str, *, read_only: bool = False,
     return d
 
 
-class IRPNodeHost(Node):
-    """Base of every plugin node. Subclasses set the class attributes and four hooks.
+def message_class(msg_type: str):
+    """Return the message class of ``'package/msg/Type'``."""
+    package, kind, name = msg_type.split('/')
+    return getattr(importlib.import_module(f'{package}.{kind}'), name)
 
-    Class attributes
-    ----------------
-    input_type:
-        The ROS message type of the input.
-    sensor_input:
-        True for sensor streams (camera, microphone): sensor-data QoS (best effort) by default.
-    default_input_topic, default_output_topic:
-        Default topic names (parameters ``input_topic`` and ``output_topic``).
-    default_eps, default_k, default_max_steps:
-        The plugin's halting defaults, unless ``halt_defaults()`` takes them from the plugin.
 
+def release_device_memory(device: str) -> None:
+    """Return cached CUDA memory to the driver when on a CUDA device (no-op on cpu).
+
+    Tensors are freed by reference counting when the plugin is dropped; a full ``gc.collect``
+    here would cost about 80 ms per transition for nothing (the 100-cycle lifecycle test
+    checks that no memory is left behind).
+    """
+    if device.startswith('cuda'):
+        import torch
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+class IRPNodeHost(ManagedNode):
+    """Base of every plugin node. Subclasses set ``plugin_name`` and implement the hooks.
+
+    ``plugin_name`` names the node's entry in :mod:`sage_irp_ros.registry`, which gives the
+    default node name, the input and output ports, and the devices the plugin supports. The
+    effective device and precision of the loaded plugin are ``self.device`` and
+    ``self.precision``; the output publishers are ``self.outputs[<port name>]``.
     """
 
-    input_type: Type = String
-    sensor_input: bool = False
+    plugin_name: str = ''
     #: Runs in a row that had ATP but could not pay one step before the price is re-measured.
     STARVED_RUNS = 3
-    default_input_topic: str = 'input'
-    default_output_topic: str = 'output'
-    default_eps: float = 1e-3
-    default_k: int = 2
-    default_max_steps: int = 50
 
-    def __init__(self, node_name: str, **kwargs: Any):
-        """Declare parameters, build the plugin, and start subscriptions and the worker."""
-        super().__init__(node_name, **kwargs)
+    def __init__(self, node_name: Optional[str] = None, **kwargs: Any):
+        """Declare parameters; configure and activate at once unless ``autostart`` is false."""
+        self.spec = registry.get(self.plugin_name)
+        super().__init__(node_name or self.spec.node_name, **kwargs)
         self.counters = HostCounters()
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
-        self._pending = None  # (msg, receive time) of the newest unprocessed input
+        self._queue: Deque[Inputs] = collections.deque()
+        self._latest: Dict[str, Any] = {}
         self._stopping = False
         self._cancel = threading.Event()
         self._busy = False
         self._last_halt = ''
         self._starved = 0
-        self._grant: Optional[Tuple[int, Budget, float, float]] = None
+        self._grant: Optional[HeldGrant] = None
+        self._worker: Optional[threading.Thread] = None
+        self._subs: list = []
+        self._run_timer = None
+        self._pubs: list = []
+        self.outputs: Dict[str, Any] = {}
+        self.plugin: Optional[IRPPlugin] = None
+        self.device, self.precision = 'cpu', 'fp32'
+        self._halt_config = HaltConfig()
+        self._priced_for: Optional[Tuple[str, str]] = None
+        self.cost = StepCostMeter(initial_ms=1.0)
+        self.entity_id = self.get_fully_qualified_name()
         self._declare_host_parameters()
         self.declare_plugin_parameters()
-        self.plugin: IRPPlugin = self.create_plugin()
-        self._declare_halt_parameters(self.halt_defaults())
-        self._halt_config = self._read_halt_config({})
-        self.cost = StepCostMeter(initial_ms=1.0)
-        self._calibrate()
-        self.entity_id = self.get_fully_qualified_name()
-
-        depth = self.get_parameter('output_qos_depth').value
-        self._telemetry_pub = self.create_publisher(IRPTelemetry, TELEMETRY_TOPIC, depth)
-        self._telemetry_json_pub = self.create_publisher(String, TELEMETRY_JSON_TOPIC, depth)
-        self._diag_pub = self.create_publisher(DiagnosticArray, DIAGNOSTICS_TOPIC, 10)
-        self.create_outputs()
-        self._budget_sub = self.create_subscription(BudgetGrant, BUDGET_TOPIC, self._on_grant, 10)
-        qos = self.input_qos()
-        self._input_topic = self.get_parameter('input_topic').value
-        self._input_sub = self.create_subscription(
-            self.input_type, self._input_topic, self._on_input, qos,
-            event_callbacks=SubscriptionEventCallbacks(
-                incompatible_qos=self._on_incompatible_qos))
-        self.get_logger().info(
-            f'{type(self.plugin).__name__} ({self.plugin.kind}) ready: input '
-            f'{self.resolve_topic_name(self._input_topic)} '
-            f'[{self.input_type.__module__.split(".")[0]}/{self.input_type.__name__}, '
-            f'{qos.reliability.name.lower()}, depth {qos.depth}], telemetry '
-            f'{self.resolve_topic_name(TELEMETRY_TOPIC)}, step cost '
-            f'{self.cost.per_step_ms:.3f} ms')
         self.add_on_set_parameters_callback(self._on_set_parameters)
+        self._diag_pub = self.create_publisher(DiagnosticArray, DIAGNOSTICS_TOPIC, 10)
         period = self.get_parameter('diagnostics_period_s').value
         self._diag_timer = self.create_timer(period, self._publish_diagnostics) \
             if period > 0 else None
-        self._worker = threading.Thread(target=self._work, name=f'{node_name}-irp', daemon=True)
-        self._worker.start()
+        self.autostart()
 
     # ----------------------------------------------------------------- hooks for subclasses
 
@@ -184,26 +222,29 @@ class IRPNodeHost(Node):
         """Declare the plugin's own parameters (model path, class names, ...)."""
 
     def create_plugin(self) -> IRPPlugin:
-        """Build the plugin from the parameters."""
-        raise TypeError(f'{type(self).__name__} must override create_plugin()')
+        """Build the plugin on ``self.device`` at ``self.precision`` (called by configure)."""
+        return self.spec.make_plugin(device=self.device, precision=self.precision)
 
     def decode(self, msg) -> Tuple[Any, Optional[Mapping[str, Any]]]:
-        """Turn an input message into ``(x0, ctx)``; raise ``InputError`` when it is unusable."""
-        raise TypeError(f'{type(self).__name__} must override decode()')
+        """Turn the input message into ``(x0, ctx)``; raise ``InputError`` when it is unusable.
+
+        One-input plugins implement this; plugins with several inputs implement
+        :meth:`decode_inputs` instead.
+        """
+        raise TypeError(f'{type(self).__name__} must override decode() or decode_inputs()')
+
+    def decode_inputs(self, inputs: Inputs) -> Tuple[Any, Optional[Mapping[str, Any]]]:
+        """Turn the messages of one run into ``(x0, ctx)``; default: ``decode(inputs.msg)``."""
+        return self.decode(inputs.msg)
 
     def create_outputs(self) -> None:
-        """Create the output publishers."""
+        """Create extra publishers (the registry's output ports are created by the host)."""
 
     def publish_output(self, output: Any, header: Header, result, x0: Any) -> None:
         """Publish the refined output with the input's header (``x0``: the decoded input)."""
 
-    def halt_defaults(self) -> HaltConfig:
-        """Return the default halting parameters (a plugin may carry its tuned ones)."""
-        return HaltConfig(eps=self.default_eps, K=self.default_k,
-                          max_steps=self.default_max_steps)
-
     def example_input(self) -> Optional[Tuple[Any, Optional[Mapping[str, Any]]]]:
-        """Return an ``(x0, ctx)`` to calibrate the step cost at start-up, or None."""
+        """Return an ``(x0, ctx)`` to calibrate the step cost at configure, or None."""
         return None
 
     def run_metadata(self, output: Any, result) -> Mapping[str, Any]:
@@ -220,14 +261,18 @@ class IRPNodeHost(Node):
     # ----------------------------------------------------------------------- parameters
 
     def _declare_halt_parameters(self, defaults: HaltConfig) -> None:
+        """Declare eps, K, max_steps (first configure) with the plugin's own defaults."""
         p = self.declare_parameter
-        p('eps', float(defaults.eps), descriptor(
-            'Slope threshold: halt when the energy falls by less than eps * energy scale per '
-            'step over the last K steps', float_range=(0.0, 1.0)))
-        p('K', int(defaults.K), descriptor('Window of the slope rule, steps',
-                                            int_range=(1, 1000)))
-        p('max_steps', int(defaults.max_steps), descriptor('Hard cap of refinement steps',
-                                                            int_range=(0, 100000)))
+        if not self.has_parameter('eps'):
+            p('eps', float(defaults.eps), descriptor(
+                'Slope threshold: halt when the energy falls by less than eps * energy scale '
+                'per step over the last K steps', float_range=(0.0, 1.0)))
+        if not self.has_parameter('K'):
+            p('K', int(defaults.K), descriptor('Window of the slope rule, steps',
+                                                int_range=(1, 1000)))
+        if not self.has_parameter('max_steps'):
+            p('max_steps', int(defaults.max_steps), descriptor(
+                'Hard cap of refinement steps', int_range=(0, 100000)))
 
     def _declare_host_parameters(self) -> None:
         p = self.declare_parameter
@@ -240,22 +285,36 @@ class IRPNodeHost(Node):
         p('grant_timeout_s', 2.0, descriptor(
             'A grant older than this is stale and the default budget applies',
             float_range=(0.01, 3600.0)))
-        p('device', 'cpu', descriptor('Torch device of the plugin: cpu, cuda, cuda:N',
-                                       read_only=True))
-        p('precision', 'fp32', descriptor('Numeric precision of the plugin: fp32 or fp16',
-                                           read_only=True))
-        p('input_topic', self.default_input_topic, descriptor('Input topic', read_only=True))
-        p('output_topic', self.default_output_topic, descriptor('Output topic',
-                                                                 read_only=True))
-        p('input_qos_reliability', 'best_effort' if self.sensor_input else 'reliable',
-          descriptor('Input QoS reliability: best_effort or reliable (match the publisher)',
-                      read_only=True))
-        p('input_qos_depth', 5 if self.sensor_input else 10, descriptor(
-            'Input QoS history depth', read_only=True, int_range=(1, 1000)))
+        p('device', 'cpu', descriptor(
+            f'Torch device: cpu, cuda, cuda:N (this plugin: {", ".join(self.spec.devices)})',
+            read_only=True))
+        p('precision', 'fp32', descriptor(
+            f'Numeric precision: fp32 or fp16 (this plugin: {", ".join(self.spec.precisions)})',
+            read_only=True))
+        p('device_fallback', True, descriptor(
+            'When the plugin or this machine cannot run the device or precision asked for: '
+            'true = warn and run on cpu / fp32, false = configure fails', read_only=True))
+        for port in self.spec.inputs:
+            p(f'{port.name}_topic', port.topic, descriptor(
+                f'Input topic ({port.msg_type}): {port.description}', read_only=True))
+            p(f'{port.name}_qos_reliability',
+              'best_effort' if port.qos == registry.QOS_SENSOR else 'reliable',
+              descriptor('Input QoS reliability: best_effort or reliable (match the publisher)',
+                         read_only=True))
+            p(f'{port.name}_qos_depth', port.depth, descriptor(
+                'Input QoS history depth (trigger each: also the most messages waiting)',
+                read_only=True, int_range=(1, 1000)))
+        for port in self.spec.outputs:
+            p(f'{port.name}_topic', port.topic, descriptor(
+                f'Output topic ({port.msg_type}): {port.description}', read_only=True))
         p('output_qos_depth', 5, descriptor('Output and telemetry QoS depth (reliable)',
                                              read_only=True, int_range=(1, 1000)))
         p('preempt', False, descriptor(
-            'A new input cancels the run under way (halt reason manual) instead of waiting'))
+            'A new triggering input cancels the run under way (halt reason manual) instead '
+            'of waiting'))
+        p('run_period_s', 0.0, descriptor(
+            'Also run on a timer with the newest inputs every run_period_s, s; 0 = off',
+            read_only=True, float_range=(0.0, 3600.0)))
         p('diagnostics_period_s', 1.0, descriptor(
             'Period of /diagnostics status, s; 0 = off', read_only=True,
             float_range=(0.0, 3600.0)))
@@ -268,6 +327,9 @@ class IRPNodeHost(Node):
 
     def _on_set_parameters(self, params) -> SetParametersResult:
         overrides = {p.name: p.value for p in params}
+        halting = ('eps', 'K', 'max_steps')
+        if not set(halting) & set(overrides) or not all(map(self.has_parameter, halting)):
+            return SetParametersResult(successful=True)  # being declared (configure)
         try:
             cfg = self._read_halt_config(overrides)
         except (TypeError, ValueError) as exc:
@@ -275,16 +337,18 @@ class IRPNodeHost(Node):
         self._halt_config = cfg
         return SetParametersResult(successful=True)
 
-    def input_qos(self) -> QoSProfile:
-        """Return the input QoS from the parameters (sensor-data profile for sensors)."""
-        rel = self.get_parameter('input_qos_reliability').value
+    def input_qos(self, port: str = 'input') -> QoSProfile:
+        """Return an input's QoS from its parameters (latched ports: transient local)."""
+        rel = self.get_parameter(f'{port}_qos_reliability').value
         if rel not in _RELIABILITY:
-            raise ValueError(f'input_qos_reliability must be one of {sorted(_RELIABILITY)}, '
+            raise ValueError(f'{port}_qos_reliability must be one of {sorted(_RELIABILITY)}, '
                              f'got {rel!r}')
-        base = qos_profile_sensor_data if self.sensor_input else QoSProfile(depth=10)
+        latched = self.spec.port(port).qos == registry.QOS_LATCHED
         return QoSProfile(history=HistoryPolicy.KEEP_LAST,
-                          depth=self.get_parameter('input_qos_depth').value,
-                          reliability=_RELIABILITY[rel], durability=base.durability)
+                          depth=self.get_parameter(f'{port}_qos_depth').value,
+                          reliability=_RELIABILITY[rel],
+                          durability=DurabilityPolicy.TRANSIENT_LOCAL if latched
+                          else DurabilityPolicy.VOLATILE)
 
     def output_qos(self) -> QoSProfile:
         """Return reliable, shallow output QoS (best-effort and reliable readers both match)."""
@@ -293,15 +357,109 @@ class IRPNodeHost(Node):
 
     def create_output_publisher(self, msg_type, topic: str):
         """Create an output publisher that warns when a subscriber's QoS is incompatible."""
-        return self.create_publisher(
+        pub = self.create_publisher(
             msg_type, topic, self.output_qos(),
             event_callbacks=PublisherEventCallbacks(incompatible_qos=self._on_incompatible_qos))
+        self._pubs.append(pub)
+        return pub
 
     def _on_incompatible_qos(self, event) -> None:
         policy = getattr(event, 'last_policy_kind', '?')
         self.get_logger().warning(
             f'incompatible QoS with a peer (policy {getattr(policy, "name", policy)}): '
-            'messages will not flow; set input_qos_reliability to match the publisher')
+            'messages will not flow; set the input\'s _qos_reliability to match the publisher')
+
+    # ---------------------------------------------------------------------- lifecycle
+
+    def configure_node(self) -> None:
+        """Pick the device, load the plugin, declare its halting, price a step, publishers."""
+        asked = (self.get_parameter('device').value, self.get_parameter('precision').value)
+        device, precision, notes = registry.resolve_device(self.spec, *asked)
+        if notes and not self.get_parameter('device_fallback').value:
+            raise ValueError('; '.join(notes) + ' (device_fallback is false)')
+        for note in notes:
+            self.get_logger().warning(note)
+        self.device, self.precision = device, precision
+        for port in self.spec.inputs:
+            self.input_qos(port.name)  # refuse a bad reliability value here, clearly
+        self.plugin = self.create_plugin()
+        self._declare_halt_parameters(self.plugin.halt_config())
+        self._halt_config = self._read_halt_config({})
+        if self._priced_for != (device, precision):
+            self.cost = StepCostMeter(initial_ms=1.0)
+            self._calibrate()
+            self._priced_for = (device, precision)
+        depth = self.get_parameter('output_qos_depth').value
+        self._telemetry_pub = self.create_publisher(IRPTelemetry, TELEMETRY_TOPIC, depth)
+        self._telemetry_json_pub = self.create_publisher(String, TELEMETRY_JSON_TOPIC, depth)
+        self._pubs += [self._telemetry_pub, self._telemetry_json_pub]
+        for port in self.spec.outputs:
+            self.outputs[port.name] = self.create_output_publisher(
+                message_class(port.msg_type), self.get_parameter(f'{port.name}_topic').value)
+        self.create_outputs()
+        self.get_logger().info(
+            f'{type(self.plugin).__name__} ({self.plugin.kind}, {self.plugin.version}) '
+            f'configured on {device}/{precision}, step cost {self.cost.per_step_ms:.3f} ms')
+
+    def activate_node(self) -> None:
+        """Subscribe to grants and inputs, start the worker (and the run timer)."""
+        with self._lock:
+            self._stopping = False
+            self._queue.clear()
+        self._subs.append(self.create_subscription(BudgetGrant, BUDGET_TOPIC, self._on_grant,
+                                                   10))
+        described = []
+        for port in self.spec.inputs:
+            topic = self.get_parameter(f'{port.name}_topic').value
+            qos = self.input_qos(port.name)
+            self._subs.append(self.create_subscription(
+                message_class(port.msg_type), topic,
+                lambda msg, name=port.name: self._on_input(name, msg), qos,
+                event_callbacks=SubscriptionEventCallbacks(
+                    incompatible_qos=self._on_incompatible_qos)))
+            described.append(f'{self.resolve_topic_name(topic)} [{port.msg_type}, '
+                             f'{qos.reliability.name.lower()}, depth {qos.depth}, '
+                             f'trigger {port.trigger}]')
+        period = self.get_parameter('run_period_s').value
+        if period > 0:
+            self._run_timer = self.create_timer(period, self._on_run_timer)
+        self._worker = threading.Thread(target=self._work, name=f'{self.get_name()}-irp',
+                                        daemon=True)
+        self._worker.start()
+        self.get_logger().info('active: inputs ' + '; '.join(described) + ', telemetry '
+                               f'{self.resolve_topic_name(TELEMETRY_TOPIC)}')
+
+    def deactivate_node(self) -> None:
+        """Stop subscriptions, the timer and the worker (a run under way halts ``manual``)."""
+        for sub in self._subs:
+            self.destroy_subscription(sub)
+        self._subs = []
+        if self._run_timer is not None:
+            self.destroy_timer(self._run_timer)
+            self._run_timer = None
+        worker = self._worker
+        if worker is not None:
+            with self._lock:
+                self._stopping = True
+                self._cancel.set()
+                self._queue.clear()
+                self._wake.notify_all()
+            if worker.is_alive() and threading.current_thread() is not worker:
+                worker.join(timeout=5.0)
+            self._worker = None
+        with self._lock:
+            self._latest.clear()
+            self._grant = None
+        release_device_memory(self.device)
+
+    def cleanup_node(self) -> None:
+        """Destroy the publishers and drop the plugin (and its GPU memory)."""
+        for pub in self._pubs:
+            self.destroy_publisher(pub)
+        self._pubs = []
+        self.outputs = {}
+        self.plugin = None
+        release_device_memory(self.device)
 
     # -------------------------------------------------------------------------- budget
 
@@ -329,48 +487,67 @@ class IRPNodeHost(Node):
         with self._lock:
             self.counters.grants += 1
             cur = self._grant
-            if cur is not None and msg.cycle == cur[0]:
-                cur[1].grant(msg.atp_granted, msg.step_cap, deadline)  # top-up, seen mid-run
-                self._grant = (cur[0], cur[1], now, msg.trust_weight)
-            elif cur is None or msg.cycle > cur[0]:
-                self._grant = (msg.cycle, Budget(msg.atp_granted, msg.step_cap, deadline), now,
-                               msg.trust_weight)
+            if cur is not None and msg.cycle == cur.cycle:
+                cur.budget.grant(msg.atp_granted, msg.step_cap, deadline)  # top-up, mid-run
+                cur.received_at, cur.trust_weight = now, msg.trust_weight
+            elif cur is None or msg.cycle > cur.cycle:
+                self._grant = HeldGrant(msg.cycle, Budget(msg.atp_granted, msg.step_cap,
+                                                          deadline), now, msg.trust_weight)
 
-    def _budget_for_run(self) -> Tuple[Budget, Optional[int], Optional[float]]:
-        """Return the account of the current grant (or a default one), its cycle and trust."""
+    def _budget_for_run(self) -> Tuple[Budget, Optional[HeldGrant]]:
+        """Return the account of the current grant (or a default one) and the grant."""
         timeout = self.get_parameter('grant_timeout_s').value
         with self._lock:
             g = self._grant
-        if g is not None and time.monotonic() - g[2] <= timeout:
-            return g[1], g[0], g[3]
+        if g is not None and time.monotonic() - g.received_at <= timeout:
+            return g.budget, g
         atp = self.get_parameter('default_atp').value
-        return Budget(atp if atp > 0 else math.inf), None, None
+        return Budget(atp if atp > 0 else math.inf), None
 
     # -------------------------------------------------------------------------- inputs
 
-    def _on_input(self, msg) -> None:
+    def _on_input(self, port: str, msg) -> None:
+        trigger = self.spec.port(port).trigger
+        now = time.perf_counter()
         with self._lock:
             self.counters.received += 1
-            if self._pending is not None:
+            self._latest[port] = msg
+            if trigger == registry.TRIGGER_NONE:
+                return
+            if trigger == registry.TRIGGER_NEWEST:
+                stale = [i for i in self._queue if i.trigger == port]
+                for i in stale:
+                    self._queue.remove(i)
+                self.counters.dropped_stale += len(stale)
+            elif len([i for i in self._queue if i.trigger == port]) >= \
+                    self.get_parameter(f'{port}_qos_depth').value:
+                oldest = next(i for i in self._queue if i.trigger == port)
+                self._queue.remove(oldest)
                 self.counters.dropped_stale += 1
-            self._pending = (msg, time.perf_counter())
+            self._queue.append(Inputs(port, dict(self._latest), now))
             if self._busy and self.get_parameter('preempt').value:
                 self._cancel.set()
+            self._wake.notify()
+
+    def _on_run_timer(self) -> None:
+        with self._lock:
+            if any(i.trigger == TIMER_TRIGGER for i in self._queue):
+                return  # the previous timer run has not started yet
+            self._queue.append(Inputs(TIMER_TRIGGER, dict(self._latest), time.perf_counter()))
             self._wake.notify()
 
     def _work(self) -> None:
         while True:
             with self._lock:
-                while self._pending is None and not self._stopping:
+                while not self._queue and not self._stopping:
                     self._wake.wait()
                 if self._stopping:
                     return
-                msg, t_recv = self._pending
-                self._pending = None
+                inputs = self._queue.popleft()
                 self._busy = True
                 self._cancel.clear()
             try:
-                self._process(msg, t_recv)
+                self._process(inputs)
             except Exception as exc:  # noqa: BLE001 - the node must outlive any one input
                 with self._lock:
                     self.counters.plugin_errors += 1
@@ -379,25 +556,37 @@ class IRPNodeHost(Node):
                 with self._lock:
                     self._busy = False
 
-    def _process(self, msg, t_recv: float) -> None:
-        try:
-            x0, ctx = self.decode(msg)
-        except InputError as exc:
-            with self._lock:
-                self.counters.bad_input += 1
-            self.get_logger().error(f'bad input on {self._input_topic}: {exc}')
+    def _bad_input(self, inputs: Inputs, text: str) -> None:
+        with self._lock:
+            self.counters.bad_input += 1
+        topic = (self.get_parameter(f'{inputs.trigger}_topic').value
+                 if inputs.trigger != TIMER_TRIGGER else 'the run timer')
+        self.get_logger().error(f'bad input on {topic}: {text}')
+
+    def _process(self, inputs: Inputs) -> None:
+        missing = [p.name for p in self.spec.inputs if p.required and p.name not in inputs.msgs]
+        if missing:
+            if inputs.trigger != TIMER_TRIGGER:
+                self._bad_input(inputs, 'no message yet on the required input(s) ' + ', '.join(
+                    f'{m} ({self.get_parameter(f"{m}_topic").value})' for m in missing))
             return
-        header = self.header_of(msg)
-        budget, cycle, trust_weight = self._budget_for_run()
-        dl_ms = self.get_parameter('deadline_ms').value
-        deadline = t_recv + dl_ms * 1e-3 if dl_ms > 0 else None
+        plugin = self.plugin
+        if plugin is None:
+            return
         try:
-            result = refine(self.plugin, x0, ctx, config=self._halt_config, budget=budget,
+            x0, ctx = self.decode_inputs(inputs)
+        except InputError as exc:
+            self._bad_input(inputs, str(exc))
+            return
+        header = self.header_of(inputs.msg)
+        budget, grant = self._budget_for_run()
+        dl_ms = self.get_parameter('deadline_ms').value
+        deadline = inputs.received + dl_ms * 1e-3 if dl_ms > 0 else None
+        try:
+            result = refine(plugin, x0, ctx, config=self._halt_config, budget=budget,
                             cost=self.cost, cancel=self._cancel, deadline=deadline)
         except ValueError as exc:  # init_state refused the input
-            with self._lock:
-                self.counters.bad_input += 1
-            self.get_logger().error(f'bad input on {self._input_topic}: {exc}')
+            self._bad_input(inputs, str(exc))
             return
         trace = result.trace
         self._watch_price(trace, budget, x0, ctx)
@@ -405,20 +594,13 @@ class IRPNodeHost(Node):
             self.counters.runs += 1
             self.counters.steps_total += trace.steps
             self._last_halt = trace.halt_reason
+            dropped = self.counters.dropped_stale
         if trace.halt_reason == HALT_ERROR:
             with self._lock:
                 self.counters.plugin_errors += 1
             self.get_logger().error(f'refinement ended in error: {trace.error}')
-        metadata = {
-            'model_version': self.plugin.version,
-            'device': self.get_parameter('device').value,
-            'precision': self.get_parameter('precision').value,
-            'input_stamp': header.stamp.sec + header.stamp.nanosec * 1e-9,
-            'cycle': cycle,
-            'trust_weight': trust_weight,
-            'atp_per_step': self.cost.per_step_ms,
-            'dropped_total': self.counters.dropped_stale,
-        }
+        metadata = {'input_stamp': header.stamp.sec + header.stamp.nanosec * 1e-9,
+                    'trigger': inputs.trigger}
         if result.output is not None:
             try:
                 self.publish_output(result.output, header, result, x0)
@@ -429,9 +611,14 @@ class IRPNodeHost(Node):
                 with self._lock:
                     self.counters.plugin_errors += 1
                 self.get_logger().error(f'publishing the output failed: {exc!r}')
+        run = RunInfo(cycle=None if grant is None else grant.cycle,
+                      trust_weight=None if grant is None else grant.trust_weight,
+                      atp_per_step=self.cost.per_step_ms, dropped_inputs=dropped,
+                      model_version=plugin.version, device=self.device,
+                      precision=self.precision)
         self.publish_telemetry(make_record(
-            self.plugin.kind, trace, entity_id=self.entity_id, metadata=metadata,
-            memory_mb=process_memory_mb()), header)
+            plugin.kind, trace, entity_id=self.entity_id, metadata=metadata,
+            memory_mb=process_memory_mb(), run=run), header)
 
     def _watch_price(self, trace, budget: Budget, x0, ctx) -> None:
         """Re-measure the step price when grants keep failing to pay for a single step.
@@ -476,45 +663,44 @@ class IRPNodeHost(Node):
         with self._lock:
             c = asdict(self.counters)
             last = self._last_halt
-        level = DiagnosticStatus.OK
-        message = 'ok'
+        state = self.lifecycle_state
+        level, message = DiagnosticStatus.OK, state
         if c['plugin_errors'] or c['telemetry_rejected']:
             level, message = DiagnosticStatus.WARN, 'plugin errors or rejected telemetry'
+        if self.last_transition_error:
+            level, message = DiagnosticStatus.ERROR, self.last_transition_error
         status = DiagnosticStatus(level=level, name=f'{self.entity_id}: irp host',
-                                  message=message, hardware_id=self.plugin.kind)
+                                  message=message, hardware_id=self.spec.kind)
         c['atp_per_step_ms'] = round(self.cost.per_step_ms, 6)
         c['last_halt_reason'] = last
+        c['lifecycle_state'] = state
+        c['device'] = self.device
+        c['precision'] = self.precision
         status.values = [KeyValue(key=k, value=str(v)) for k, v in c.items()]
         arr = DiagnosticArray(status=[status])
         arr.header.stamp = self.get_clock().now().to_msg()
         self._diag_pub.publish(arr)
 
-    # ---------------------------------------------------------------------- shutdown
-
-    def destroy_node(self) -> None:
-        """Stop the worker (a run under way halts with ``manual``), then destroy the node."""
-        worker = getattr(self, '_worker', None)  # None when __init__ failed part-way
-        if worker is not None:
-            with self._lock:
-                self._stopping = True
-                self._cancel.set()
-                self._wake.notify_all()
-            if worker.is_alive() and threading.current_thread() is not worker:
-                worker.join(timeout=5.0)
-        super().destroy_node()
-
 
 def run_node(node_factory: Callable[[], Node], args=None) -> int:
-    """Run a node until SIGINT or external shutdown; clean up and return an exit code."""
+    """Run a node until SIGINT or external shutdown; clean up and return an exit code.
+
+    A node that cannot start (its model does not load, a bad parameter) logs why and the
+    process exits with 1.
+    """
     rclpy.init(args=args)
     node = None
+    code = 0
     try:
         node = node_factory()
         rclpy.spin(node)
+    except StartError as exc:
+        rclpy.logging.get_logger('sage_irp_ros').error(str(exc))
+        code = 1
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
         if node is not None:
             node.destroy_node()
         rclpy.try_shutdown()
-    return 0
+    return code

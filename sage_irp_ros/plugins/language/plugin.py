@@ -80,8 +80,11 @@ class LanguageIRP(IRPPlugin):
     version = 'language-mlm-2'
 
     def __init__(self, net: MaskedLM, vocab: Vocab, horizon: int = 8, keep_p: float = 0.95,
-                 stable_eps: float = 1e-3, stable_K: int = 2):
+                 stable_eps: float = 1e-3, stable_K: int = 2, device: str = 'cpu'):
         """Wrap a trained ``net`` and its ``vocab`` with the schedule and halting parameters.
+
+        ``device`` is 'cpu', 'cuda' or 'cuda:N' (fp32 on either: the model is 1.9 M parameters
+        and its energy is a log-likelihood, so half precision buys little and risks much).
 
         ``horizon`` is the length ``H`` of the linear mask schedule (steps), ``keep_p`` the
         starting trust threshold (probability) of that schedule; ``stable_eps`` the
@@ -95,14 +98,20 @@ class LanguageIRP(IRPPlugin):
                              f'({net.cfg.vocab_size})')
         if horizon < 1 or stable_K < 1 or not stable_eps >= 0 or not 0 < keep_p <= 1:
             raise ValueError('horizon, stable_K >= 1, stable_eps >= 0, 0 < keep_p <= 1 needed')
-        self.net = net.eval()
+        dev = torch.device(device)
+        if dev.type == 'cuda' and not torch.cuda.is_available():
+            raise ValueError(f'device {device!r} requested but CUDA is not available')
+        if dev.type not in ('cpu', 'cuda'):
+            raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+        self.device = dev
+        self.net = net.to(dev).eval()
         self.vocab = vocab
         self.horizon = int(horizon)
         self.keep_p = float(keep_p)
         self.stable_eps = float(stable_eps)
         self.stable_K = int(stable_K)
         self.log_v = math.log(len(vocab) - len(SPECIALS))
-        self._ban = torch.zeros(len(vocab))
+        self._ban = torch.zeros(len(vocab), device=dev)
         self._ban[[vocab.token_to_id[s] for s in SPECIALS]] = -math.inf
 
     @classmethod
@@ -129,8 +138,10 @@ class LanguageIRP(IRPPlugin):
         masked = [i for i, (t, _, _) in enumerate(spans) if t == MASK_TEXT]
         meta = {'text': x0, 'spans': [(a, b) for _, a, b in spans], 'masked': masked,
                 'nll': np.full(len(masked), self.log_v), 'filled': False, 'dmeaning': []}
-        ids = torch.tensor([self.vocab.encode([t for t, _, _ in spans])], dtype=torch.long)
-        meta['sel'] = torch.zeros(ids.shape, dtype=torch.bool)  # masked positions, fixed
+        ids = torch.tensor([self.vocab.encode([t for t, _, _ in spans])], dtype=torch.long,
+                           device=self.device)
+        meta['sel'] = torch.zeros(ids.shape, dtype=torch.bool,
+                                  device=self.device)  # masked positions, fixed
         meta['sel'][0, masked] = True
         if masked:
             with torch.inference_mode():
@@ -158,7 +169,7 @@ class LanguageIRP(IRPPlugin):
             else:
                 h = max(1, min(self.horizon, schedule.max_steps))
                 tau = self.keep_p * max(0.0, 1.0 - schedule.step_idx / h)
-                keep = torch.from_numpy(np.exp(-m['nll']) >= tau)
+                keep = torch.from_numpy(np.exp(-m['nll']) >= tau).to(self.device)
                 inp, guess = guess_inputs(ids, sel, ids[sel], keep, self.vocab.mask)
                 h_all = self.net.hidden(inp, prev=m['prev'], guess=guess)
             logp = torch.log_softmax(self.net.logits(h_all[sel]) + self._ban, -1)
@@ -168,7 +179,7 @@ class LanguageIRP(IRPPlugin):
             meaning = self._meaning(new)
             dm = float(1.0 - torch.dot(meaning, m['meaning']).clamp(-1, 1))
             prev = self.net.recycled(h_all, sel, logp)
-        return state.evolve(new, nll=(-best).numpy().astype(np.float64), prev=prev,
+        return state.evolve(new, nll=(-best).cpu().numpy().astype(np.float64), prev=prev,
                             filled=True, meaning=meaning,
                             dmeaning=m['dmeaning'] + [max(dm, 0.0)])
 
@@ -211,13 +222,18 @@ class LanguageIRP(IRPPlugin):
             if state.payload.shape[1] == 0:
                 return np.zeros(self.net.cfg.d_model, dtype=np.float32)
             with torch.inference_mode():
-                return self._meaning(state.payload).numpy().astype(np.float32)
-        return state.meta['meaning'].numpy().astype(np.float32)
+                return self._meaning(state.payload).cpu().numpy().astype(np.float32)
+        return state.meta['meaning'].cpu().numpy().astype(np.float32)
 
 
-def load_default(**kwargs: Any) -> LanguageIRP:
-    """Load the plugin with the committed weights (``weights/`` next to this module)."""
+def load_default(device: str = 'cpu', precision: str = 'fp32', **kwargs: Any) -> LanguageIRP:
+    """Load the plugin with the committed weights (``weights/`` next to this module).
+
+    ``precision`` must be 'fp32' (the registry entry says so; the node host falls back to it).
+    """
+    if precision != 'fp32':
+        raise ValueError(f"the language plugin runs in fp32, got precision={precision!r}")
     for p in (DEFAULT_WEIGHTS, DEFAULT_TOKENIZER):
         if not os.path.exists(p):
             raise FileNotFoundError(f'committed language weights missing: {p}')
-    return LanguageIRP.from_files(DEFAULT_WEIGHTS, DEFAULT_TOKENIZER, **kwargs)
+    return LanguageIRP.from_files(DEFAULT_WEIGHTS, DEFAULT_TOKENIZER, device=device, **kwargs)

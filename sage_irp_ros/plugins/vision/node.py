@@ -15,10 +15,8 @@ from __future__ import annotations
 from typing import Any, Mapping, Optional, Tuple
 
 import numpy as np
-from sensor_msgs.msg import Image
 from std_msgs.msg import Header
 
-from sage_irp_ros.core import HaltConfig
 from sage_irp_ros.plugins.vision.plugin import DEFAULT_WEIGHTS, VisionIRP
 from sage_irp_ros.ros import conversions
 from sage_irp_ros.ros.host import IRPNodeHost, descriptor, run_node
@@ -40,14 +38,7 @@ def overlay(rgb: np.ndarray, mask: np.ndarray, alpha: float) -> np.ndarray:
 class VisionIRPNode(IRPNodeHost):
     """The vision plugin behind the node host."""
 
-    input_type = Image
-    sensor_input = True
-    default_input_topic = 'image'
-    default_output_topic = 'mask'
-
-    def __init__(self, node_name: str = 'vision_irp_node', **kwargs: Any):
-        """Create the node (``node_name`` may be overridden by ``__node:=``)."""
-        super().__init__(node_name, **kwargs)
+    plugin_name = 'vision'
 
     def declare_plugin_parameters(self) -> None:
         """Declare the model path, class names, overlay and input-size parameters."""
@@ -56,9 +47,6 @@ class VisionIRPNode(IRPNodeHost):
             read_only=True))
         self.declare_parameter('class_names', [''], descriptor(
             'Names of the classes, by class id; [""] = the names stored in the checkpoint',
-            read_only=True))
-        self.declare_parameter('overlay_topic', 'overlay', descriptor(
-            'Topic of the rgb8 colour overlay (published only while subscribed)',
             read_only=True))
         self.declare_parameter('overlay_alpha', 0.5, descriptor(
             'Opacity of the class colours in the overlay', float_range=(0.0, 1.0)))
@@ -69,8 +57,7 @@ class VisionIRPNode(IRPNodeHost):
     def create_plugin(self) -> VisionIRP:
         """Load the model on the configured device and precision."""
         path = self.get_parameter('model_path').value or DEFAULT_WEIGHTS
-        plugin = VisionIRP.from_checkpoint(path, device=self.get_parameter('device').value,
-                                           precision=self.get_parameter('precision').value)
+        plugin = VisionIRP.from_checkpoint(path, device=self.device, precision=self.precision)
         names = [n for n in self.get_parameter('class_names').value if n]
         if names and len(names) != len(plugin.classes):
             raise ValueError(f'class_names has {len(names)} entries but the model has '
@@ -79,26 +66,15 @@ class VisionIRPNode(IRPNodeHost):
         self.get_logger().info(f'vision model {path}: classes {self.class_names}')
         return plugin
 
-    def halt_defaults(self) -> HaltConfig:
-        """Use the halting parameters tuned with the model."""
-        return self.plugin.halt_config()
-
     def decode(self, msg) -> Tuple[Any, Optional[Mapping[str, Any]]]:
         """Decode the camera image to RGB."""
         return conversions.image_to_rgb(msg, self.get_parameter('max_input_pixels').value), None
 
-    def create_outputs(self) -> None:
-        """Create the mask and overlay publishers."""
-        self._mask_pub = self.create_output_publisher(Image,
-                                                      self.get_parameter('output_topic').value)
-        self._overlay_pub = self.create_output_publisher(
-            Image, self.get_parameter('overlay_topic').value)
-
     def publish_output(self, output: np.ndarray, header: Header, result, x0) -> None:
         """Publish the mask, and the overlay when someone listens."""
-        self._mask_pub.publish(conversions.rgb_to_image(output, header, encoding='mono8'))
-        if self._overlay_pub.get_subscription_count() > 0:
-            self._overlay_pub.publish(conversions.rgb_to_image(
+        self.outputs['output'].publish(conversions.rgb_to_image(output, header, encoding='mono8'))
+        if self.outputs['overlay'].get_subscription_count() > 0:
+            self.outputs['overlay'].publish(conversions.rgb_to_image(
                 overlay(x0, output, self.get_parameter('overlay_alpha').value), header))
 
     def run_metadata(self, output: np.ndarray, result) -> Mapping[str, Any]:

@@ -1,0 +1,143 @@
+"""Managed (lifecycle) nodes: transitions, repeated cycles, invalid transitions, the manager."""
+
+import os
+import time
+
+import numpy as np
+from conftest import wait_for
+from lifecycle_msgs.msg import Transition
+from lifecycle_msgs.srv import ChangeState
+from rclpy.lifecycle import TransitionCallbackReturn
+from rclpy.parameter import Parameter
+from sensor_msgs.msg import Image
+from std_msgs.msg import Float32MultiArray, String
+
+from sage_irp_ros.plugins.fixture.node import FixtureIRPNode
+from sage_irp_ros.plugins.vision.node import VisionIRPNode
+from sage_irp_ros.ros.lifecycle import LifecycleManager
+
+SUCCESS = TransitionCallbackReturn.SUCCESS
+
+
+def rss_mb():
+    with open('/proc/self/statm') as f:
+        return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE') / 2 ** 20
+
+
+def managed(ros, cls, name=None, **params):
+    overrides = [Parameter('autostart', value=False)] + [
+        Parameter(k, value=v) for k, v in params.items()]
+    kw = {'parameter_overrides': overrides, 'context': ros.context}
+    node = cls(name, **kw) if name else cls(**kw)
+    return ros.add_node(node)
+
+
+def frame(i):
+    img = np.full((48, 64, 3), 40 + i % 100, np.uint8)
+    img[10:30, 20:40] = 200
+    return Image(height=48, width=64, encoding='rgb8', step=64 * 3, data=img.tobytes())
+
+
+def test_hundred_cycles_leak_nothing_and_each_transition_is_fast(ros, one_torch_thread):
+    node = managed(ros, VisionIRPNode, input_topic='/lc_image')
+    try:
+        assert node.lifecycle_state == 'unconfigured' and node.plugin is None
+        times = {'configure': [], 'activate': [], 'deactivate': [], 'cleanup': []}
+        rss = []
+        for cycle in range(100):
+            for name, call in (('configure', node.trigger_configure),
+                               ('activate', node.trigger_activate)):
+                t0 = time.perf_counter()
+                assert call() == SUCCESS, (name, cycle, node.last_transition_error)
+                times[name].append(time.perf_counter() - t0)
+            assert node.lifecycle_state == 'active' and node.plugin is not None
+            runs = node.counters.runs
+            node._on_input('input', frame(cycle))  # one real run per cycle
+            assert wait_for(lambda runs=runs: node.counters.runs == runs + 1, 10)
+            for name, call in (('deactivate', node.trigger_deactivate),
+                               ('cleanup', node.trigger_cleanup)):
+                t0 = time.perf_counter()
+                assert call() == SUCCESS, (name, cycle, node.last_transition_error)
+                times[name].append(time.perf_counter() - t0)
+            assert node.lifecycle_state == 'unconfigured' and node.plugin is None
+            if cycle in (9, 99):
+                rss.append(rss_mb())
+        assert node.counters.runs == 100 and node.counters.plugin_errors == 0
+        # The first configure loads torch's kernels; later transitions are quick. On this
+        # shared 2-core machine another process can stall any one call, so 98 % of them
+        # (all but the two slowest of each kind) must be under 50 ms and none over 250 ms.
+        p98 = {k: sorted(v[1:])[-3] * 1e3 for k, v in times.items()}
+        worst = {k: max(v[1:]) * 1e3 for k, v in times.items()}
+        assert all(ms < 50.0 for ms in p98.values()), (p98, worst)
+        assert all(ms < 250.0 for ms in worst.values()), (p98, worst)
+        assert rss[1] - rss[0] < 5.0, f'RSS grew {rss[1] - rss[0]:.1f} MB over 90 cycles'
+    finally:
+        node.destroy_node()
+
+
+def test_invalid_transitions_fail_and_never_raise(ros):
+    node = managed(ros, FixtureIRPNode, 'lc_invalid')
+    try:
+        assert node.trigger_activate() != SUCCESS      # not configured yet
+        assert node.trigger_deactivate() != SUCCESS
+        assert node.lifecycle_state == 'unconfigured'
+        assert node.trigger_configure() == SUCCESS
+        assert node.trigger_configure() != SUCCESS     # already configured
+        assert node.trigger_activate() == SUCCESS
+        assert node.trigger_cleanup() != SUCCESS       # active: deactivate first
+        assert node.lifecycle_state == 'active'
+        # and over the lifecycle service, as `ros2 lifecycle set` sends it
+        cli = ros.node.create_client(ChangeState, '/lc_invalid/change_state')
+        assert cli.wait_for_service(timeout_sec=5)
+        fut = cli.call_async(ChangeState.Request(
+            transition=Transition(id=Transition.TRANSITION_CONFIGURE)))
+        assert wait_for(fut.done, 5) and fut.result().success is False
+        fut = cli.call_async(ChangeState.Request(
+            transition=Transition(id=Transition.TRANSITION_DEACTIVATE)))
+        assert wait_for(fut.done, 5) and fut.result().success is True
+        assert node.lifecycle_state == 'inactive'
+    finally:
+        node.destroy_node()
+
+
+def test_only_an_active_node_takes_inputs(ros):
+    node = managed(ros, FixtureIRPNode, 'lc_inputs', input_topic='/lc_sig',
+                   output_topic='/lc_out')
+    try:
+        out = ros.collect(Float32MultiArray, '/lc_out')
+        pub = ros.node.create_publisher(Float32MultiArray, '/lc_sig', 10)
+        assert node.trigger_configure() == SUCCESS
+        assert pub.get_subscription_count() == 0       # inactive: not subscribed
+        assert node.trigger_activate() == SUCCESS
+        assert wait_for(lambda: pub.get_subscription_count() == 1, 5)
+        assert wait_for(lambda: (pub.publish(Float32MultiArray(data=[1.0, 3.0, 2.0])),
+                                 out)[1], 10, period=0.2)
+        assert node.trigger_deactivate() == SUCCESS
+        assert wait_for(lambda: pub.get_subscription_count() == 0, 5)
+        assert node._worker is None
+    finally:
+        node.destroy_node()
+
+
+def test_lifecycle_manager_configures_then_activates(ros):
+    a = managed(ros, FixtureIRPNode, 'lc_a')
+    b = managed(ros, FixtureIRPNode, 'lc_b')
+    telem = ros.collect(String, '/irp/telemetry_json')
+    manager = LifecycleManager(context=ros.context, parameter_overrides=[
+        Parameter('node_names', value=['/lc_a', 'lc_b', '/lc_missing']),
+        Parameter('transition_timeout_s', value=2.0)])
+    try:
+        assert not manager.bring_up()                  # /lc_missing never answers
+        assert a.lifecycle_state == 'inactive' and b.lifecycle_state == 'inactive'
+        manager.destroy_node()
+        manager = LifecycleManager(context=ros.context, parameter_overrides=[
+            Parameter('node_names', value=['/lc_a', 'lc_b'])])
+        assert manager.bring_up()
+        assert a.lifecycle_state == 'active' and b.lifecycle_state == 'active'
+        assert manager.bring_up()                      # already up: nothing to do, success
+        a._on_input('input', Float32MultiArray(data=[0.0, 1.0, 0.5]))
+        assert wait_for(lambda: telem, 10)
+    finally:
+        manager.destroy_node()
+        a.destroy_node()
+        b.destroy_node()
