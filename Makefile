@@ -113,18 +113,14 @@ test: setup
 	$(RUN_ENV) $(VPY) -m pytest test/ $(PYTEST_ARGS)
 
 # --- Benchmarks (not tests: they report speed and quality figures into out/bench/*.json).
+# Each registered plugin's own benchmark (PluginSpec.bench), then the orchestrator's
+# (bench/run_all.py); stops at the first failure with its exit status.
 bench: setup
-	$(RUN_ENV) $(VPY) bench/vision_bench.py --n 200
-	$(RUN_ENV) $(VPY) bench/language_bench.py
-	$(RUN_ENV) $(VPY) bench/orchestrator_bench.py --cycles 60
+	$(RUN_ENV) $(VPY) bench/run_all.py
 
 # --- Demo: the sample bag through the nodes; exit status 0 only when every stage worked.
-demo:
-	@if [ -f sage_irp_ros/demo.py ] || [ -f sage_irp_ros/demo/__main__.py ]; then \
-	  $(MAKE) --no-print-directory setup && $(RUN_ENV) $(VPY) -m sage_irp_ros.demo; \
-	else \
-	  echo "demo: sage_irp_ros.demo is not written yet; nothing to run"; \
-	fi
+demo: setup
+	$(RUN_ENV) $(VPY) -m sage_irp_ros.demo
 
 clean:
 	rm -rf build install log out .pytest_cache .ruff_cache .hypothesis *.egg-info $(INSTALL_STAMP)

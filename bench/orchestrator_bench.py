@@ -1,13 +1,16 @@
 """Orchestrator benchmark: the same input stream under three budget policies.
 
-The vision and language plugins and the misbehaving test fixture (noisy, non-monotone energy)
-each get one input per cycle: held-out scenes alternating easy and hard, held-out sentences
-alternating 15 % and 50 % span masking, noisy signals. Every cycle shares a fixed total ATP.
-Policies, on identical inputs:
+Every plugin of the registry (:mod:`sage_irp_ros.registry`) with a ``workload`` hook takes part:
+``workload(cycles)`` gives its plugin, halting config, one input per cycle and its quality metric.
+Built in: the vision and language plugins and the misbehaving test fixture (noisy, non-monotone
+energy), on held-out scenes alternating easy and hard, held-out sentences alternating 15 % and
+50 % span masking, noisy signals (``plugins/<name>/demo.py:workload``,
+``plugins/fixture:workload``). Every cycle shares a fixed total ATP. Policies, on identical
+inputs:
 
 - ``trust``: the orchestrator's own bookkeeping (:class:`CycleAllocator`: trust x demand with a
   floor, same-cycle re-grant of early-halt savings, trust learned from every run);
-- ``equal``: ``T / 3`` per plugin per cycle, no re-grant;
+- ``equal``: ``T / n`` per plugin per cycle (n plugins), no re-grant;
 - ``unlimited``: no budget at all (every plugin runs until its own halting rule or max_steps).
 
 ATP is charged at a fixed per-plugin tariff measured once at start-up (median step time), so the
@@ -17,10 +20,11 @@ Within a cycle the three plugins refine concurrently (one thread each, as their 
 when a run ends its record is folded into trust and demand at once, and a re-grant tops up the
 runs still going, which see it at their next step.
 
-Quality: vision mIoU over all frames (``plugins/vision/evaluate.py``), language token accuracy
-over the masked positions; combined score = mean over vision and language of quality relative to
-the unlimited policy (1.0 = nothing lost). The fixture's quality (fraction of noise removed) is
-reported, not combined: it is a test fixture.
+Quality (each workload's metric, reported per plugin kind): vision mIoU over all frames
+(``plugins/vision/evaluate.py``), language token accuracy over the masked positions; combined
+score = mean over the plugins that are not test fixtures of quality relative to the unlimited
+policy (1.0 = nothing lost). The fixture's quality (fraction of noise removed) is reported, not
+combined: it is a test fixture.
 
 Deadline misses: cycles whose wall time (the three concurrent runs, encoding and decoding
 included) exceeded ``--period-ms``.
@@ -43,89 +47,29 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from sage_irp_ros.core import (  # noqa: E402
-    Budget,
-    HaltConfig,
-    RunInfo,
-    StepCostMeter,
-    make_record,
-    refine,
-)
+from sage_irp_ros import registry  # noqa: E402
+from sage_irp_ros.core import Budget, RunInfo, StepCostMeter, make_record, refine  # noqa: E402
 from sage_irp_ros.core.allocator import CycleAllocator, TrustBook  # noqa: E402
-from sage_irp_ros.plugins.fixture import NoisyFixture  # noqa: E402
-from sage_irp_ros.plugins.language import corpus  # noqa: E402
-from sage_irp_ros.plugins.language.evaluate import mask_sentence  # noqa: E402
-from sage_irp_ros.plugins.language.plugin import load_default as load_language  # noqa: E402
-from sage_irp_ros.plugins.vision.evaluate import IoUAccumulator  # noqa: E402
-from sage_irp_ros.plugins.vision.plugin import load_default as load_vision  # noqa: E402
-from sage_irp_ros.plugins.vision.scenes import held_out  # noqa: E402
-
-REAL = ('vision', 'language')
 
 
 class Workload:
     """One plugin, its inputs (one per cycle), its halting config and its task metric."""
 
-    def __init__(self, name, kind, plugin, config, items, metric):
+    def __init__(self, name, kind, plugin, config, items, metric, fixture=False):
         self.name, self.kind, self.plugin, self.config = name, kind, plugin, config
         self.items, self.metric = items, metric  # items: [(x0, truth)]; metric(outs, truths)
+        self.fixture = fixture  # a test fixture: reported, not in the combined score
 
 
 def workloads(cycles):
-    vision = load_vision()
-    imgs_e, gts_e = held_out('easy', (cycles + 1) // 2)
-    imgs_h, gts_h = held_out('hard', (cycles + 1) // 2)
-    v_items = []
-    for i in range(cycles):
-        imgs, gts = (imgs_e, gts_e) if i % 2 == 0 else (imgs_h, gts_h)
-        v_items.append((imgs[i // 2], gts[i // 2]))
-
-    def v_metric(results, truths):
-        acc = IoUAccumulator(len(vision.classes))
-        for r, gt in zip(results, truths, strict=True):
-            acc.add(r.output, gt)
-        return acc.miou()
-
-    language = load_language()
-    sents = corpus.load_sentences()['held_out']
-    l_items = []
-    for i in range(cycles):
-        toks = sents[i]
-        text, pos = mask_sentence(toks, 0.15 if i % 2 == 0 else 0.5)
-        l_items.append((text, [toks[p] for p in pos]))
-
-    def l_metric(results, truths):
-        ok = n = 0
-        for r, truth in zip(results, truths, strict=True):
-            fills = language.filled_tokens(r.state)
-            ok += sum(a == b for a, b in zip(fills, truth, strict=True))
-            n += len(truth)
-        return ok / max(n, 1)
-
-    rng = np.random.default_rng(7)
-    t = np.linspace(0, 6, 256)
-    f_items = []
-    for i in range(cycles):
-        clean = np.sin(t * (1 + i % 5))
-        f_items.append((clean + 0.4 * rng.standard_normal(t.size), clean))
-
-    def f_metric(results, truths):
-        gains = []
-        for r, (x0, clean) in zip(results, truths, strict=True):
-            before = np.mean((x0 - clean) ** 2)
-            after = np.mean((r.output - clean) ** 2)
-            gains.append(float(np.clip(1 - after / before, 0, 1)))
-        return float(np.mean(gains))
-
-    fixture = NoisyFixture(noise=0.5)
-    return [
-        Workload('/vision_irp_node', 'vision', vision, vision.halt_config(), v_items, v_metric),
-        Workload('/language_irp_node', 'language', language, language.halt_config(), l_items,
-                 l_metric),
-        Workload('/fixture_irp_node', 'custom', fixture, HaltConfig(eps=1e-3, K=2,
-                                                                     max_steps=40),
-                 [(x, (x, c)) for x, c in f_items], f_metric),
-    ]
+    """Build a workload per registry entry with a ``workload`` hook (registry order)."""
+    out = []
+    for spec in registry.specs():
+        if spec.workload:
+            plugin, config, items, metric = registry.load(spec.workload)(cycles)
+            out.append(Workload('/' + spec.node_name, spec.kind, plugin, config, items, metric,
+                                fixture=spec.fixture))
+    return out
 
 
 def run_policy(policy, wls, tariffs, total, cycles, period_ms):
@@ -207,6 +151,8 @@ def main():
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     wls = workloads(args.cycles)
+    real = [w for w in wls if not w.fixture]  # the robot's plugins: the combined score
+    fx = next((w.name for w in wls if w.fixture), None)  # the misbehaving fixture
     tariffs = {}
     for w in wls:
         meter = StepCostMeter()
@@ -234,7 +180,7 @@ def main():
             quality[w.kind] = w.metric([r for r, _ in rs], [t for _, t in rs])
         if policy == 'unlimited':
             q_unl = dict(quality)
-        combined = float(np.mean([quality[k] / q_unl[k] for k in REAL]))
+        combined = float(np.mean([quality[w.kind] / q_unl[w.kind] for w in real]))
         p = {'quality': quality, 'combined': combined,
              'atp_spent': sum(spent.values()), 'atp_spent_per_plugin': spent,
              'halt_reasons': halts, 'deadline_misses': misses, 'overallocations': over,
@@ -242,10 +188,10 @@ def main():
              'overhead_ms_per_cycle_mean': float(np.mean(overhead)),
              'overhead_ms_per_cycle_max': float(np.max(overhead))}
         if policy == 'trust':
-            fx = wls[2].name
             lowest_from = None
             for c in range(args.cycles):
-                lowest = all(trust_hist[fx][c] < trust_hist[w.name][c] for w in wls[:2])
+                lowest = fx is not None and all(trust_hist[fx][c] < trust_hist[w.name][c]
+                                                for w in real)
                 if lowest and lowest_from is None:
                     lowest_from = c + 1
                 elif not lowest:
@@ -264,8 +210,8 @@ def main():
         'deadline_misses': {k: pol[k]['deadline_misses'] for k in pol},
         'overallocations': pol['trust']['overallocations'] + pol['equal']['overallocations'],
         'overhead_ms_per_cycle': pol['trust']['overhead_ms_per_cycle_mean'],
-        'fixture_final_trust': pol['trust']['final_trust'][wls[2].name],
-        'fixture_final_share': pol['trust']['final_share'][wls[2].name],
+        'fixture_final_trust': pol['trust']['final_trust'].get(fx),
+        'fixture_final_share': pol['trust']['final_share'].get(fx),
         'fixture_lowest_trust_from_cycle': pol['trust']['fixture_lowest_trust_from_cycle'],
     }
     os.makedirs(os.path.dirname(args.out), exist_ok=True)

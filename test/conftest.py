@@ -1,8 +1,6 @@
 """Shared test set-up: ROS isolation, an rclpy context per test, node processes."""
 
 import os
-import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -10,6 +8,8 @@ import time
 
 import pytest
 from hypothesis import settings
+
+from sage_irp_ros.tools.procs import ChildProcess, free_log_path
 
 # CI runs the property tests derandomized (the same examples every run: a red CI is a real
 # regression, not a new random draw); locally they draw fresh examples.
@@ -104,42 +104,28 @@ def ros():
     h.close()
 
 
-class NodeProcess:
-    """A plugin node in its own process, stopped with SIGINT like ``ros2 launch`` does."""
+class NodeProcess(ChildProcess):
+    """A plugin node in its own process, stopped with SIGINT like ``ros2 launch`` does.
+
+    The process harness is the demo's (:class:`sage_irp_ros.tools.procs.ChildProcess`); this
+    adds the node's command line (``python -m module``, parameters, node name) and a log file
+    in ``tmp_path`` that never overwrites another test's.
+    """
 
     def __init__(self, module, params=None, name=None, tmp_path=None, args=()):
-        args = [sys.executable, '-m', module, *args, '--ros-args']
+        argv = [sys.executable, '-m', module, *args, '--ros-args']
         for k, v in (params or {}).items():
-            args += ['-p', f'{k}:={v}']
+            argv += ['-p', f'{k}:={v}']
         if name:
-            args += ['-r', f'__node:={name}']
+            argv += ['-r', f'__node:={name}']
         folder = str(tmp_path or tempfile.mkdtemp())
         stem = (name or module.rsplit('.', 1)[-1]).strip('/').replace('/', '_')
-        self.log_path = os.path.join(folder, f'{stem}.log')
-        n = 1
-        while os.path.exists(self.log_path):
-            n += 1
-            self.log_path = os.path.join(folder, f'{stem}.{n}.log')
-        self._log = open(self.log_path, 'w')
         env = dict(os.environ, PYTHONUNBUFFERED='1')
-        self.proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=self._log,
-                                     stderr=subprocess.STDOUT)
-
-    def log(self):
-        with open(self.log_path) as f:
-            return f.read()
+        super().__init__(stem, argv, log_path=free_log_path(folder, stem), cwd=ROOT, env=env)
 
     def stop(self, timeout=10.0):
         """SIGINT the node; return its exit code (kill it if it hangs)."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log.close()
-        return self.proc.returncode
+        return super().stop(timeout)
 
 
 @pytest.fixture
