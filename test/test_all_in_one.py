@@ -27,9 +27,41 @@ def test_one_process_runs_orchestrator_and_plugin(ros, node_process, tmp_path):
 
     def granted_run():
         pub.publish(Float32MultiArray(data=rng.standard_normal(64).tolist()))
-        return any(json.loads(t.data)['metadata']['cycle'] is not None for t in telem)
+        return any(json.loads(t.data)['run']['cycle'] is not None for t in telem)
 
     # The plugin's runs draw on the orchestrator's grants (telemetry names the cycle).
     assert wait_for(granted_run, 20, period=0.2), proc.log()
     assert any(g.plugin == '/fixture_irp_node' for g in grants)
     assert proc.stop() == 0, proc.log()
+
+
+def test_cuda_asked_on_a_machine_without_it_falls_back_and_nothing_crashes(ros, node_process,
+                                                                            tmp_path):
+    """``device:=cuda precision:=fp16`` for every plugin, here (no CUDA): warned fallbacks."""
+    import torch
+    if torch.cuda.is_available():
+        import pytest
+        pytest.skip('this machine has CUDA: the fallback is not exercised')
+    from diagnostic_msgs.msg import DiagnosticArray
+    params = tmp_path / 'params.yaml'
+    params.write_text(yaml.safe_dump({
+        f'/**/{n}': {'ros__parameters': {'device': 'cuda', 'precision': 'fp16'}}
+        for n in ('vision_irp_node', 'language_irp_node', 'fixture_irp_node')}))
+    diags = ros.collect(DiagnosticArray, '/diagnostics', 50)
+    proc = node_process('sage_irp_ros.ros.all_in_one', args=(
+        '--plugins', 'vision,language,fixture', '--no-orchestrator', '--ros-args',
+        '--params-file', str(params)))
+
+    def states():
+        out = {}
+        for arr in list(diags):
+            for st in arr.status:
+                kv = {k.key: k.value for k in st.values}
+                if 'lifecycle_state' in kv:
+                    out[st.name] = (kv['lifecycle_state'], kv['device'], kv['precision'])
+        return out
+    assert wait_for(lambda: len(states()) == 3, 60), proc.log()
+    assert set(states().values()) == {('active', 'cpu', 'fp32')}, states()
+    log = proc.log()
+    assert 'no CUDA device is available' in log and 'fp16' in log
+    assert proc.stop() == 0, log

@@ -100,7 +100,7 @@ def test_grants_limit_steps_and_top_ups_apply(ros, node_process):
     grant(1, 0.0)
     rec = refine_one(1)
     assert (rec['steps'], rec['halt_reason']) == (0, 'budget')
-    assert rec['budget']['ATP_granted'] == 0.0 and rec['metadata']['cycle'] == 1
+    assert rec['budget']['ATP_granted'] == 0.0 and rec['run']['cycle'] == 1
 
     grant(1, 1e6)  # a top-up of the same cycle
     rec = refine_one(2)
@@ -109,7 +109,7 @@ def test_grants_limit_steps_and_top_ups_apply(ros, node_process):
 
     grant(0, 0.0)  # an older cycle is ignored
     rec = refine_one(3)
-    assert rec['steps'] > 0 and rec['metadata']['cycle'] == 1
+    assert rec['steps'] > 0 and rec['run']['cycle'] == 1
     assert node.stop() == 0
 
 

@@ -426,7 +426,7 @@ class IRPNodeHost(ManagedNode):
         self._worker = threading.Thread(target=self._work, name=f'{self.get_name()}-irp',
                                         daemon=True)
         self._worker.start()
-        self.get_logger().info('active: inputs ' + '; '.join(described) + ', telemetry '
+        self.get_logger().info('ready (active): inputs ' + '; '.join(described) + ', telemetry '
                                f'{self.resolve_topic_name(TELEMETRY_TOPIC)}')
 
     def deactivate_node(self) -> None:

@@ -21,7 +21,6 @@ import time
 from typing import Optional
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from visualization_msgs.msg import Marker, MarkerArray
 
@@ -35,6 +34,7 @@ from sage_irp_ros.ros.host import (
     descriptor,
     run_node,
 )
+from sage_irp_ros.ros.lifecycle import ManagedNode
 
 MARKERS_TOPIC = 'irp/markers'
 
@@ -45,11 +45,16 @@ def default_trust_file() -> str:
     return os.path.join(home, 'sage_irp', 'trust.json')
 
 
-class OrchestratorNode(Node):
-    """Grants ATP to plugin nodes each cycle by trust and demand; re-grants early-halt savings."""
+class OrchestratorNode(ManagedNode):
+    """Grants ATP to plugin nodes each cycle by trust and demand; re-grants early-halt savings.
+
+    A managed node: ``configure`` loads the trust file and creates the publishers, ``activate``
+    starts the cycle timer and reads telemetry, ``deactivate`` stops them (plugins then fall
+    back to their default budgets) and saves trust, ``cleanup`` drops the allocator.
+    """
 
     def __init__(self, node_name: str = 'orchestrator_node', **kwargs):
-        """Declare parameters, load the trust file, start the cycle timer."""
+        """Declare parameters; configure and activate at once unless ``autostart`` is false."""
         super().__init__(node_name, **kwargs)
         p = self.declare_parameter
         p('period_s', 0.1, descriptor('Allocation cycle period, s', read_only=True,
@@ -75,6 +80,14 @@ class OrchestratorNode(Node):
         p('marker_frame', 'base_link', descriptor(
             'Frame of the irp/markers text (per-plugin trust, share, steps) for rviz',
             read_only=True))
+        self.alloc = None
+        self._pubs, self._active = [], []
+        self.autostart()
+
+    # ---------------------------------------------------------------------- lifecycle
+
+    def configure_node(self) -> None:
+        """Load trust, build the allocator, create the publishers."""
         path = self.get_parameter('trust_file').value or None
         try:
             self.trust = TrustBook(alpha=self.get_parameter('trust_alpha').value, path=path)
@@ -98,15 +111,39 @@ class OrchestratorNode(Node):
         self._grant_pub = self.create_publisher(BudgetGrant, BUDGET_TOPIC, qos)
         self._diag_pub = self.create_publisher(DiagnosticArray, DIAGNOSTICS_TOPIC, 10)
         self._marker_pub = self.create_publisher(MarkerArray, MARKERS_TOPIC, 10)
-        self.create_subscription(IRPTelemetry, TELEMETRY_TOPIC, self._on_telemetry, qos)
-        self._timer = self.create_timer(self.get_parameter('period_s').value, self._on_cycle)
-        self._diag_timer = self.create_timer(self.get_parameter('diagnostics_period_s').value,
-                                             self._publish_diagnostics)
+        self._pubs = [self._grant_pub, self._diag_pub, self._marker_pub]
+
+    def activate_node(self) -> None:
+        """Read telemetry, start the cycle and diagnostics timers."""
+        qos = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
+        self._active = [
+            self.create_subscription(IRPTelemetry, TELEMETRY_TOPIC, self._on_telemetry, qos),
+            self.create_timer(self.get_parameter('period_s').value, self._on_cycle),
+            self.create_timer(self.get_parameter('diagnostics_period_s').value,
+                              self._publish_diagnostics)]
         self.get_logger().info(
             f'orchestrating {self.get_parameter("total_atp").value} ATP every '
             f'{self.get_parameter("period_s").value} s on '
             f'{self.resolve_topic_name(BUDGET_TOPIC)}, reading '
             f'{self.resolve_topic_name(TELEMETRY_TOPIC)}')
+
+    def deactivate_node(self) -> None:
+        """Stop the timers and the telemetry subscription; save trust."""
+        for entity in self._active:
+            if hasattr(entity, 'timer_period_ns'):
+                self.destroy_timer(entity)
+            else:
+                self.destroy_subscription(entity)
+        self._active = []
+        if self.alloc is not None:
+            self._maybe_save(time.monotonic(), force=True)
+
+    def cleanup_node(self) -> None:
+        """Destroy the publishers and drop the allocator."""
+        for pub in self._pubs:
+            self.destroy_publisher(pub)
+        self._pubs = []
+        self.alloc = None
 
     # ------------------------------------------------------------------------- cycles
 
@@ -208,11 +245,6 @@ class OrchestratorNode(Node):
                       f'{b.runs} runs, last halt {b.last_halt or "-"}')
             markers.markers.append(m)
         self._marker_pub.publish(markers)
-
-    def destroy_node(self) -> None:
-        """Save trust, then destroy the node."""
-        self._maybe_save(time.monotonic(), force=True)
-        super().destroy_node()
 
 
 def main(args=None) -> Optional[int]:

@@ -19,13 +19,10 @@ from typing import Callable, Dict, List, Tuple
 
 import numpy as np
 
+from sage_irp_ros.plugins.vision.palette import PALETTE
+
 MASK_TOPIC = '/vision/mask'
 OVERLAY_TOPIC = '/vision/overlay'
-
-# Class colours of the truth panels: the same as the node's overlay (plugins/vision/node.py,
-# which this ROS-free module may not import).
-PALETTE = np.array([[0, 0, 0], [230, 25, 75], [60, 180, 75], [0, 130, 200], [245, 130, 48],
-                    [145, 30, 180], [70, 240, 240], [240, 50, 230], [210, 245, 60]], np.uint8)
 
 _CHANNELS = {'mono8': 1, 'rgb8': 3}
 
