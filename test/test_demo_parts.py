@@ -227,9 +227,9 @@ def synthetic_recording(specs, t0=10 ** 9):
 def test_summarize_from_registry_hooks():
     spec = registry.get('language')
     recorded = {'/language/text_repaired': [(1, NS(data='a b c')), (2, NS(data='x q z'))],
-                '/irp/telemetry_json': [(1, telemetry('language', '/n', 2)),
-                                        (2, telemetry('language', '/n', 4)),
-                                        (3, telemetry('vision', '/v', 9))]}
+                '/irp/telemetry_json': [(1, telemetry('language', '/language_irp_node', 2)),
+                                        (2, telemetry('language', '/language_irp_node', 4)),
+                                        (3, telemetry('vision', '/vision_irp_node', 9))]}
     out = scoring.summarize([spec], recorded, language_truth(), sent={'language': 2},
                             counters={'language': {'received': '2', 'dropped_stale': '0',
                                                    'bad_input': '0'}},

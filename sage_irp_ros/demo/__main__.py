@@ -178,7 +178,7 @@ def run(args) -> int:
                 if not c:
                     return False
                 done = int(c['runs']) + int(c['dropped_stale']) + int(c['bad_input'])
-                n_tel = len(mon.runs_of(spec.kind))
+                n_tel = len(mon.runs_of(spec.node_name))
                 if int(c['received']) < sent[spec.name] or done < int(c['received']) \
                         or n_tel < int(c['runs']):
                     return False
@@ -198,7 +198,7 @@ def run(args) -> int:
         trust = {s.name: mon.trust(s.node_name) for s in plugins}
         with mon.lock:
             grants = {k: dict(v) for k, v in mon.granted.items()}
-        live_runs = {s.name: len(mon.runs_of(s.kind)) for s in plugins}
+        live_runs = {s.name: len(mon.runs_of(s.node_name)) for s in plugins}
 
         code['recorder'] = recorder.stop()
         recorder = None

@@ -18,7 +18,7 @@ from sage_irp_ros.registry import PluginSpec
 class Monitor:
     """The demo's own node: live telemetry, grants and diagnostics for the progress line.
 
-    ``runs`` maps a plugin kind to the telemetry records seen live, ``granted`` an entity (node)
+    ``runs`` maps a node (entity) to the telemetry records seen live, ``granted`` an entity (node)
     to ``{cycle: ATP granted}``, ``diag`` a diagnostics status name to its key/values; read
     them under ``lock``.
     """
@@ -35,7 +35,7 @@ class Monitor:
         rclpy.init(context=self.context)
         self.node = rclpy.create_node('sage_irp_demo', context=self.context)
         self.lock = threading.Lock()
-        self.runs = defaultdict(list)           # kind -> telemetry records
+        self.runs = defaultdict(list)           # entity (node) -> telemetry records
         self.granted = defaultdict(dict)        # entity -> {cycle: atp}
         self.diag = {}                          # status name -> {key: value}
         qos = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
@@ -60,7 +60,7 @@ class Monitor:
         except ValueError:
             return
         with self.lock:
-            self.runs[rec.get('plugin')].append(rec)
+            self.runs[rec.get('entity_id')].append(rec)
 
     def _on_grant(self, msg) -> None:
         with self.lock:
@@ -83,10 +83,10 @@ class Monitor:
             d = self.diag.get(f'/{node_name}: allocation')
         return float(d['trust']) if d and 'trust' in d else None
 
-    def runs_of(self, kind: str) -> list:
-        """Return a copy of the telemetry records of plugin kind ``kind`` seen so far."""
+    def runs_of(self, node_name: str) -> list:
+        """Return a copy of the telemetry records of the node ``node_name`` seen so far."""
         with self.lock:
-            return list(self.runs.get(kind, []))
+            return list(self.runs.get(f'/{node_name}', []))
 
     def subscribed_by(self, topic: str, node_name: str) -> bool:
         """Return True when ``node_name`` subscribes to ``topic``."""
@@ -125,7 +125,7 @@ def progress_line(mon: Monitor, plugins: Sequence[PluginSpec], sent: Dict[str, i
     """
     parts = []
     for spec in plugins:
-        recs = mon.runs_of(spec.kind)
+        recs = mon.runs_of(spec.node_name)
         halts = Counter(r['halt_reason'] for r in recs)
         spent = sum(r['budget']['ATP_spent'] for r in recs)
         c = mon.host_counters(spec.node_name) or {}

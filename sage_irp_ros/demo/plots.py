@@ -12,7 +12,7 @@
   and lists it among the demo's plots (a camera plugin's overlay pictures, for instance).
 
 ``recorded`` maps each recorded topic to ``[(receive_ns, msg), ...]``; telemetry records are a
-plugin's when their ``plugin`` is its kind.
+plugin's when their entity is its node.
 """
 
 from __future__ import annotations
@@ -52,7 +52,8 @@ def plots(out_dir: str, plugins: Sequence[PluginSpec], recorded: Dict[str, list]
     import matplotlib.pyplot as plt
 
     records = [(t, json.loads(m.data)) for t, m in recorded.get('/irp/telemetry_json', [])]
-    runs = {s.name: [r for _, r in records if r['plugin'] == s.kind] for s in plugins}
+    runs = {s.name: [r for _, r in records if r.get('entity_id', '').endswith(f'/{s.node_name}')]
+            for s in plugins}
     n = max(1, len(plugins))
     paths: List[str] = []
 
@@ -99,7 +100,8 @@ def plots(out_dir: str, plugins: Sequence[PluginSpec], recorded: Dict[str, list]
             ts, atps = zip(*sorted(per_cycle.values()), strict=True)
             ax1.step([(t - t0_ns) * 1e-9 for t in ts], atps, where='post', color=colour,
                      label=f'{name} granted / cycle')
-        spent = [(t, r['budget']['ATP_spent']) for t, r in records if r['plugin'] == spec.kind]
+        spent = [(t, r['budget']['ATP_spent']) for t, r in records
+                 if r.get('entity_id', '').endswith(f'/{spec.node_name}')]
         if spent:
             ax1.plot([(t - t0_ns) * 1e-9 for t, _ in spent], [s for _, s in spent], 'x',
                      color=colour, label=f'{name} spent / run')

@@ -67,14 +67,14 @@ def summarize(plugins: Sequence[PluginSpec], recorded, truth, sent, counters, ma
 
     ``sent``, ``counters`` (the node's ``/diagnostics`` host counters), ``max_steps`` and
     ``trust`` map a plugin's name to its value; ``grants`` maps a node (``/name``) to
-    ``{cycle: ATP}``. Telemetry records are a plugin's when their ``plugin`` is its kind.
+    ``{cycle: ATP}``. Telemetry records are a plugin's when their entity is its node.
     """
     records = [json.loads(m.data) for _, m in recorded.get('/irp/telemetry_json', [])]
     scores = score(plugins, recorded, truth)
     out = {}
     for spec in plugins:
         name = spec.name
-        recs = [r for r in records if r['plugin'] == spec.kind]
+        recs = [r for r in records if r.get('entity_id', '').endswith(f'/{spec.node_name}')]
         steps = [r['steps'] for r in recs]
         c = counters.get(name) or {}
         cap = max_steps.get(name)

@@ -17,7 +17,7 @@ from typing import Any, Mapping, Optional, Tuple
 import numpy as np
 from std_msgs.msg import Header
 
-from sage_irp_ros.plugins.vision.palette import PALETTE, overlay  # noqa: F401 (PALETTE: API)
+from sage_irp_ros.plugins.vision.palette import overlay
 from sage_irp_ros.plugins.vision.plugin import DEFAULT_WEIGHTS, VisionIRP
 from sage_irp_ros.ros import conversions
 from sage_irp_ros.ros.host import IRPNodeHost, descriptor, run_node
