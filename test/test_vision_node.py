@@ -56,7 +56,7 @@ def test_vision_node_segments_camera_frames(ros, node_process):
     rec = json.loads(telem_json[-1].data)
     validate_record(rec)
     assert rec['plugin'] == 'vision' and rec['entity_id'] == '/vision_irp_node'
-    assert rec['metadata']['device'] == 'cpu' and 0 <= rec['metadata']['uncertain_frac'] <= 1
+    assert rec['run']['device'] == 'cpu' and 0 <= rec['metadata']['uncertain_frac'] <= 1
     assert telem[-1].halt_reason in ('confident', 'slope<eps', 'max_steps')
 
     # A frame it cannot read: clear error, counted, and the node goes on.
