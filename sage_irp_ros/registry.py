@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import importlib
 import os
-from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Tuple
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Tuple
 
 #: Environment variable naming extra modules that define ``PLUGIN_SPECS``.
 ENV_MODULES = 'SAGE_IRP_PLUGIN_MODULES'
@@ -177,7 +177,6 @@ class PluginSpec:
     bench: Optional[Tuple[str, ...]] = None
     workload: Optional[str] = None
     fixture: bool = False
-    extra: Dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
         """Check names: unique port names, at least one triggering input, known devices."""

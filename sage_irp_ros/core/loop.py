@@ -27,41 +27,12 @@ from sage_irp_ros.core.plugin import (
     HALT_SLOPE,
     HALT_TIMEOUT,
     PLUGIN_HALT_REASONS,
+    HaltConfig,
     IRPPlugin,
     IRPState,
     Schedule,
 )
 from sage_irp_ros.core.trust import TrustMetrics, trust_metrics
-
-
-@dataclass(frozen=True)
-class HaltConfig:
-    """The halting parameters of a plugin (ROS parameters of its node).
-
-    Attributes
-    ----------
-    eps:
-        Slope threshold, relative to the plugin's energy scale: halt ``slope<eps`` when over the
-        last ``K`` steps ``(E[t-K] - E[t]) / K < eps * plugin.energy_scale(E_0)``.
-    K:
-        Window of the slope rule, in steps (>= 1).
-    max_steps:
-        Hard cap of steps (>= 0).
-
-    """
-
-    eps: float = 1e-3
-    K: int = 2
-    max_steps: int = 50
-
-    def __post_init__(self):
-        """Reject values that make the rules meaningless."""
-        if not (self.eps >= 0 and math.isfinite(self.eps)):
-            raise ValueError(f'eps must be a finite number >= 0, got {self.eps!r}')
-        if int(self.K) != self.K or self.K < 1:
-            raise ValueError(f'K must be an integer >= 1, got {self.K!r}')
-        if int(self.max_steps) != self.max_steps or self.max_steps < 0:
-            raise ValueError(f'max_steps must be an integer >= 0, got {self.max_steps!r}')
 
 
 @dataclass

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional
 
@@ -34,6 +35,36 @@ HALT_REASONS = (
 PLUGIN_HALT_REASONS = (HALT_FEASIBLE, HALT_CONFIDENT, HALT_STABLE)
 
 PLUGIN_KINDS = ('vision', 'language', 'audio', 'control', 'memory', 'custom')
+
+
+@dataclass(frozen=True)
+class HaltConfig:
+    """The halting parameters of a plugin (ROS parameters of its node).
+
+    Attributes
+    ----------
+    eps:
+        Slope threshold, relative to the plugin's energy scale: halt ``slope<eps`` when over the
+        last ``K`` steps ``(E[t-K] - E[t]) / K < eps * plugin.energy_scale(E_0)``.
+    K:
+        Window of the slope rule, in steps (>= 1).
+    max_steps:
+        Hard cap of steps (>= 0).
+
+    """
+
+    eps: float = 1e-3
+    K: int = 2
+    max_steps: int = 50
+
+    def __post_init__(self):
+        """Reject values that make the rules meaningless."""
+        if not (self.eps >= 0 and math.isfinite(self.eps)):
+            raise ValueError(f'eps must be a finite number >= 0, got {self.eps!r}')
+        if int(self.K) != self.K or self.K < 1:
+            raise ValueError(f'K must be an integer >= 1, got {self.K!r}')
+        if int(self.max_steps) != self.max_steps or self.max_steps < 0:
+            raise ValueError(f'max_steps must be an integer >= 0, got {self.max_steps!r}')
 
 
 @dataclass
@@ -113,6 +144,13 @@ class IRPPlugin(abc.ABC):
     @abc.abstractmethod
     def step(self, state: IRPState, schedule: Schedule) -> IRPState:
         """Apply one refinement iteration and return the next state."""
+
+    def halt_config(self) -> HaltConfig:
+        """Return the plugin's halting defaults: the one source of them (nodes declare theirs).
+
+        The default: the slope rule with ``eps`` 1e-3 over ``K`` 2, at most 50 steps.
+        """
+        return HaltConfig()
 
     def project(self, state: IRPState) -> IRPState:
         """Enforce the state's constraints; identity by default."""
