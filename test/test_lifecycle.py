@@ -169,3 +169,29 @@ def test_lifecycle_manager_configures_then_activates(ros):
         manager.destroy_node()
         a.destroy_node()
         b.destroy_node()
+
+
+def test_orchestrator_is_managed_too(ros, tmp_path):
+    from sage_irp_ros.msg import BudgetGrant
+    from sage_irp_ros.ros.orchestrator_node import OrchestratorNode
+    grants = ros.collect(BudgetGrant, '/irp/budget', 50)
+    orch = managed(ros, OrchestratorNode, period_s=0.05,
+                   trust_file=str(tmp_path / 'trust.json'))
+    plugin = ros.add_node(FixtureIRPNode('lc_orch_fixture', context=ros.context))
+    try:
+        assert orch.lifecycle_state == 'unconfigured' and orch.alloc is None
+        assert orch.trigger_configure() == SUCCESS and orch.trigger_activate() == SUCCESS
+        plugin._on_input('input', Float32MultiArray(data=[0.0, 2.0, 1.0]))  # joins by telemetry
+        assert wait_for(lambda: any(g.plugin == '/lc_orch_fixture' for g in grants), 10)
+        assert orch.trigger_deactivate() == SUCCESS
+        time.sleep(0.2)
+        n = len(grants)
+        time.sleep(0.3)
+        assert len(grants) == n                       # inactive: no cycles, no grants
+        assert os.path.exists(tmp_path / 'trust.json')  # saved on deactivate
+        assert orch.trigger_cleanup() == SUCCESS and orch.alloc is None
+        assert orch.trigger_configure() == SUCCESS    # trust comes back from the file
+        assert '/lc_orch_fixture' in orch.trust.entries
+    finally:
+        plugin.destroy_node()
+        orch.destroy_node()
