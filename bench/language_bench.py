@@ -17,6 +17,19 @@ the same for the masked input, as a floor), steps are those of the iterative run
 ``tokens_only_*_right`` count the masked tokens one run got right and the other wrong;
 ``sign_test_p`` is McNemar's exact two-sided test on them (how likely a split this uneven is
 if neither run were better).
+
+``deletion_baseline`` is the meaning cosine of simply deleting the masked words (no repair at
+all); ``meaning_gain_over_deletion`` is the mean per-sentence difference of the repaired and
+the deleted sentence's cosine to the original (> 0: the repair carries meaning that deleting
+loses; the deletion baseline scores 0 on it by definition), ``repair_beats_deletion_frac`` the
+fraction of sentences where it is positive.
+
+Pareto (``--pareto-rates``, default 30 and 50 %; :mod:`sage_irp_ros.core.pareto`): token
+accuracy against mean compute for every fixed number of passes ``k = 0..8`` (``init_state``,
+``k`` steps, ``result``: no energy, no halting checks) and for the adaptive rule (``stable``)
+with its thresholds swept (``stable_K`` 1-2, ``stable_eps`` 1e-4..3e-2); the operating point is
+the plugin's default. ``adaptive_gain_p`` is McNemar's test, token by token, of the adaptive
+run against the best fixed ``k`` at no more mean steps. PNGs go next to the JSON.
 """
 
 import argparse
@@ -32,6 +45,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from sage_irp_ros.core import pareto  # noqa: E402
 from sage_irp_ros.core.loop import HaltConfig  # noqa: E402
 from sage_irp_ros.plugins.language import corpus  # noqa: E402
 from sage_irp_ros.plugins.language.evaluate import (  # noqa: E402
@@ -46,6 +60,58 @@ from sage_irp_ros.plugins.language.evaluate import (  # noqa: E402
 from sage_irp_ros.plugins.language.plugin import LanguageIRP, load_default  # noqa: E402
 
 
+def deletion(toks, rate: float) -> str:
+    """The deletion baseline: the sentence with its masked words simply left out."""
+    _, pos = mask_sentence(toks, rate)
+    gone = set(pos)
+    return ' '.join(t for i, t in enumerate(toks) if i not in gone)
+
+
+def pareto_at(plugin: LanguageIRP, sents, rate: float, png: str) -> dict:
+    """Fixed passes k = 0..8 against the adaptive rule swept, at one masking rate."""
+    items = []
+    for toks in sents:
+        text, pos = mask_sentence(toks, rate)
+        items.append(pareto.Item(text, [toks[p] for p in pos]))
+
+    def item_hits(state, truth):
+        return [a == b for a, b in zip(plugin.filled_tokens(state), truth, strict=True)]
+
+    def item_score(out, state, truth):
+        hits = item_hits(state, truth)
+        return sum(hits) / max(len(hits), 1)
+
+    def quality(outs, states, truths):
+        hits = [h for s, t in zip(states, truths, strict=True) for h in item_hits(s, t)]
+        return sum(hits) / max(len(hits), 1)
+
+    def variant(K, eps):
+        return LanguageIRP(plugin.net, plugin.vocab, horizon=plugin.horizon,
+                           keep_p=plugin.keep_p, stable_eps=eps, stable_K=K)
+    cfg = plugin.halt_config()
+    default = f'stable K={plugin.stable_K} eps={plugin.stable_eps:g} (default)'
+    adaptive = {default: (cfg, {'stable_K': plugin.stable_K, 'stable_eps': plugin.stable_eps},
+                          plugin)}
+    for K, eps in ((1, 3e-2), (1, 1e-2), (1, 1e-3), (2, 1e-2), (2, 1e-4)):
+        adaptive[f'stable K={K} eps={eps:g}'] = (cfg, {'stable_K': K, 'stable_eps': eps},
+                                                  variant(K, eps))
+    summary, fixed, ad = pareto.sweep(plugin, items, quality, item_score, 8, adaptive, default)
+    pareto.plot(png, fixed, ad, default, f'language, {int(rate * 100)} % masked: token '
+                f'accuracy vs compute ({len(items)} held-out sentences)', 'token accuracy')
+    # The paired test, token by token, against the best fixed k at no more mean steps.
+    k = next(p.param for p in fixed if p.label == summary['fixed_at_no_more_compute_steps'])
+    hits_a, hits_b = [], []
+    for it in items:
+        hits_a += item_hits(pareto.refine(plugin, it.x0, None, config=cfg).state, it.truth)
+        hits_b += item_hits(pareto.run_fixed(plugin, it, k)[1], it.truth)
+    sign = paired_sign_test(hits_a, hits_b)
+    summary.update({'adaptive_gain_p': round(sign['p'], 6),
+                    'tokens_only_adaptive_right': sign['a_only'],
+                    'tokens_only_fixed_right': sign['b_only'],
+                    'pareto_png': os.path.basename(png), 'pareto_sentences': len(items)})
+    return summary
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument('--limit', type=int, default=None, help='first N sentences of the split')
@@ -58,6 +124,10 @@ def main():
     ap.add_argument('--stable-eps', type=float, default=None)
     ap.add_argument('--stable-K', type=int, default=None)
     ap.add_argument('--threads', type=int, default=1)
+    ap.add_argument('--pareto-rates', default='0.3,0.5',
+                    help='masking rates of the Pareto comparison ("" = none)')
+    ap.add_argument('--pareto-limit', type=int, default=None,
+                    help='first N sentences for the Pareto comparison (default: all)')
     ap.add_argument('--out', default=os.path.join(ROOT, 'out', 'bench', 'language.json'))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -85,9 +155,11 @@ def main():
         one = run_set(plugin, sents, rate, HaltConfig(eps=0.0, K=2, max_steps=1))
         sign = paired_sign_test(it['hits'], one['hits'])
         masked_in = [mask_sentence(s, rate)[0] for s in sents]
+        deleted = [deletion(s, rate) for s in sents]
         cos_it = cosines(emb(it['outputs']), ref)
         cos_one = cosines(emb(one['outputs']), ref)
         cos_masked = cosines(emb(masked_in), ref)
+        cos_deleted = cosines(emb(deleted), ref)
         r = {
             'token_acc_iterative': round(it['token_acc'], 4),
             'token_acc_oneshot': round(one['token_acc'], 4),
@@ -97,6 +169,11 @@ def main():
             'meaning_cos': round(float(np.mean(cos_it)), 4),
             'meaning_cos_oneshot': round(float(np.mean(cos_one)), 4),
             'meaning_cos_masked': round(float(np.mean(cos_masked)), 4),
+            'deletion_baseline': round(float(np.mean(cos_deleted)), 4),
+            'meaning_gain_over_deletion': round(float(np.mean(cos_it - cos_deleted)), 4),
+            'meaning_gain_over_deletion_oneshot': round(float(np.mean(cos_one - cos_deleted)),
+                                                        4),
+            'repair_beats_deletion_frac': round(float(np.mean(cos_it > cos_deleted)), 4),
             'steps_to_stable_median': percentile(it['steps'], 50),
             'steps_to_stable_p95': percentile(it['steps'], 95),
             'steps_max': int(max(it['steps'])),
@@ -108,6 +185,15 @@ def main():
         }
         res['rates'][f'{int(rate * 100)}'] = r
         print(rate, json.dumps(r), flush=True)
+    for rate in [float(x) for x in args.pareto_rates.split(',') if x.strip()]:
+        key = f'{int(round(rate * 100))}'
+        r = res['rates'].setdefault(key, {})
+        r.update(pareto_at(plugin, sents[:args.pareto_limit], rate,
+                           os.path.join(os.path.dirname(args.out), f'language_pareto_{key}.png')))
+        print(rate, 'pareto', json.dumps({k: v for k, v in r.items() if 'adaptive' in k}),
+              flush=True)
+    for k in ('adaptive_gain_compute', 'adaptive_gain_quality', 'adaptive_gain_p'):
+        res[k] = {rk: rv.get(k) for rk, rv in res['rates'].items() if k in rv}
     res['bench_seconds'] = round(time.time() - t0, 1)
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, 'w') as f:
