@@ -13,9 +13,19 @@ inputs:
 - ``equal``: ``T / n`` per plugin per cycle (n plugins), no re-grant;
 - ``unlimited``: no budget at all (every plugin runs until its own halting rule or max_steps).
 
-ATP is charged at a fixed per-plugin tariff measured once at start-up (median step time), so the
-three policies pay the same price for the same step and the comparison is deterministic. The
-total per cycle is ``--atp-fraction`` of the mean ATP per cycle the unlimited policy spends.
+ATP is charged as a node charges it (``refine`` with a ``StepCostMeter``): a per-input price
+(encoding, initial energy, halting checks and decoding of one input: what a run costs beyond its
+steps) when a run starts, and a price per step before each step. The prices are measured once at
+start-up, the same for the three policies: ``StepCostMeter.calibrate`` on the first input, then
+``--warmup-cycles`` concurrent cycles without budget in which the meters learn from the runs as
+a node's meter does (the calibration times each call alone; the runs share the cores with each
+other). Each policy then starts from a copy of those prices and, by default, goes on learning
+from its own runs, so ATP keeps tracking the time runs take under that policy's load;
+``--fixed-tariffs`` freezes the start-up prices instead (every policy pays exactly the same for
+the same work, but ATP drifts from wall time as the load changes). ``atp_over_wall`` (per
+plugin and policy: ATP spent / wall time of its runs, summed over the cycles) says how well ATP
+tracks time. The total per cycle is ``--atp-fraction`` of the mean ATP per cycle the unlimited
+policy spends.
 Within a cycle the three plugins refine concurrently (one thread each, as their nodes would);
 when a run ends its record is folded into trust and demand at once, and a re-grant tops up the
 runs still going, which see it at their next step.
@@ -29,8 +39,8 @@ combined: it is a test fixture.
 Deadline misses: cycles whose wall time (the three concurrent runs, encoding and decoding
 included) exceeded ``--period-ms``.
 
-Usage: ``python bench/orchestrator_bench.py [--cycles 60] [--atp-fraction 0.5]``; writes
-``out/bench/orchestrator.json``.
+Usage: ``python bench/orchestrator_bench.py [--cycles 60] [--atp-fraction 0.5]
+[--warmup-cycles 20] [--fixed-tariffs]``; writes ``out/bench/orchestrator.json``.
 """
 
 import argparse
@@ -72,10 +82,12 @@ def workloads(cycles):
     return out
 
 
-def run_policy(policy, wls, tariffs, total, cycles, period_ms):
-    """Run every cycle under ``policy``; return per-plugin results and accounting."""
+def run_policy(policy, wls, meters, total, cycles, period_ms):
+    """Run ``cycles`` cycles under ``policy`` (``meters``: each plugin's cost meter, charged and
+    learning as in a node); return per-plugin results and accounting."""
     results = {w.name: [] for w in wls}
     spent = {w.name: 0.0 for w in wls}
+    run_ms = {w.name: 0.0 for w in wls}  # wall time of the plugin's runs
     halts = {w.name: {} for w in wls}
     misses = 0
     walls = []
@@ -104,7 +116,7 @@ def run_policy(policy, wls, tariffs, total, cycles, period_ms):
         # The three plugins refine concurrently (threads; torch releases the GIL); as each run
         # ends, its record is folded in and any re-grant tops up the runs still going.
         futures = {pool.submit(refine, w.plugin, w.items[c][0], None, config=w.config,
-                               budget=budgets[w.name], cost=tariffs[w.name][0]): w.name
+                               budget=budgets[w.name], cost=meters[w.name]): w.name
                    for w in wls}
         for fut in as_completed(futures):
             name = futures[fut]
@@ -112,11 +124,14 @@ def run_policy(policy, wls, tariffs, total, cycles, period_ms):
             r = fut.result()
             results[name].append((r, w.items[c][1]))
             spent[name] += r.trace.atp_spent
+            run_ms[name] += r.trace.time_ms
             halts[name][r.trace.halt_reason] = halts[name].get(r.trace.halt_reason, 0) + 1
             if policy == 'trust':
                 t_cpu = time.thread_time()
+                meter = meters[name]
                 rec = make_record(w.kind, r.trace, entity_id=name, run=RunInfo(
-                    cycle=None, trust_weight=None, atp_per_step=tariffs[name][0].per_step_ms))
+                    cycle=None, trust_weight=None, atp_per_step=meter.per_step_ms,
+                    atp_per_input=meter.per_input_ms))
                 if c == 0:  # the first cycle runs on an equal split while trust is learned
                     alloc.observe(name, w.kind, rec, now=float(c), cycle=None)
                 else:
@@ -136,7 +151,9 @@ def run_policy(policy, wls, tariffs, total, cycles, period_ms):
     pool.shutdown()
     for w in wls:  # every plugin answered every cycle (in cycle order)
         assert len(results[w.name]) == cycles
-    return results, spent, halts, misses, over, overhead, trust_hist, share_hist, walls
+    atp_over_wall = {n: spent[n] / run_ms[n] if run_ms[n] > 0 else None for n in spent}
+    return (results, spent, halts, misses, over, overhead, trust_hist, share_hist, walls,
+            atp_over_wall)
 
 
 def main():
@@ -147,33 +164,57 @@ def main():
                     help='cycle period (25 Hz camera): a cycle whose compute takes longer is a '
                          'deadline miss')
     ap.add_argument('--threads', type=int, default=1)
+    ap.add_argument('--warmup-cycles', type=int, default=20,
+                    help='concurrent cycles without budget at start-up in which the cost meters '
+                         'learn from real runs (after calibration), before the policies run')
+    ap.add_argument('--fixed-tariffs', action='store_true',
+                    help='freeze the start-up prices (no learning while the policies run)')
     ap.add_argument('--out', default=os.path.join(ROOT, 'out', 'bench', 'orchestrator.json'))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     wls = workloads(args.cycles)
     real = [w for w in wls if not w.fixture]  # the robot's plugins: the combined score
     fx = next((w.name for w in wls if w.fixture), None)  # the misbehaving fixture
-    tariffs = {}
+    start = {}  # the start-up prices: calibrated, then learned over the warm-up cycles
     for w in wls:
-        meter = StepCostMeter()
-        price = meter.calibrate(w.plugin, w.items[0][0], steps=5)
-        tariffs[w.name] = (StepCostMeter(price, learn=False), price)
+        start[w.name] = StepCostMeter()
+        start[w.name].calibrate(w.plugin, w.items[0][0], steps=5)
+
+    def prices(meters):
+        return {n: {'step': m.per_step_ms, 'input': m.per_input_ms} for n, m in meters.items()}
+
+    calibrated = prices(start)
+    warmup = max(min(args.warmup_cycles, args.cycles), 0)
+    if warmup:
+        run_policy('unlimited', wls, start, 1.0, warmup, args.period_ms)
+
+    def meters():  # every policy starts from the same prices
+        return {n: m.copy(learn=not args.fixed_tariffs) for n, m in start.items()}
+
     out = {'cycles': args.cycles, 'atp_fraction': args.atp_fraction,
-           'period_ms': args.period_ms,
-           'tariff_ms_per_step': {w.name: tariffs[w.name][1] for w in wls},
+           'period_ms': args.period_ms, 'warmup_cycles': warmup,
+           'fixed_tariffs': args.fixed_tariffs,
+           'prices_calibrated_ms': calibrated,
+           'tariff_ms_per_step': {n: m.per_step_ms for n, m in start.items()},
+           'tariff_ms_per_input': {n: m.per_input_ms for n, m in start.items()},
            'torch_threads': args.threads, 'cpu': platform.processor() or platform.machine(),
            'policies': {}}
     runs = {}
-    res = run_policy('unlimited', wls, tariffs, 1.0, args.cycles, args.period_ms)
+    end_prices = {}
+    m = meters()
+    res = run_policy('unlimited', wls, m, 1.0, args.cycles, args.period_ms)
+    end_prices['unlimited'] = prices(m)
     runs['unlimited'] = res
     total = args.atp_fraction * sum(res[1].values()) / args.cycles
     out['total_atp_per_cycle'] = total
     for policy in ('trust', 'equal'):
-        runs[policy] = run_policy(policy, wls, tariffs, total, args.cycles, args.period_ms)
+        m = meters()
+        runs[policy] = run_policy(policy, wls, m, total, args.cycles, args.period_ms)
+        end_prices[policy] = prices(m)
     q_unl = {}
     for policy in ('unlimited', 'trust', 'equal'):
-        results, spent, halts, misses, over, overhead, trust_hist, share_hist, walls = \
-            runs[policy]
+        (results, spent, halts, misses, over, overhead, trust_hist, share_hist, walls,
+         atp_over_wall) = runs[policy]
         quality = {}
         for w in wls:
             rs = results[w.name]
@@ -183,6 +224,7 @@ def main():
         combined = float(np.mean([quality[w.kind] / q_unl[w.kind] for w in real]))
         p = {'quality': quality, 'combined': combined,
              'atp_spent': sum(spent.values()), 'atp_spent_per_plugin': spent,
+             'atp_over_wall': atp_over_wall, 'prices_end_ms': end_prices[policy],
              'halt_reasons': halts, 'deadline_misses': misses, 'overallocations': over,
              'cycle_wall_ms_mean': float(np.mean(walls)),
              'overhead_ms_per_cycle_mean': float(np.mean(overhead)),
@@ -207,6 +249,7 @@ def main():
         'quality_unlimited': dict(pol['unlimited']['quality'],
                                   combined=pol['unlimited']['combined']),
         'atp_spent': {k: pol[k]['atp_spent'] for k in pol},
+        'atp_over_wall': {k: pol[k]['atp_over_wall'] for k in pol},
         'deadline_misses': {k: pol[k]['deadline_misses'] for k in pol},
         'overallocations': pol['trust']['overallocations'] + pol['equal']['overallocations'],
         'overhead_ms_per_cycle': pol['trust']['overhead_ms_per_cycle_mean'],
@@ -220,7 +263,8 @@ def main():
     print(json.dumps(out['summary'], indent=1))
     for k in ('unlimited', 'trust', 'equal'):
         print(k, {n: round(v, 4) for n, v in pol[k]['quality'].items()},
-              'combined', round(pol[k]['combined'], 4))
+              'combined', round(pol[k]['combined'], 4), 'atp_over_wall',
+              {n: None if v is None else round(v, 3) for n, v in pol[k]['atp_over_wall'].items()})
 
 
 if __name__ == '__main__':

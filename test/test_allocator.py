@@ -128,12 +128,13 @@ def test_trust_book_ema_and_persistence(tmp_path):
 
 
 def _rec(spent, reason, cycle, energies=(10.0, 5.0, 4.0), price=None, dropped=0,
-         metadata=None):
+         metadata=None, per_input=0.0):
     """A run's record; ``price`` None: a host that reports no run info (no ``run``)."""
     from sage_irp_ros.core import RunInfo, Trace, make_record
     t = Trace(energies=list(energies), halt_reason=reason, atp_spent=spent)
     run = None if price is None else RunInfo(cycle=cycle, trust_weight=None,
-                                             atp_per_step=price, dropped_inputs=dropped)
+                                             atp_per_step=price, atp_per_input=per_input,
+                                             dropped_inputs=dropped)
     return make_record('custom', t, run=run, metadata=metadata)
 
 
@@ -179,6 +180,19 @@ def test_cycle_allocator_reads_the_typed_run_fields_not_metadata():
     # The same run with its cycle in run.cycle counts towards the cycle.
     a.observe('/a', 'vision', _rec(0.1, 'slope<eps', a.cycle, price=0.05), now=0.4)
     assert a.plugins['/a'].runs_cycle == 1 and a.plugins['/a'].spent == pytest.approx(0.1)
+
+
+def test_least_need_is_the_per_input_price_plus_one_step():
+    from sage_irp_ros.core.allocator import CycleAllocator
+    a = CycleAllocator(total=100.0, floor=0.1)
+    # A run that halted at once spent little; the least a run needs is the input and one step.
+    a.observe('/lm', 'language', _rec(0.5, 'stable', None, price=5.0, per_input=20.0), now=0.0)
+    assert a.plugins['/lm'].need == pytest.approx(25.0)
+    assert a.start_cycle(now=0.1)['/lm'] >= 25.0
+    # A run that spent more than that raises the need as before (EMA of what runs spend).
+    a.observe('/lm', 'language', _rec(45.0, 'stable', a.cycle, price=5.0, per_input=20.0),
+              now=0.2)
+    assert a.plugins['/lm'].need == pytest.approx(25.0 + 0.3 * (45.0 - 25.0))
 
 
 def test_cycle_allocator_takes_records_without_run_info():

@@ -98,8 +98,8 @@ def _round_trip(rec):
 
 
 @pytest.mark.parametrize('info', [
-    RunInfo(cycle=1_761_000_000_123, trust_weight=2.5, atp_per_step=0.75, dropped_inputs=4,
-            model_version='lm-v3', device='cuda:0', precision='fp16'),
+    RunInfo(cycle=1_761_000_000_123, trust_weight=2.5, atp_per_step=0.75, atp_per_input=21.5,
+            dropped_inputs=4, model_version='lm-v3', device='cuda:0', precision='fp16'),
     RunInfo(cycle=None, trust_weight=None, atp_per_step=3.0),  # a default budget
     RunInfo(cycle=0, trust_weight=0.0, atp_per_step=0.0, dropped_inputs=2 ** 64 - 1),
 ])
@@ -112,8 +112,9 @@ def test_run_info_travels_in_typed_fields(info):
     assert back.has_run and back.has_cycle == (info.cycle is not None)
     assert back.cycle == (info.cycle or 0) and back.dropped_inputs == info.dropped_inputs
     assert back.trust_weight == (-1.0 if info.trust_weight is None else info.trust_weight)
-    assert (back.atp_per_step, back.model_version, back.device, back.precision) == (
-        info.atp_per_step, info.model_version, info.device, info.precision)
+    assert (back.atp_per_step, back.atp_per_input, back.model_version, back.device,
+            back.precision) == (info.atp_per_step, info.atp_per_input, info.model_version,
+                                info.device, info.precision)
     assert 'cycle' not in back.metadata_json  # the typed fields, not metadata
 
 
@@ -125,8 +126,8 @@ _ros_text = st.text(max_size=6).filter(lambda s: '\x00' not in s)  # RunInfo ref
        info=st.one_of(st.none(), st.builds(
            RunInfo, cycle=st.one_of(st.none(), st.integers(0, 2 ** 64 - 1)),
            trust_weight=st.one_of(st.none(), st.floats(0)), atp_per_step=st.floats(0),
-           dropped_inputs=st.integers(0, 2 ** 64 - 1), model_version=_ros_text,
-           device=_ros_text, precision=_ros_text)))
+           atp_per_input=st.floats(0), dropped_inputs=st.integers(0, 2 ** 64 - 1),
+           model_version=_ros_text, device=_ros_text, precision=_ros_text)))
 @settings(max_examples=150, deadline=None)
 def test_record_and_message_are_exact_inverses(energies, granted, info):
     t = Trace(energies=energies, halt_reason='max_steps', atp_granted=granted)
@@ -136,9 +137,9 @@ def test_record_and_message_are_exact_inverses(energies, granted, info):
 def test_record_without_run_leaves_the_run_fields_at_their_defaults():
     t = Trace(energies=[1.0], halt_reason='budget')
     back = _round_trip(make_record('custom', t))
-    assert (back.has_run, back.has_cycle, back.cycle, back.atp_per_step, back.dropped_inputs,
-            back.model_version, back.device, back.precision) == (
-        False, False, 0, 0.0, 0, '', '', '')
+    assert (back.has_run, back.has_cycle, back.cycle, back.atp_per_step, back.atp_per_input,
+            back.dropped_inputs, back.model_version, back.device, back.precision) == (
+        False, False, 0, 0.0, 0.0, 0, '', '', '')
     assert 'run' not in cv.msg_to_record(back)
 
 

@@ -101,3 +101,103 @@ def test_concurrent_charges_are_atomic():
     for t in threads:
         t.join()
     assert sum(ok) == 1000 and b.spent == 1000.0
+
+
+def test_meter_learns_the_per_input_price_as_an_ema():
+    m = StepCostMeter(initial_ms=1.0, alpha=0.5, per_input_ms=7.0)
+    assert m.per_input_ms == 7.0 and m.input_samples == 0
+    m.update_input(20.0)  # the first measurement replaces the initial value
+    assert m.per_input_ms == 20.0
+    m.update_input(30.0)
+    assert m.per_input_ms == 25.0
+    for bad in (math.nan, math.inf, -1.0):
+        m.update_input(bad)
+    assert m.per_input_ms == 25.0 and m.input_samples == 2
+    assert m.per_step_ms == 1.0 and m.samples == 0  # the step price is its own estimate
+    fixed = StepCostMeter(2.0, learn=False, per_input_ms=5.0)
+    fixed.update_input(50.0)
+    fixed.update(9.0)
+    assert (fixed.per_input_ms, fixed.per_step_ms) == (5.0, 2.0)
+    assert StepCostMeter().per_input_ms == 0.0  # unknown until measured
+    for bad in (-1.0, math.nan, math.inf):
+        with pytest.raises(ValueError):
+            StepCostMeter(per_input_ms=bad)
+
+
+class SlowInit(SmoothingFixture):
+    """Test fixture: an expensive encoding (``init_ms``) and a fixed step time (``step_ms``)."""
+
+    def __init__(self, init_ms=20.0, step_ms=2.0):
+        super().__init__()
+        self.init_ms, self.step_ms = init_ms, step_ms
+
+    def init_state(self, x0, ctx=None):
+        time.sleep(self.init_ms * 1e-3)
+        return super().init_state(x0, ctx)
+
+    def step(self, state, schedule):
+        time.sleep(self.step_ms * 1e-3)
+        return super().step(state, schedule)
+
+
+def test_calibrate_measures_the_per_input_price_too():
+    m = StepCostMeter(learn=False)
+    step = m.calibrate(SlowInit(20.0, 2.0), [0.0, 1.0] * 64, steps=4, warmup=1)
+    assert step == m.per_step_ms and 2.0 <= step < 6.0
+    assert 20.0 <= m.per_input_ms < 30.0 and m.input_samples == 4
+
+
+def test_charge_up_to_pays_what_the_account_allows_and_is_not_a_step():
+    b = Budget(10.0, step_cap=2)
+    assert b.charge_up_to(3.0) == 3.0 and b.spent == 3.0
+    assert b.steps_affordable(1.0) == 2  # the step cap is untouched
+    assert b.charge_up_to(100.0) == pytest.approx(7.0) and b.remaining == 0.0
+    assert b.charge_up_to(1.0) == 0.0 and b.spent == pytest.approx(10.0)
+    b.refund(4.0)
+    assert b.spent == pytest.approx(6.0)
+    u = Budget()
+    assert u.charge_up_to(5.0) == 5.0 and u.spent == 5.0
+    for bad in (-1.0, math.nan, math.inf):
+        with pytest.raises(ValueError):
+            b.charge_up_to(bad)
+        with pytest.raises(ValueError):
+            b.refund(bad)
+
+
+@given(granted=st.floats(0, 200), price=st.floats(0.01, 20), per_input=st.floats(0, 50),
+       topups=st.lists(st.floats(0, 20), max_size=5))
+@settings(max_examples=200, deadline=None)
+def test_runs_with_a_per_input_price_never_spend_more_than_granted(granted, price, per_input,
+                                                                   topups):
+    budget = Budget(granted)
+    cost = StepCostMeter(price, learn=False, per_input_ms=per_input)
+    ups = list(topups)
+
+    def on_step(i):
+        if ups:
+            budget.top_up(ups.pop())
+
+    r = refine(ScriptedPlugin(geometric(1000), on_step=on_step), None,
+               config=HaltConfig(eps=0.0, max_steps=1000), budget=budget, cost=cost)
+    t = r.trace
+    assert t.atp_spent <= budget.granted + 1e-6 and t.atp_spent == pytest.approx(budget.spent)
+    assert t.atp_input == pytest.approx(min(per_input, granted))
+    assert t.steps == round((t.atp_spent - t.atp_input) / price)
+    if t.halt_reason == 'budget':
+        assert budget.remaining < price + 1e-6
+
+
+def test_meter_copy_keeps_prices_and_goes_on_as_an_ema():
+    m = StepCostMeter(alpha=0.5)
+    m.update(4.0)
+    m.update_input(10.0)
+    c = m.copy()
+    assert (c.per_step_ms, c.per_input_ms, c.samples, c.input_samples) == (4.0, 10.0, 1, 1)
+    c.update(8.0)
+    c.update_input(20.0)
+    assert (c.per_step_ms, c.per_input_ms) == (6.0, 15.0)  # an EMA, not a replacement
+    assert (m.per_step_ms, m.per_input_ms) == (4.0, 10.0)  # the original is untouched
+    fixed = m.copy(learn=False)
+    fixed.update(100.0)
+    fixed.update_input(100.0)
+    assert (fixed.per_step_ms, fixed.per_input_ms) == (4.0, 10.0)

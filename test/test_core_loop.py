@@ -206,3 +206,131 @@ def test_fixture_converges_and_lowers_energy():
 def test_spec_signature_unpacks_to_output_and_trace():
     out, trace = refine(SmoothingFixture(), _signals(1)[0], config=HaltConfig(max_steps=3))
     assert out.shape == (128,) and trace.steps == 3
+
+
+class _TimedScripted(ScriptedPlugin):
+    """Scripted energies, with ``init_state`` / ``result`` hooks (to move a fake clock)."""
+
+    def __init__(self, energies, on_init=None, on_result=None, **kw):
+        super().__init__(energies, **kw)
+        self.on_init, self.on_result = on_init, on_result
+
+    def init_state(self, x0, ctx=None):
+        if self.on_init is not None:
+            self.on_init()
+        return super().init_state(x0, ctx)
+
+    def result(self, state):
+        if self.on_result is not None:
+            self.on_result()
+        return super().result(state)
+
+
+def test_per_input_price_is_charged_once_at_the_start():
+    cost = StepCostMeter(1.0, learn=False, per_input_ms=3.0)
+    budget = Budget(5.0)
+    r = run(geometric(100), budget=budget, cost=cost)
+    assert (r.trace.atp_input, r.trace.steps, r.trace.halt_reason) == (3.0, 2, 'budget')
+    assert r.trace.atp_spent == pytest.approx(5.0) == budget.spent
+    rec = make_record('custom', r.trace)
+    assert rec['budget']['ATP_spent'] == pytest.approx(5.0)
+    # Unlimited: the whole per-input price plus every step.
+    r = run(geometric(100), max_steps=4, cost=cost)
+    assert (r.trace.atp_input, r.trace.atp_spent) == (3.0, 7.0)
+
+
+def test_per_input_charge_is_bounded_by_the_grant_and_zero_step_runs_still_answer():
+    cost = StepCostMeter(1.0, learn=False, per_input_ms=3.0)
+    budget = Budget(2.0)
+    r = run(geometric(100), budget=budget, cost=cost)
+    assert (r.trace.steps, r.trace.halt_reason, r.output) == (0, 'budget', 0)  # unrefined
+    assert r.trace.atp_input == r.trace.atp_spent == budget.spent == 2.0  # never > granted
+    valid(r)
+    r = run(geometric(100), budget=Budget(0.0), cost=cost)
+    assert (r.trace.atp_spent, r.trace.steps, r.output) == (0.0, 0, 0)
+
+
+def test_per_input_charge_is_refunded_when_the_input_is_refused():
+    class Refusing(ScriptedPlugin):
+        def init_state(self, x0, ctx=None):
+            raise ValueError('not an input')
+
+    budget = Budget(10.0)
+    with pytest.raises(ValueError):
+        refine(Refusing([1.0]), None, budget=budget,
+               cost=StepCostMeter(1.0, learn=False, per_input_ms=3.0))
+    assert budget.spent == 0.0
+
+
+def test_shared_budget_with_per_input_price_is_never_overspent():
+    budget = Budget(50.0)
+    cost = StepCostMeter(1.0, learn=False, per_input_ms=2.5)
+    plugin = ScriptedPlugin(geometric(100))
+    cfg = HaltConfig(eps=0.0, K=2, max_steps=100)
+    with ThreadPoolExecutor(8) as ex:
+        results = list(ex.map(lambda _: refine(plugin, None, config=cfg, budget=budget,
+                                               cost=cost), range(8)))
+    assert sum(r.trace.atp_spent for r in results) == pytest.approx(50.0) == budget.spent
+    assert sum(r.trace.steps for r in results) == round(
+        50.0 - sum(r.trace.atp_input for r in results))
+
+
+def test_meter_learns_the_non_step_time_of_runs():
+    now = [0.0]
+    init_s = [0.030]
+
+    def advance(s):
+        now[0] += s
+
+    plugin = _TimedScripted(geometric(100), on_init=lambda: advance(init_s[0]),
+                            on_result=lambda: advance(0.005),
+                            on_step=lambda i: advance(0.010))
+    cost = StepCostMeter(1.0, alpha=0.5, per_input_ms=0.0)
+    cfg = HaltConfig(eps=0.0, max_steps=3)
+    r = refine(plugin, None, config=cfg, cost=cost, clock=lambda: now[0])
+    # 30 ms encoding + 5 ms decoding beyond the three 10 ms steps (on the fake clock).
+    assert r.trace.atp_input == 0.0 and r.trace.time_ms == pytest.approx(65.0)
+    assert cost.per_input_ms == pytest.approx(35.0) and cost.per_step_ms == pytest.approx(10.0)
+    init_s[0] = 0.045
+    r = refine(plugin, None, config=cfg, cost=cost, clock=lambda: now[0])
+    assert r.trace.atp_input == pytest.approx(35.0)  # charged at the price learned so far
+    assert cost.per_input_ms == pytest.approx(35.0 + 0.5 * (50.0 - 35.0))
+    # A zero-step run is all per-input time; a failed step's time is not per-input time.
+    r = refine(_TimedScripted(geometric(5), on_init=lambda: advance(0.040),
+                              on_step=lambda i: advance(0.010), raise_at=0),
+               None, config=cfg, cost=cost, clock=lambda: now[0])
+    assert r.trace.halt_reason == 'error'
+    assert cost.per_input_ms == pytest.approx(42.5 + 0.5 * (40.0 - 42.5))
+    fixed = StepCostMeter(1.0, learn=False, per_input_ms=2.0)
+    refine(plugin, None, config=cfg, cost=fixed, clock=lambda: now[0])
+    assert fixed.per_input_ms == 2.0
+
+
+class _SlowInit(SmoothingFixture):
+    """Test fixture: 20 ms to encode an input, 2 ms per step (sleeps, so no CPU is needed)."""
+
+    def init_state(self, x0, ctx=None):
+        time.sleep(0.020)
+        return super().init_state(x0, ctx)
+
+    def step(self, state, schedule):
+        time.sleep(0.002)
+        return super().step(state, schedule)
+
+
+@pytest.mark.parametrize('calibrated', [True, False], ids=['calibrated', 'learned'])
+def test_atp_spent_tracks_wall_time_with_an_expensive_init(calibrated):
+    plugin = _SlowInit()
+    xs = _signals(6)
+    cost = StepCostMeter()
+    if calibrated:
+        cost.calibrate(plugin, xs[0], steps=4, warmup=1)
+    else:
+        refine(plugin, xs[0], config=HaltConfig(max_steps=3), cost=cost)  # learns from a run
+    atp = wall = 0.0
+    for i, x in enumerate(xs[1:]):
+        r = refine(plugin, x, config=HaltConfig(eps=0.0, max_steps=2 + 3 * i), cost=cost)
+        atp += r.trace.atp_spent
+        wall += r.trace.time_ms
+        assert r.trace.atp_input >= 18.0  # the encoding is paid for, not only the steps
+    assert 0.8 <= atp / wall <= 1.2, (atp, wall)

@@ -27,8 +27,9 @@ finite_floats = st.floats(allow_nan=False, allow_infinity=False)
 run_infos = st.builds(
     RunInfo, cycle=st.one_of(st.none(), st.integers(0, 2 ** 64 - 1)),
     trust_weight=st.one_of(st.none(), st.floats(0, 1e300)), atp_per_step=st.floats(0),
-    dropped_inputs=st.integers(0, 2 ** 64 - 1), model_version=st.text(max_size=8).filter(
-        lambda s: '\x00' not in s), device=st.just('cpu'), precision=st.just('fp32'))
+    atp_per_input=st.floats(0), dropped_inputs=st.integers(0, 2 ** 64 - 1),
+    model_version=st.text(max_size=8).filter(lambda s: '\x00' not in s),
+    device=st.just('cpu'), precision=st.just('fp32'))
 
 
 def test_trust_known_values():
@@ -82,22 +83,24 @@ def test_schema_accepts_every_record_the_code_makes(energies, max_steps, granted
 def test_run_info_becomes_the_typed_run_object():
     t = Trace(energies=[4.0, 2.0], halt_reason='slope<eps')
     info = RunInfo(cycle=1_700_000_000_123, trust_weight=2.5, atp_per_step=0.75,
-                   dropped_inputs=3, model_version='v2', device='cuda:0', precision='fp16')
+                   atp_per_input=12.25, dropped_inputs=3, model_version='v2', device='cuda:0',
+                   precision='fp16')
     rec = make_record('vision', t, metadata={'quality': 0.5}, run=info)
     assert rec['run'] == {'cycle': 1_700_000_000_123, 'trust_weight': 2.5,
-                          'atp_per_step': 0.75, 'dropped_inputs': 3, 'model_version': 'v2',
-                          'device': 'cuda:0', 'precision': 'fp16'}
+                          'atp_per_step': 0.75, 'atp_per_input': 12.25, 'dropped_inputs': 3,
+                          'model_version': 'v2', 'device': 'cuda:0', 'precision': 'fp16'}
     assert rec['metadata'] == {'quality': 0.5}  # metadata keeps the plugin's extras only
     validate_record(rec)
     # The default budget: no cycle, no trust weight; the other fields have defaults.
     rec = make_record('vision', t, run=RunInfo(cycle=None, trust_weight=None, atp_per_step=2))
     assert rec['run'] == {'cycle': None, 'trust_weight': None, 'atp_per_step': 2.0,
-                          'dropped_inputs': 0, 'model_version': '', 'device': '',
-                          'precision': ''}
+                          'atp_per_input': 0.0, 'dropped_inputs': 0, 'model_version': '',
+                          'device': '', 'precision': ''}
     validate_record(rec)
     # An infinite price is clipped like every other number, so the record still serialises.
     rec = make_record('vision', t, run=RunInfo(cycle=None, trust_weight=math.inf,
-                                               atp_per_step=math.inf))
+                                               atp_per_step=math.inf,
+                                               atp_per_input=math.inf))
     validate_record(rec)
     assert 'run' not in make_record('vision', t)
     with pytest.raises(TypeError):
@@ -110,6 +113,8 @@ def test_run_info_becomes_the_typed_run_object():
     {'cycle': -1}, {'cycle': 2 ** 64}, {'cycle': 1.0}, {'cycle': True},
     {'trust_weight': -0.5}, {'trust_weight': math.nan}, {'trust_weight': '1'},
     {'atp_per_step': -1.0}, {'atp_per_step': math.nan}, {'atp_per_step': None},
+    {'atp_per_input': -1.0}, {'atp_per_input': math.nan}, {'atp_per_input': None},
+    {'atp_per_input': True},
     {'dropped_inputs': -1}, {'dropped_inputs': 0.5}, {'dropped_inputs': None},
     {'model_version': 3}, {'device': None}, {'precision': b'fp32'}, {'device': 'cpu\x00'},
 ])
@@ -122,7 +127,8 @@ def test_run_info_refuses_values_no_record_can_carry(kwargs):
 def _good():
     r = refine(ScriptedPlugin([4.0, 2.0, 1.0]), None, config=HaltConfig(max_steps=5))
     return make_record('vision', r.trace, entity_id='/cam',
-                       run=RunInfo(cycle=7, trust_weight=1.0, atp_per_step=0.5))
+                       run=RunInfo(cycle=7, trust_weight=1.0, atp_per_step=0.5,
+                                   atp_per_input=3.0))
 
 
 @pytest.mark.parametrize('mutate, where', [
@@ -146,6 +152,8 @@ def _good():
     (lambda r: r['run'].update(cycle=1.5), 'cycle'),
     (lambda r: r['run'].update(trust_weight=-1.0), 'trust_weight'),
     (lambda r: r['run'].update(atp_per_step=None), 'atp_per_step'),
+    (lambda r: r['run'].update(atp_per_input=-0.5), 'atp_per_input'),
+    (lambda r: r['run'].pop('atp_per_input'), 'atp_per_input'),
     (lambda r: r['run'].update(dropped_inputs=-3), 'dropped_inputs'),
     (lambda r: r['run'].update(precision=16), 'precision'),
     (lambda r: r.update(run=None), 'run'),

@@ -356,10 +356,10 @@ class CycleAllocator:
         """Fold one run's record into trust and demand; return re-grant changes (or ``{}``).
 
         ``cycle`` is the grant cycle the run drew on (the record's ``run.cycle`` by default);
-        only runs of the current cycle count towards its spending and can free ATP. The price of
-        one step (``run.atp_per_step``) is the least a run needs. A record without ``run`` (a
-        host that does not report it) counts as a run on a default budget, priced by its
-        spending alone.
+        only runs of the current cycle count towards its spending and can free ATP. The least a
+        run needs is its fixed per-input price plus one step (``run.atp_per_input +
+        run.atp_per_step``). A record without ``run`` (a host that does not report it) counts
+        as a run on a default budget, priced by its spending alone.
         """
         spent = float(record['budget']['ATP_spent'])
         reason = record['halt_reason']
@@ -386,7 +386,11 @@ class CycleAllocator:
             b.dropped = run['dropped_inputs']
         price = run.get('atp_per_step')
         if isinstance(price, (int, float)) and math.isfinite(price) and price > 0:
-            b.need = max(b.need, float(price))  # at least one step
+            per_input = run.get('atp_per_input')
+            if not (isinstance(per_input, (int, float)) and math.isfinite(per_input)
+                    and per_input > 0):
+                per_input = 0.0
+            b.need = max(b.need, float(per_input) + float(price))  # the input and one step
         if cycle is None:
             cycle = run.get('cycle')
         if cycle != self.cycle:

@@ -1,10 +1,13 @@
 """ATP accounting (IRP_SPEC section 6).
 
-1 ATP is 1 ms of a plugin's measured step cost on its own device. A :class:`StepCostMeter`
-keeps the running mean of measured step times; that mean is the *price* of the next step. A
-:class:`Budget` is an account the loop draws from: it charges the price before each step, so a
-run never spends more than its grant, and it reads the account every step, so a grant raised
-mid-run (a top-up) takes effect at the next step.
+1 ATP is 1 ms of a plugin's measured compute on its own device. A :class:`StepCostMeter` keeps
+two prices, both running means of measured times: the price of one *step*, and the fixed price
+of one *input* (everything of a run that is not a step: encoding the input, the initial energy,
+the halting checks, decoding the result). A :class:`Budget` is an account the loop draws from:
+it charges the per-input price when a run starts (as much of it as the account can pay) and the
+step price before each step, so a run never spends more than its grant and the ATP it spends
+tracks the time it takes; it reads the account every step, so a grant raised mid-run (a top-up)
+takes effect at the next step.
 """
 
 from __future__ import annotations
@@ -16,26 +19,33 @@ from typing import Optional
 
 
 class StepCostMeter:
-    """Running estimate of one plugin's step cost in ms (thread-safe).
+    """Running estimate of one plugin's costs in ms (thread-safe): per step and per input.
 
-    The estimate is an exponential moving average of measured step times. Before any
-    measurement it is ``initial_ms``; :meth:`calibrate` fills it from a few real steps at
-    start-up.
+    Each estimate is an exponential moving average (weight ``alpha``) of measured times: step
+    times for :attr:`per_step_ms`, and the non-step time of whole runs (run time minus its
+    steps) for :attr:`per_input_ms`. Before any measurement they are ``initial_ms`` and
+    ``per_input_ms``; :meth:`calibrate` fills both from real calls at start-up.
     """
 
-    def __init__(self, initial_ms: float = 1.0, alpha: float = 0.1, learn: bool = True):
-        """Create a meter whose first price is ``initial_ms``; ``alpha`` is the EMA weight.
+    def __init__(self, initial_ms: float = 1.0, alpha: float = 0.1, learn: bool = True,
+                 per_input_ms: float = 0.0):
+        """Create a meter: first prices ``initial_ms`` per step, ``per_input_ms`` per input.
 
-        With ``learn=False`` the price stays at ``initial_ms`` (a fixed tariff: deterministic
-        accounting for tests and for comparing allocation policies on the same inputs).
+        ``alpha`` is the EMA weight. With ``learn=False`` both prices stay as given (a fixed
+        tariff: deterministic accounting for tests and for comparing allocation policies on the
+        same inputs).
         """
         if not (initial_ms > 0 and math.isfinite(initial_ms)):
             raise ValueError(f'initial_ms must be a positive finite number, got {initial_ms!r}')
+        if not (per_input_ms >= 0 and math.isfinite(per_input_ms)):
+            raise ValueError(f'per_input_ms must be a finite number >= 0, got {per_input_ms!r}')
         if not 0 < alpha <= 1:
             raise ValueError(f'alpha must be in (0, 1], got {alpha!r}')
         self._ms = float(initial_ms)
+        self._input_ms = float(per_input_ms)
         self._alpha = float(alpha)
         self._count = 0
+        self._input_count = 0
         self._learn = bool(learn)
         self._lock = threading.Lock()
 
@@ -46,10 +56,34 @@ class StepCostMeter:
             return self._ms
 
     @property
+    def per_input_ms(self) -> float:
+        """The fixed price of one input (a run's cost beyond its steps), in ms (= ATP)."""
+        with self._lock:
+            return self._input_ms
+
+    @property
     def samples(self) -> int:
         """How many step times have been measured."""
         with self._lock:
             return self._count
+
+    @property
+    def input_samples(self) -> int:
+        """How many per-input (non-step) times have been measured."""
+        with self._lock:
+            return self._input_count
+
+    def copy(self, learn: Optional[bool] = None) -> 'StepCostMeter':
+        """Return a new meter with this one's prices and sample counts (``learn`` as given).
+
+        A copy that learns goes on from these prices as an EMA (its first measurement does not
+        replace them): several runs or policies can start from one measured meter.
+        """
+        with self._lock:
+            m = StepCostMeter(self._ms, self._alpha, self._learn if learn is None else learn,
+                              self._input_ms)
+            m._count, m._input_count = self._count, self._input_count
+        return m
 
     def update(self, step_ms: float) -> None:
         """Fold one measured step time (ms) into the estimate; ignores non-finite values."""
@@ -63,30 +97,58 @@ class StepCostMeter:
                 self._ms += self._alpha * (step_ms - self._ms)
             self._count += 1
 
-    def calibrate(self, plugin, x0, ctx=None, steps: int = 8, warmup: int = 2) -> float:
-        """Time the first step of ``plugin`` on ``x0`` repeatedly; set the price from it.
+    def update_input(self, input_ms: float) -> None:
+        """Fold one run's measured non-step time (ms) into the per-input price.
 
-        Every repetition steps from the same initial state, so the price is the cost of a real
-        step even for plugins whose later steps can be cheap (a text already filled) or empty.
-        ``warmup`` repetitions run untimed first (caches, lazy initialisation). The price is the
-        lower quartile of the ``steps`` timed ones: a step's own cost, without the pauses
+        Ignores non-finite and negative values; the first measurement replaces the initial
+        value, as for steps.
+        """
+        if not (self._learn and math.isfinite(input_ms) and input_ms >= 0):
+            return
+        with self._lock:
+            if self._input_count == 0:
+                self._input_ms = input_ms
+            else:
+                self._input_ms += self._alpha * (input_ms - self._input_ms)
+            self._input_count += 1
+
+    def calibrate(self, plugin, x0, ctx=None, steps: int = 8, warmup: int = 2) -> float:
+        """Time ``plugin`` on ``x0`` repeatedly; set both prices from it; return the step price.
+
+        The per-input price is the time of ``init_state`` + ``project`` + ``energy`` +
+        ``result`` (a run of zero steps). The step price is the time of the first step; every
+        repetition steps from the same initial state, so the price is the cost of a real step
+        even for plugins whose later steps can be cheap (a text already filled) or empty.
+        ``warmup`` repetitions run untimed first (caches, lazy initialisation). Each price is the
+        lower quartile of the ``steps`` timed ones: the call's own cost, without the pauses
         another process on the same cores adds to some of them (start-up, when several nodes
-        load at once, is when that happens most). Returns the new price in ms.
+        load at once, is when that happens most). Sets the prices even with ``learn=False``
+        (calibrating is how a fixed tariff is measured). Returns the new step price in ms.
         """
         from sage_irp_ros.core.plugin import Schedule
-        state0 = plugin.init_state(x0, ctx)
+        state0 = plugin.project(plugin.init_state(x0, ctx))
         sched = Schedule(step_idx=0, max_steps=1, steps_left=1, noise_level=1.0)
-        times = []
+        times, input_times = [], []
         for i in range(steps + warmup):
             t = time.perf_counter()
+            s = plugin.project(plugin.init_state(x0, ctx))
+            plugin.energy(s)
+            plugin.result(s)
+            t1 = time.perf_counter()
             plugin.energy(plugin.project(plugin.step(state0, sched)))
+            t2 = time.perf_counter()
             if i >= warmup:
-                times.append((time.perf_counter() - t) * 1e3)
+                input_times.append((t1 - t) * 1e3)
+                times.append((t2 - t1) * 1e3)
         times.sort()
+        input_times.sort()
         price = max(times[len(times) // 4], 1e-6) if times else self.per_step_ms
+        input_price = input_times[len(input_times) // 4] if input_times else self.per_input_ms
         with self._lock:
             self._ms = price
+            self._input_ms = input_price
             self._count = max(self._count, len(times))
+            self._input_count = max(self._input_count, len(input_times))
         return price
 
 
@@ -172,6 +234,26 @@ class Budget:
             raise ValueError(f'a top-up must be >= 0, got {atp!r}')
         with self._lock:
             self._granted += float(atp)
+
+    def charge_up_to(self, atp: float) -> float:
+        """Charge up to ``atp`` ATP (what the account can still pay); return what was charged.
+
+        Not a step: the step cap is not touched. Used for the fixed per-input price of a run,
+        which is paid (as far as the grant goes) whether or not any step follows.
+        """
+        if not (atp >= 0 and math.isfinite(atp)):
+            raise ValueError(f'a charge must be a finite number >= 0, got {atp!r}')
+        with self._lock:
+            amount = min(float(atp), max(self._granted - self._spent, 0.0))
+            self._spent += amount
+            return amount
+
+    def refund(self, atp: float) -> None:
+        """Give back ``atp`` ATP charged earlier (a run whose input was refused at once)."""
+        if not (atp >= 0 and math.isfinite(atp)):
+            raise ValueError(f'a refund must be a finite number >= 0, got {atp!r}')
+        with self._lock:
+            self._spent = max(self._spent - float(atp), 0.0)
 
     def try_charge(self, price: float) -> bool:
         """Charge one step of ``price`` ATP if the account allows it; return whether it did."""

@@ -4,6 +4,10 @@
 fires, then result. It keeps all per-run data in local variables, so any number of runs of one
 plugin instance may proceed at once in different threads.
 
+ATP: a run is charged the plugin's fixed per-input price when it starts (as much of it as the
+account can pay), then the step price before each step; afterwards the meter learns both from
+what the run measured, so the ATP a run spends tracks its wall time.
+
 Halting is checked before every step (so a run of zero steps is valid), first match wins:
 ``budget``, ``timeout``, ``manual``, the plugin's own reason, ``slope<eps``, ``max_steps``.
 A step that raises, or an energy that is not finite, ends the run with ``error``; the output is
@@ -37,13 +41,18 @@ from sage_irp_ros.core.trust import TrustMetrics, trust_metrics
 
 @dataclass
 class Trace:
-    """What happened in one run: energies, step times, halting reason, spend."""
+    """What happened in one run: energies, step times, halting reason, spend.
+
+    ``atp_spent`` is everything the run was charged: ``atp_input`` (the per-input price, or what
+    the account could pay of it) plus the step prices.
+    """
 
     energies: List[float] = field(default_factory=list)
     step_ms: List[float] = field(default_factory=list)
     halt_reason: Optional[str] = None
     error: Optional[str] = None
     atp_spent: float = 0.0
+    atp_input: float = 0.0
     atp_granted: Optional[float] = None
     time_ms: float = 0.0
     t_start: float = 0.0
@@ -103,8 +112,10 @@ def refine(plugin: IRPPlugin, x0: Any, ctx: Optional[Mapping[str, Any]] = None, 
     budget:
         The ATP account to draw from; unlimited when None. Read before every step.
     cost:
-        The plugin's step-cost meter: its price is charged per step and it learns from the
-        measured step times. A private meter when None.
+        The plugin's cost meter: its per-input price is charged when the run starts (as far as
+        the budget goes; never more than granted) and its step price before each step. It learns
+        from the measured step times and, after the run, from the run's non-step time
+        (``time_ms`` minus the time of its steps). A private meter when None.
     cancel:
         Set it to stop the run at the next check (reason ``manual``).
     deadline:
@@ -113,16 +124,23 @@ def refine(plugin: IRPPlugin, x0: Any, ctx: Optional[Mapping[str, Any]] = None, 
     clock:
         Time source in seconds (``time.perf_counter``).
 
-    Exceptions from ``init_state`` propagate (the input could not be encoded); everything after
-    it ends in a result.
+    Exceptions from ``init_state`` propagate (the input could not be encoded; the per-input
+    charge is refunded); everything after it ends in a result.
 
     """
     config = config or HaltConfig()
     budget = budget if budget is not None else Budget()
     cost = cost if cost is not None else StepCostMeter()
     trace = Trace(t_start=clock())
-    state = plugin.project(plugin.init_state(x0, ctx))
+    trace.atp_input = budget.charge_up_to(cost.per_input_ms)
+    trace.atp_spent += trace.atp_input
+    try:
+        state = plugin.project(plugin.init_state(x0, ctx))
+    except BaseException:
+        budget.refund(trace.atp_input)  # the run never started: nothing to pay for
+        raise
     good = state
+    step_time = 0.0  # seconds in steps, failed ones included (the rest is per-input time)
     try:
         e0 = float(plugin.energy(state))
     except Exception as exc:  # noqa: BLE001 - a plugin error ends the run, never the caller
@@ -157,10 +175,13 @@ def refine(plugin: IRPPlugin, x0: Any, ctx: Optional[Mapping[str, Any]] = None, 
                 state = plugin.project(plugin.step(state, sched))
                 e = float(plugin.energy(state))
             except Exception as exc:  # noqa: BLE001 - a plugin error ends the run, never the caller
+                step_time += clock() - t
                 trace.halt_reason = HALT_ERROR
                 trace.error = f'step {sched.step_idx} raised {type(exc).__name__}: {exc}'
                 break
-            dt_ms = (clock() - t) * 1e3
+            dt = clock() - t
+            step_time += dt
+            dt_ms = dt * 1e3
             cost.update(dt_ms)
             trace.step_ms.append(dt_ms)
             if not math.isfinite(e):
@@ -177,6 +198,7 @@ def refine(plugin: IRPPlugin, x0: Any, ctx: Optional[Mapping[str, Any]] = None, 
         trace.halt_reason = HALT_ERROR
         trace.error = f'result raised {type(exc).__name__}: {exc}'
     trace.time_ms = (clock() - trace.t_start) * 1e3
+    cost.update_input(max(trace.time_ms - step_time * 1e3, 0.0))
     return RefineResult(output=output, state=good, trace=trace)
 
 

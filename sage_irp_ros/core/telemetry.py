@@ -4,7 +4,7 @@ A record is a plain ``dict`` that validates against ``schema/telemetry.schema.js
 2020-12). JSON cannot carry inf or NaN, so validation first serialises with
 ``allow_nan=False``; a record that fails is rejected with a reason, never silently dropped.
 
-The host-side facts of a run (which grant paid it, the step price, the model and device) are a
+The host-side facts of a run (which grant paid it, the prices, the model and device) are a
 :class:`RunInfo`, carried as the record's typed ``run`` object; ``metadata`` is left to
 plugin-specific extras.
 """
@@ -42,6 +42,9 @@ class RunInfo:
         The orchestrator's trust weight sent with that grant; None without a grant.
     atp_per_step:
         Price of one step in ATP (the step-cost meter's price when the run ended).
+    atp_per_input:
+        Fixed price of one input in ATP (the meter's per-input price when the run ended): what
+        a run costs beyond its steps (encoding, initial energy, halting checks, decoding).
     dropped_inputs:
         Inputs the node has dropped as stale so far (a running total).
     model_version, device, precision:
@@ -55,6 +58,7 @@ class RunInfo:
     cycle: Optional[int]
     trust_weight: Optional[float]
     atp_per_step: float
+    atp_per_input: float = 0.0
     dropped_inputs: int = 0
     model_version: str = ''
     device: str = ''
@@ -69,7 +73,7 @@ class RunInfo:
             if (isinstance(v, bool) or not isinstance(v, numbers.Integral)
                     or not 0 <= v <= _UINT64_MAX):
                 raise ValueError(f'RunInfo.{name} must be an integer in [0, 2**64), got {v!r}')
-        for name in ('trust_weight', 'atp_per_step'):
+        for name in ('trust_weight', 'atp_per_step', 'atp_per_input'):
             v = getattr(self, name)
             if v is None and name == 'trust_weight':
                 continue
@@ -87,6 +91,7 @@ class RunInfo:
             'trust_weight': None if self.trust_weight is None else finite(
                 float(self.trust_weight)),
             'atp_per_step': finite(float(self.atp_per_step)),
+            'atp_per_input': finite(float(self.atp_per_input)),
             'dropped_inputs': int(self.dropped_inputs),
             'model_version': self.model_version,
             'device': self.device,

@@ -143,6 +143,7 @@ def record_to_msg(record: Mapping[str, Any], header: Optional[Header] = None):
         m.cycle = 0 if run['cycle'] is None else int(run['cycle'])
         m.trust_weight = -1.0 if run['trust_weight'] is None else float(run['trust_weight'])
         m.atp_per_step = float(run['atp_per_step'])
+        m.atp_per_input = float(run['atp_per_input'])
         m.dropped_inputs = int(run['dropped_inputs'])
         m.model_version = run['model_version']
         m.device = run['device']
@@ -182,6 +183,7 @@ def msg_to_record(m) -> dict:
             'cycle': int(m.cycle) if m.has_cycle else None,
             'trust_weight': opt(m.trust_weight),
             'atp_per_step': float(m.atp_per_step),
+            'atp_per_input': float(m.atp_per_input),
             'dropped_inputs': int(m.dropped_inputs),
             'model_version': m.model_version,
             'device': m.device,

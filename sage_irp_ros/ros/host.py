@@ -613,7 +613,8 @@ class IRPNodeHost(ManagedNode):
                 self.get_logger().error(f'publishing the output failed: {exc!r}')
         run = RunInfo(cycle=None if grant is None else grant.cycle,
                       trust_weight=None if grant is None else grant.trust_weight,
-                      atp_per_step=self.cost.per_step_ms, dropped_inputs=dropped,
+                      atp_per_step=self.cost.per_step_ms,
+                      atp_per_input=self.cost.per_input_ms, dropped_inputs=dropped,
                       model_version=plugin.version, device=self.device,
                       precision=self.precision)
         self.publish_telemetry(make_record(
