@@ -124,6 +124,8 @@ def main():
     ap.add_argument('--stable-eps', type=float, default=None)
     ap.add_argument('--stable-K', type=int, default=None)
     ap.add_argument('--threads', type=int, default=1)
+    ap.add_argument('--rates', default=','.join(str(r) for r in MASK_RATES),
+                    help='masking rates of the iterative vs one-shot comparison')
     ap.add_argument('--pareto-rates', default='0.3,0.5',
                     help='masking rates of the Pareto comparison ("" = none)')
     ap.add_argument('--pareto-limit', type=int, default=None,
@@ -150,7 +152,8 @@ def main():
            else str(cfg), 'horizon': plugin.horizon, 'stable_eps': plugin.stable_eps,
            'stable_K': plugin.stable_K, 'torch_threads': torch.get_num_threads(),
            'cpu': platform.processor() or platform.machine(), 'rates': {}}
-    for rate in MASK_RATES:
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    for rate in [float(x) for x in args.rates.split(',') if x.strip()]:
         it = run_set(plugin, sents, rate, cfg)
         one = run_set(plugin, sents, rate, HaltConfig(eps=0.0, K=2, max_steps=1))
         sign = paired_sign_test(it['hits'], one['hits'])

@@ -213,3 +213,29 @@ def test_cycle_allocator_takes_records_without_run_info():
 def test_allocate_with_denormal_demand_hands_out_everything():
     # Found by hypothesis: amount * w / total underflowed for w ~ 1e-323.
     assert allocate(1.625, {'_': (2.0, 5e-324)}, floor=0.0) == {'_': 1.625}
+
+
+def test_no_grant_too_small_for_one_input_and_one_step():
+    # 10 ATP among three: the floors (0.5 each) would pay nobody's input (3) and step (1)
+    plugins = {'a': (1.0, 8.0), 'b': (5.0, 8.0), 'c': (0.5, 8.0)}
+    least = {'a': 4.0, 'b': 4.0, 'c': 4.0}
+    g = allocate(10.0, plugins, floor=0.05, least=least)
+    assert sum(g.values()) <= 10.0 + 1e-9
+    assert all(v == 0.0 or v >= 4.0 - 1e-9 for v in g.values()), g
+    assert g['b'] >= 4.0 and g['a'] >= 4.0 and g['c'] == 0.0  # most trusted first
+    # without least the old rule holds: everyone gets at least the floor
+    g = allocate(10.0, plugins, floor=0.05)
+    assert all(v >= 0.5 - 1e-9 for v in g.values())
+
+
+@given(st.dictionaries(st.sampled_from('abcdef'), st.tuples(
+    st.floats(0.1, 10), st.floats(0.01, 100), st.floats(0, 50)), min_size=1),
+    st.floats(0, 200))
+def test_least_grants_never_overallocate_and_are_useful(plugins, total):
+    g = allocate(total, {n: (t, d) for n, (t, d, _) in plugins.items()}, 0.05,
+                 {n: lo for n, (_, _, lo) in plugins.items()})
+    assert sum(g.values()) <= total * (1 + 1e-9) + 1e-9
+    for n, v in g.items():
+        assert v >= -1e-12
+        assert v <= 1e-9 or v >= min(plugins[n][2], plugins[n][1]) - 1e-6 or \
+            v >= plugins[n][2] - 1e-6

@@ -75,11 +75,16 @@ def _water_fill(amount: float, weights: Mapping[str, float], caps: Mapping[str, 
 
 
 def allocate(total: float, plugins: Mapping[str, Tuple[float, float]],
-             floor: float = 0.05) -> Dict[str, float]:
+             floor: float = 0.05, least: Optional[Mapping[str, float]] = None
+             ) -> Dict[str, float]:
     """Split ``total`` ATP among ``plugins``: ``{name: (trust, demand)}`` -> ``{name: share}``.
 
     Plugins with zero demand get nothing (and are left out of the result). ``floor`` is the
     fraction of ``total`` each plugin with demand is guaranteed (capped by its demand).
+    ``least`` gives a plugin's least useful grant (the ATP of one input and one step): its
+    floor is raised to it, and a grant below it (which would pay for encoding an input and no
+    step) goes to the others instead. When the raised floors do not all fit, the most trusted
+    plugins get theirs first.
     """
     if not (math.isfinite(total) and total >= 0):
         raise ValueError(f'total ATP must be finite and >= 0, got {total!r}')
@@ -90,14 +95,30 @@ def allocate(total: float, plugins: Mapping[str, Tuple[float, float]],
     if not active or total <= 0:
         return {n: 0.0 for n in active}
     names = sorted(active)
+    least = {n: max(float((least or {}).get(n, 0.0)), 0.0) for n in names}
     per_floor = min(floor * total, total / len(names))
-    given = {n: min(active[n][1], per_floor) for n in names}
+    given = {n: min(active[n][1], max(per_floor, least[n])) for n in names}
+    raised = any(least[n] > per_floor for n in names)
+    if raised and sum(given.values()) > total:  # raised floors do not all fit: trusted first
+        room = total
+        for n in sorted(names, key=lambda n: (-active[n][0], n)):
+            given[n] = given[n] if given[n] <= room else 0.0
+            room -= given[n]
     rest = total - sum(given.values())
     weights = {n: active[n][0] * active[n][1] for n in names}
     caps = {n: active[n][1] for n in names}
     rest = _water_fill(rest, weights, caps, given)
     if rest > _EPS:  # every demand is met: the surplus buys extra steps, by trust x demand
         _water_fill(rest, weights, {n: math.inf for n in names}, given)
+    useless = [n for n in names if _EPS < given[n] < least[n] - _EPS]
+    if useless:  # cannot pay one input and one step: worth more to the others
+        freed = sum(given[n] for n in useless)
+        for n in useless:
+            given[n] = 0.0
+        useful = {n: weights[n] for n in names if given[n] > 0}
+        if useful:
+            freed = _water_fill(freed, useful, {n: caps[n] for n in useful}, given)
+            _water_fill(freed, useful, {n: math.inf for n in useful}, given)
     # Guard against rounding: never hand out more than total.
     s = sum(given.values())
     if s > total:
@@ -267,6 +288,7 @@ class PluginBook:
     kind: str
     last_seen: float
     need: float  # EMA of the ATP one run uses when it is not cut short by its budget
+    least: float = 0.0  # ATP of one input and one step (run.atp_per_input + run.atp_per_step)
     runs_per_cycle: float = 1.0  # EMA of runs per cycle
     runs: int = 0
     errors: int = 0
@@ -340,7 +362,8 @@ class CycleAllocator:
                 b.need = min(b.need * self.headroom, self.total)
         self.cycle += 1
         shares = allocate(self.total, {n: (self.trust.trust(n), b.demand(self.total))
-                                       for n, b in self.plugins.items()}, self.floor)
+                                       for n, b in self.plugins.items()}, self.floor,
+                          {n: b.least for n, b in self.plugins.items()})
         if sum(shares.values()) > self.total * (1 + 1e-9) + 1e-9:
             self.overallocations += 1
         grants = {}
@@ -390,7 +413,8 @@ class CycleAllocator:
             if not (isinstance(per_input, (int, float)) and math.isfinite(per_input)
                     and per_input > 0):
                 per_input = 0.0
-            b.need = max(b.need, float(per_input) + float(price))  # the input and one step
+            b.least = float(per_input) + float(price)  # the input and one step
+            b.need = max(b.need, b.least)
         if cycle is None:
             cycle = run.get('cycle')
         if cycle != self.cycle:
