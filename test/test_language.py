@@ -73,7 +73,9 @@ def test_no_oracle_original_text_never_reaches_the_plugin(plugin, held_out):
 
 
 def test_floors_on_held_out(plugin, held_out):
-    it = {r: run_set(plugin, held_out, r, plugin.halt_config()) for r in (0.3, 0.5)}
+    it = {r: run_set(plugin, held_out, r, plugin.adaptive_halt_config()) for r in (0.3, 0.5)}
+    two = run_set(plugin, held_out, 0.3, plugin.halt_config())  # the node's default
+    assert set(two['steps']) == {2} and two['token_acc'] >= it[0.3]['token_acc'] - 0.01
     one = {r: run_set(plugin, held_out, r, HaltConfig(eps=0.0, K=2, max_steps=1))
            for r in (0.3, 0.5)}
     steps = it[0.3]['steps'] + it[0.5]['steps']

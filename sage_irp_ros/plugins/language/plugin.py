@@ -120,9 +120,25 @@ class LanguageIRP(IRPPlugin):
         net, _ = load_checkpoint(weights)
         return cls(net, Vocab.from_file(tokenizer), **kwargs)
 
-    def halt_config(self, max_steps: int = 14) -> HaltConfig:
-        """Return the plugin's own halting: ``stable`` and ``max_steps`` only (slope rule off)."""
+    #: Passes the node runs by default. On the dev split the adaptive rule (``stable``, up to
+    #: ``ADAPTIVE_MAX_STEPS``) is not better than a fixed number of passes at equal compute
+    #: (docs/LANGUAGE.md, "Does adaptive compute pay?"), so the default is two fixed passes;
+    #: set the node's ``max_steps`` to ``ADAPTIVE_MAX_STEPS`` for the adaptive rule.
+    DEFAULT_PASSES = 2
+    ADAPTIVE_MAX_STEPS = 14
+
+    def halt_config(self, max_steps: int = DEFAULT_PASSES) -> HaltConfig:
+        """Return the plugin's halting: ``stable`` and ``max_steps`` only (slope rule off).
+
+        With the default ``max_steps`` (2) every text with a mask gets exactly two passes
+        (``stable`` needs ``stable_K`` quiet steps after the first, so it cannot end a run that
+        short); text without a mask still passes through at once.
+        """
         return HaltConfig(eps=0.0, K=max_steps + 1, max_steps=max_steps)
+
+    def adaptive_halt_config(self) -> HaltConfig:
+        """Return the adaptive rule: ``stable``, at most ``ADAPTIVE_MAX_STEPS`` passes."""
+        return self.halt_config(self.ADAPTIVE_MAX_STEPS)
 
     # --- the contract -------------------------------------------------------------------
     def _meaning(self, ids: torch.Tensor) -> torch.Tensor:
