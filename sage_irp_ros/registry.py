@@ -274,6 +274,34 @@ BUILTIN: Tuple[PluginSpec, ...] = (
         outputs=(Port('output', _FLOATS, 'output', description='smoothed signal'),),
         workload='sage_irp_ros.plugins.fixture:workload',
         fixture=True),
+    PluginSpec(
+        name='control', kind='control',
+        description='paths on an occupancy grid refined until feasible (nav_msgs/Path, status, '
+                    'markers)',
+        node='sage_irp_ros.plugins.control.node:ControlIRPNode',
+        executable='control_irp_node', node_name='control_irp_node',
+        plugin='sage_irp_ros.plugins.control.plugin:load_default',
+        inputs=(Port('map', 'nav_msgs/msg/OccupancyGrid', 'map', qos=QOS_LATCHED,
+                     trigger=TRIGGER_NONE, depth=1,
+                     description='occupancy grid (latched, as map_server publishes it)'),
+                Port('start', 'geometry_msgs/msg/PoseStamped', 'start_pose',
+                     trigger=TRIGGER_NONE, depth=1, required=False,
+                     description='start pose in the map frame (start_source pose)'),
+                Port('odom', 'nav_msgs/msg/Odometry', 'odom', trigger=TRIGGER_NONE, depth=1,
+                     required=False,
+                     description='start from odometry in the map frame (start_source odometry)'),
+                Port('input', 'geometry_msgs/msg/PoseStamped', 'goal_pose', depth=1,
+                     description='the goal: a pose in the map frame; each goal triggers a '
+                                 'run')),
+        outputs=(Port('output', 'nav_msgs/msg/Path', 'plan',
+                      description='best path of the run, map frame'),
+                 Port('status', 'sage_irp_ros/msg/PathStatus', 'plan_status',
+                      description='feasible, clearance, length, curvature, steps; refusals'),
+                 Port('markers', 'visualization_msgs/msg/MarkerArray', 'plan_markers',
+                      description='rviz markers of the path (and iterates); only while '
+                                  'subscribed')),
+        devices=('cpu', 'cuda'), precisions=('fp32',),
+        bench=('bench/control_bench.py',)),
 )
 
 _extra: Dict[str, PluginSpec] = {}

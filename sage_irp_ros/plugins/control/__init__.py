@@ -1,0 +1,1 @@
+"""The control plugin: paths on occupancy grids refined until feasible (issue #13)."""

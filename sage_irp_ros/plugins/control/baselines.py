@@ -31,7 +31,7 @@ from sage_irp_ros.plugins.control.search import astar
 
 
 def astar_path(grid: GridMap, start, goal, clearance: float) -> Optional[np.ndarray]:
-    """Run A* over the configuration space; return the map-frame polyline (start, cells, goal) or None."""
+    """Run A* over the configuration space; return the polyline (start, cells, goal) or None."""
     cells = astar(grid.cspace_free(clearance), grid.cell_of(start), grid.cell_of(goal))
     if cells is None:
         return None
@@ -65,7 +65,7 @@ def simple_smoother(path: np.ndarray, grid: GridMap, clearance: float, w_data: f
 
 
 def ipopt_path(grid: GridMap, start, goal, limits: PathLimits, n_points: int,
-               margin: float = 0.05, w_obs: float = 200.0, max_cpu_s: float = 5.0,
+               margin: float = 0.05, w_obs: float = 2000.0, max_cpu_s: float = 5.0,
                max_iter: int = 500) -> Tuple[np.ndarray, dict]:
     """IPOPT on the plugin's cost from the straight line; returns (path, info).
 

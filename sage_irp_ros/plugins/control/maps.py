@@ -110,7 +110,7 @@ def rooms(size: int, rng: np.random.Generator) -> np.ndarray:
 
 def maze(size: int, rng: np.random.Generator, cell_m: float = 1.0,
          wall_m: float = 0.2) -> np.ndarray:
-    """Return a perfect maze (depth-first backtracker) of ``cell_m`` cells with ``wall_m`` walls."""
+    """Return a perfect maze (depth-first backtracker): ``cell_m`` cells, ``wall_m`` walls."""
     cell, wall = _cells(cell_m), _cells(wall_m)
     n = max(2, (size - wall) // cell)
     occ = np.ones((size, size), bool)

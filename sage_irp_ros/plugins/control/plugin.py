@@ -154,8 +154,8 @@ class ControlIRP(IRPPlugin):
 
     def __init__(self, clearance: float = 0.1, max_curvature: float = 4.0,
                  max_segment: float = 0.2, spacing: Optional[float] = None,
-                 margin: float = 0.05, w_obs: float = 200.0, flat_tol: float = 5e-3,
-                 coarse_cells: int = 100, curvature_passes: int = 12, device: str = 'cpu',
+                 margin: float = 0.05, w_obs: float = 2000.0, flat_tol: float = 5e-3,
+                 coarse_cells: int = 100, curvature_passes: int = 50, device: str = 'cpu',
                  keep_iterates: bool = False):
         """Set the limits (metres, 1/m), the energy's weights and the device.
 
@@ -320,8 +320,10 @@ class ControlIRP(IRPPlugin):
         return e
 
     def step(self, state: IRPState, schedule: Schedule) -> IRPState:
-        """One damped Gauss-Newton step (covariant, as CHOMP), projected and kept only if the
-        energy does not rise (else the damping grows 4x and the step is retried, 6 tries).
+        """Take one damped Gauss-Newton step (covariant, as CHOMP), projected.
+
+        The step is kept only if the energy does not rise; else the damping grows 4x and the
+        step is retried (6 tries; then the state stays as it was).
         """
         meta = state.meta
         p = state.payload
@@ -405,8 +407,9 @@ class ControlIRP(IRPPlugin):
         return val, torch.stack([gx, gy], dim=1)
 
     def _eval(self, p: torch.Tensor, meta) -> Tuple[float, torch.Tensor, torch.Tensor]:
-        """Energy, its gradient (zero at the ends) and the obstacle term's Gauss-Newton
-        curvature per waypoint (``(N,)``) of waypoints ``p``.
+        """Return the energy, its gradient and the obstacle term's curvature at ``p``.
+
+        The gradient is zero at the ends; the curvature (Gauss-Newton, ``(N,)``) is per waypoint.
         """
         n_seg = p.shape[0] - 1
         if n_seg < 1:
