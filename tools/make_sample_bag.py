@@ -28,6 +28,24 @@ Writes
 
 Every value is a pure function of this script (seeds, the corpus and flite), so re-running
 it gives the same messages.
+
+**Control topics** (the control plugin, issue #13), with ``--control`` (a full regeneration
+that includes them) or ``--add-control`` (added to the existing bag: every existing message is
+copied with its raw CDR bytes, timestamp and connection QoS into a new bag, then the control
+topics are added; no existing message changes):
+
+  * ``/map`` (``nav_msgs/msg/OccupancyGrid``, reliable, transient local: latched) at the start:
+    a 6 x 6 m rooms map (``maps.rooms``, 120 x 120 cells at 5 cm, seed of the ``test`` split)
+    with a closed 1 m box in it;
+  * ``/start_pose`` (``geometry_msgs/msg/PoseStamped``, reliable) 10 ms later;
+  * ``/goal_pose`` (``geometry_msgs/msg/PoseStamped``, reliable): 5 goals, one a second from
+    1 s: three reachable, one inside the closed box (unreachable), one inside a wall;
+
+  their truth is ``control`` in ``sample_bag_truth.json`` (the map's occupancy, the start, the
+  goals with the status each should get and A*'s length) and ``control_goals`` (the goals).
+  They are off by default: ``test/test_replay_regression.py`` expects exactly the three topics
+  above, and the demo's accounting counts every received message (a kept map or start pose
+  never triggers a run), so both need updating before the bag carries them.
 """
 
 from __future__ import annotations
@@ -147,7 +165,13 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     ap.add_argument('--out', default=os.path.join(ROOT, 'data'), help='output folder')
     ap.add_argument('--force', action='store_true', help='replace an existing bag')
+    ap.add_argument('--control', action='store_true',
+                    help='also write the control topics (/map, /start_pose, /goal_pose)')
+    ap.add_argument('--add-control', action='store_true',
+                    help='only add the control topics to the existing bag (copied unchanged)')
     args = ap.parse_args(argv)
+    if args.add_control:
+        return add_control(args.out)
     bag = os.path.join(args.out, 'sample_bag')
     if os.path.exists(bag):
         if not args.force:
@@ -190,6 +214,12 @@ def main(argv=None) -> int:
            TOPIC_AUDIO: bag_qos(False, 10)}
     types = {TOPIC_IMAGE: 'sensor_msgs/msg/Image', TOPIC_TEXT: 'std_msgs/msg/String',
              TOPIC_AUDIO: 'std_msgs/msg/Int16MultiArray'}
+    control = None
+    if args.control:
+        control, cmsgs = control_messages()
+        messages += cmsgs
+        qos.update(CONTROL_QOS)
+        types.update(CONTROL_TYPES)
     messages.sort(key=lambda m: (m[0], m[1]))
     with Writer(bag, version=9, storage_plugin=StoragePlugin.MCAP) as writer:
         writer.set_custom_data('sage_irp_ros.sample_bag',
@@ -198,7 +228,7 @@ def main(argv=None) -> int:
                                f'{CHUNK} samples per message')
         conns = {topic: writer.add_connection(topic, types[topic], typestore=store,
                                               offered_qos_profiles=[qos[topic]])
-                 for topic in (TOPIC_IMAGE, TOPIC_TEXT, TOPIC_AUDIO)}
+                 for topic in types}
         for t, topic, data in messages:
             writer.write(conns[topic], t, data)
 
@@ -207,8 +237,7 @@ def main(argv=None) -> int:
         'bag': 'sample_bag',
         'start_ns': T0_NS,
         'duration_s': duration_ns * 1e-9,
-        'topics': {TOPIC_IMAGE: types[TOPIC_IMAGE], TOPIC_TEXT: types[TOPIC_TEXT],
-                   TOPIC_AUDIO: types[TOPIC_AUDIO]},
+        'topics': dict(types),
         'classes': list(CLASSES),
         'frames': frame_info,
         'utterances': utt_info,
@@ -218,6 +247,9 @@ def main(argv=None) -> int:
                   'samples_per_message': CHUNK, 'voice': f'flite {FLITE_VOICE}',
                   'transcript': transcript},
     }
+    if control is not None:
+        truth['control'] = control
+        truth['control_goals'] = control['goals']
     with open(os.path.join(args.out, 'sample_bag_truth.json'), 'w', encoding='utf-8') as f:
         json.dump(truth, f, indent=1)
         f.write('\n')
@@ -228,6 +260,132 @@ def main(argv=None) -> int:
     print(f'{bag}: {len(messages)} messages ({len(frame_info)} frames, {len(utt_info)} '
           f'utterances, {len(track) // CHUNK} audio chunks, {len(transcript)} spoken), '
           f'{size / 1e6:.2f} MB')
+    return 0
+
+
+# ----------------------------------------------------------------------- control topics
+
+TOPIC_MAP = '/map'
+TOPIC_START = '/start_pose'
+TOPIC_GOAL = '/goal_pose'
+CONTROL_TYPES = {TOPIC_MAP: 'nav_msgs/msg/OccupancyGrid',
+                 TOPIC_START: 'geometry_msgs/msg/PoseStamped',
+                 TOPIC_GOAL: 'geometry_msgs/msg/PoseStamped'}
+CONTROL_QOS = {TOPIC_MAP: bag_qos(True, 1, transient_local=True),
+               TOPIC_START: bag_qos(True, 1), TOPIC_GOAL: bag_qos(True, 10)}
+MAP_FRAME = 'map'
+
+
+def control_messages():
+    """Return the control topics' truth and ``[(time ns, topic, cdr bytes)]``."""
+    from geometry_msgs.msg import PoseStamped
+    from nav_msgs.msg import OccupancyGrid
+
+    from sage_irp_ros.plugins.control import maps
+    from sage_irp_ros.plugins.control.grid import GridMap, PathLimits
+    from sage_irp_ros.plugins.control.plugin import ControlIRP, ControlProblem, PlanningError
+    from sage_irp_ros.plugins.control.search import astar, cells_length
+
+    size, res = 120, maps.RESOLUTION
+    occ = maps.rooms(size, maps.rng_for('test', 'rooms', size, 1000))
+    occ[90:110, 90:110] = True            # a closed 1 m box ...
+    occ[93:107, 93:107] = False           # ... with free space inside (unreachable)
+    occupancy = np.where(occ, 100, 0).astype(np.int8)
+    grid = GridMap.from_occupancy(occupancy, res, frame_id=MAP_FRAME)
+    plugin = ControlIRP()
+    free = grid.cspace_free(PathLimits().clearance)
+    cells = np.argwhere(grid.sdf[1:-1, 1:-1] >= 0.15)
+    rng = np.random.default_rng(1300)
+    start = grid.center_of(cells[int(rng.integers(len(cells)))])
+    picks = []
+    while len(picks) < 3:  # reachable goals at least 2 m away
+        g = grid.center_of(cells[int(rng.integers(len(cells)))])
+        if np.linalg.norm(g - start) >= 2.0 and astar(free, grid.cell_of(start),
+                                                      grid.cell_of(g)) is not None:
+            picks.append(g)
+    picks.append(grid.center_of((100, 100)))                    # inside the closed box
+    wall = np.argwhere(occ[5:-5, 5:-5])[0] + 5
+    picks.append(grid.center_of(wall))                          # in a wall
+    msgs, goals = [], []
+    t_map = T0_NS
+    m = OccupancyGrid()
+    m.header = Header(stamp=_stamp(t_map), frame_id=MAP_FRAME)
+    m.info.resolution = res
+    m.info.width = m.info.height = size
+    m.info.origin.orientation.w = 1.0
+    m.data = occupancy.ravel().tolist()
+    msgs.append((t_map, TOPIC_MAP, serialize_message(m)))
+
+    def pose(t, xy):
+        p = PoseStamped(header=Header(stamp=_stamp(t), frame_id=MAP_FRAME))
+        p.pose.position.x, p.pose.position.y = float(xy[0]), float(xy[1])
+        p.pose.orientation.w = 1.0
+        return p
+    msgs.append((T0_NS + 10_000_000, TOPIC_START, serialize_message(pose(T0_NS + 10_000_000,
+                                                                         start))))
+    for k, g in enumerate(picks):
+        t = T0_NS + (k + 1) * 1_000_000_000
+        msgs.append((t, TOPIC_GOAL, serialize_message(pose(t, g))))
+        try:
+            plugin.check(ControlProblem(grid, tuple(start), tuple(g)))
+            path = astar(free, grid.cell_of(start), grid.cell_of(g))
+            expect = 'feasible' if path is not None else 'unreachable'
+            length = cells_length(path) * res if path is not None else None
+        except PlanningError as exc:
+            expect, length = exc.status, None
+        goals.append({'index': k, 'stamp_ns': t, 'x': float(g[0]), 'y': float(g[1]),
+                      'expect': expect, 'astar_length': length})
+    truth = {'map': {'topic': TOPIC_MAP, 'frame_id': MAP_FRAME, 'resolution': res,
+                     'origin': [0.0, 0.0], 'width': size, 'height': size,
+                     'occupancy': occupancy.tolist()},
+             'start': {'topic': TOPIC_START, 'stamp_ns': T0_NS + 10_000_000,
+                       'x': float(start[0]), 'y': float(start[1])},
+             'goal_topic': TOPIC_GOAL, 'goals': goals}
+    return truth, msgs
+
+
+def add_control(out: str) -> int:
+    """Copy ``out/sample_bag`` unchanged into a new bag with the control topics added."""
+    from rosbags.rosbag2 import Reader
+    bag = os.path.join(out, 'sample_bag')
+    truth_path = os.path.join(out, 'sample_bag_truth.json')
+    with open(truth_path, encoding='utf-8') as f:
+        truth = json.load(f)
+    if 'control' in truth:
+        print(f'{bag} already has the control topics', file=sys.stderr)
+        return 1
+    control, cmsgs = control_messages()
+    store = make_typestore()
+    tmp = tempfile.mkdtemp(prefix='sample_bag_', dir=out)
+    new = os.path.join(tmp, 'sample_bag')
+    with Reader(bag) as reader, Writer(new, version=9,
+                                       storage_plugin=StoragePlugin.MCAP) as writer:
+        writer.set_custom_data('sage_irp_ros.sample_bag',
+                               'made by tools/make_sample_bag.py (--add-control); truth: '
+                               'sample_bag_truth.json/.npz')
+        conns = {}
+        for c in reader.connections:
+            conns[c.id] = writer.add_connection(c.topic, c.msgtype, typestore=store,
+                                                offered_qos_profiles=c.ext.offered_qos_profiles)
+        added = {topic: writer.add_connection(topic, CONTROL_TYPES[topic], typestore=store,
+                                              offered_qos_profiles=[CONTROL_QOS[topic]])
+                 for topic in CONTROL_TYPES}
+        existing = [(t, conns[c.id], bytes(data)) for c, t, data in reader.messages()]
+        merged = existing + [(t, added[topic], data) for t, topic, data in cmsgs]
+        merged.sort(key=lambda m: m[0])
+        for t, conn, data in merged:
+            writer.write(conn, t, data)
+    shutil.rmtree(bag)
+    shutil.move(new, bag)
+    shutil.rmtree(tmp)
+    truth['topics'].update(CONTROL_TYPES)
+    truth['control'] = control
+    truth['control_goals'] = control['goals']
+    with open(truth_path, 'w', encoding='utf-8') as f:
+        json.dump(truth, f, indent=1)
+        f.write('\n')
+    print(f'{bag}: added {len(cmsgs)} control messages '
+          f'({[g["expect"] for g in control["goals"]]})')
     return 0
 
 
