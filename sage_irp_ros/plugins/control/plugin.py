@@ -25,7 +25,7 @@ from sage_irp_ros.plugins.control.grid import (
     curvatures,
     path_metrics,
 )
-from sage_irp_ros.plugins.control.search import coarse_free, grid_search
+from sage_irp_ros.plugins.control.search import coarse_free, coarse_min, grid_search
 
 # Outcomes (the ``status`` of sage_irp_ros/msg/PathStatus).
 STATUS_FEASIBLE = 'feasible'
@@ -34,6 +34,8 @@ STATUS_UNREACHABLE = 'unreachable'
 STATUS_GOAL_IN_OBSTACLE = 'goal_in_obstacle'
 STATUS_START_IN_OBSTACLE = 'start_in_obstacle'
 STATUS_BAD_INPUT = 'bad_input'
+#: Distance beyond the clearance that the seed search prefers to keep, m.
+PREFERRED_EXTRA = 0.2
 
 
 class PlanningError(ValueError):
@@ -215,11 +217,19 @@ class ControlIRP(IRPPlugin):
     def initial_path(self, problem: ControlProblem) -> Optional[np.ndarray]:
         """Return the seed path (map frame, ``(K, 2)``), or None when the goal is unreachable.
 
-        A shortest path over the configuration space (cells with the required clearance):
+        A least-cost path over the configuration space (cells with the required clearance):
         first on the coarse grid of ``f x f`` blocks, then, when it has none, on the full grid.
+        A cell costs ``1 + 4 * max(0, (d_pref - d) / (d_pref - clearance))`` per length, ``d``
+        its distance to obstacles and ``d_pref = clearance + 0.2 m`` (Nav2's inflation idea):
+        the seed keeps to the middle of corridors, so its turns around wall ends are wide
+        enough for the curvature limit.
         """
         grid = problem.grid
         free = grid.cspace_free(self.limits.clearance)
+        d = grid.sdf[1:-1, 1:-1]
+        d_pref = self.limits.clearance + PREFERRED_EXTRA
+        cell_cost = 1.0 + 4.0 * np.clip((d_pref - d) / (d_pref - self.limits.clearance),
+                                        0.0, 1.0)
         s_rc, g_rc = grid.cell_of(problem.start), grid.cell_of(problem.goal)
         h, w = free.shape
         f = max(1, math.ceil(max(h, w) / max(self.coarse_cells, 1)))
@@ -228,7 +238,8 @@ class ControlIRP(IRPPlugin):
             cf = coarse_free(free, f).copy()
             cs, cg = (s_rc[0] // f, s_rc[1] // f), (g_rc[0] // f, g_rc[1] // f)
             cf[cs] = cf[cg] = True
-            cells = grid_search(cf, cs, cg)
+            cells = grid_search(cf, cs, cg, 1.0 + 4.0 * np.clip(
+                (d_pref - coarse_min(d, f)) / (d_pref - self.limits.clearance), 0.0, 1.0))
             if cells is not None:
                 rc = np.asarray(cells, dtype=np.float64)
                 centres = (rc + 0.5) * f
@@ -238,7 +249,7 @@ class ControlIRP(IRPPlugin):
         if pts is None:
             fine = free.copy()
             fine[s_rc] = fine[g_rc] = True
-            cells = grid_search(fine, s_rc, g_rc)
+            cells = grid_search(fine, s_rc, g_rc, cell_cost)
             if cells is None:
                 return None
             pts = grid.center_of(np.asarray(cells))

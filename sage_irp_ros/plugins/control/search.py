@@ -81,17 +81,52 @@ def cells_length(cells: Sequence[Cell]) -> float:
     return float(np.linalg.norm(np.diff(a, axis=0), axis=1).sum()) if len(a) > 1 else 0.0
 
 
-def grid_search(free: np.ndarray, start: Cell, goal: Cell) -> Optional[List[Cell]]:
-    """Return a shortest 8-connected path of free cells (compiled Dijkstra), or None."""
+def grid_search(free: np.ndarray, start: Cell, goal: Cell,
+                cell_cost: Optional[np.ndarray] = None) -> Optional[List[Cell]]:
+    """Return a least-cost path of free cells (compiled Dijkstra), or None.
+
+    ``cell_cost`` (>= 1, default 1): the cost of crossing a cell per cell length (as Nav2's
+    inflation costs). 8-connected; when the path cuts a corner (a diagonal move between two
+    blocked cells, which the compiled search allows), it is searched again 4-connected, which
+    never does.
+    """
     if not (free[start] and free[goal]):
         return None
     from skimage.graph import MCP_Geometric
-    cost = np.where(free, 1.0, -1.0)  # negative: impassable
-    mcp = MCP_Geometric(cost, fully_connected=True)
-    cum, _ = mcp.find_costs([start], [goal])
-    if not np.isfinite(cum[goal]):
-        return None
-    return [tuple(map(int, rc)) for rc in mcp.traceback(goal)]
+    base = np.ones(free.shape) if cell_cost is None else cell_cost
+    cost = np.where(free, base, -1.0)  # negative: impassable
+    for fully_connected in (True, False):
+        mcp = MCP_Geometric(cost, fully_connected=fully_connected)
+        cum, _ = mcp.find_costs([start], [goal])
+        if not np.isfinite(cum[goal]):
+            return None
+        cells = np.asarray(mcp.traceback(goal), dtype=np.int64)
+        if not fully_connected or not _cuts_corner(free, cells):
+            return [tuple(map(int, rc)) for rc in cells]
+    return None
+
+
+def _cuts_corner(free: np.ndarray, cells: np.ndarray) -> bool:
+    """Whether a path of cells makes a diagonal move with a blocked cell on either side."""
+    if len(cells) < 2:
+        return False
+    a, b = cells[:-1], cells[1:]
+    diag = (a[:, 0] != b[:, 0]) & (a[:, 1] != b[:, 1])
+    if not diag.any():
+        return False
+    a, b = a[diag], b[diag]
+    return bool((~free[a[:, 0], b[:, 1]] | ~free[b[:, 0], a[:, 1]]).any())
+
+
+def coarse_min(values: np.ndarray, f: int) -> np.ndarray:
+    """Return the minimum of every ``f x f`` block (the grid padded with its own minimum)."""
+    if f <= 1:
+        return values
+    h, w = values.shape
+    hp, wp = -(-h // f) * f, -(-w // f) * f
+    padded = np.full((hp, wp), values.min())
+    padded[:h, :w] = values
+    return padded.reshape(hp // f, f, wp // f, f).min(axis=(1, 3))
 
 
 def coarse_free(free: np.ndarray, f: int) -> np.ndarray:
