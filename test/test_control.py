@@ -26,7 +26,7 @@ from sage_irp_ros.plugins.control.plugin import (
     ControlProblem,
     PlanningError,
 )
-from sage_irp_ros.plugins.control.search import astar, cells_length, grid_search
+from sage_irp_ros.plugins.control.search import _cuts_corner, astar, cells_length, grid_search
 
 pytestmark = pytest.mark.usefixtures('one_torch_thread')
 
@@ -176,8 +176,10 @@ def test_searches_agree_and_baselines_run():
     s, g = p.grid.cell_of(p.start), p.grid.cell_of(p.goal)
     a, b = astar(free, s, g), grid_search(free, s, g)
     assert a[0] == s and a[-1] == g and b[0] == s and b[-1] == g
-    assert cells_length(b) <= cells_length(a) + 1e-6  # the compiled search may cut corners
-    assert cells_length(a) <= 1.1 * cells_length(b)
+    # A* is the shortest path that cuts no corner; the compiled search cuts none either (it
+    # falls back to 4-connected moves when its 8-connected path would).
+    assert cells_length(a) <= cells_length(b) + 1e-6
+    assert not _cuts_corner(free, np.asarray(b)) and not _cuts_corner(free, np.asarray(a))
     path = baselines.astar_path(p.grid, p.start, p.goal, 0.1)
     assert path_metrics(p.grid, path, PathLimits(max_curvature=100.0))['min_clearance'] >= 0.1
     sm = baselines.simple_smoother(path, p.grid, 0.1)
