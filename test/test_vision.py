@@ -1,4 +1,5 @@
-"""Vision plugin: committed weights, held-out quality, halting, input sizes, re-entrancy."""
+"""Vision plugin: committed weights, held-out quality, halting, letterbox, unknown flag,
+re-entrancy."""
 
 import json
 import math
@@ -12,10 +13,17 @@ torch = pytest.importorskip('torch')
 
 from sage_irp_ros.core.loop import HaltConfig, refine  # noqa: E402
 from sage_irp_ros.plugins.vision import scenes  # noqa: E402
-from sage_irp_ros.plugins.vision.evaluate import IoUAccumulator, miou, run_split  # noqa: E402
+from sage_irp_ros.plugins.vision.evaluate import (  # noqa: E402
+    IoUAccumulator,
+    auroc,
+    miou,
+    per_step_outputs,
+    run_split,
+)
 from sage_irp_ros.plugins.vision.plugin import (  # noqa: E402
     DEFAULT_WEIGHTS,
     VisionIRP,
+    letterbox_box,
     load_default,
 )
 
@@ -33,10 +41,11 @@ def held_out_runs(plugin):
     """step0 / full / early runs through the core loop on a small held-out sample."""
     out = {}
     for split in ('easy', 'hard'):
-        imgs, gts = scenes.held_out(split, N_PER_SPLIT)
+        imgs, gts = scenes.held_out(split, N_PER_SPLIT, plugin.cfg.task)
         out[split] = {
             'gts': gts,
             'step0': run_split(plugin, imgs, gts, HaltConfig(eps=0.0, K=1, max_steps=0)),
+            'step1': run_split(plugin, imgs, gts, plugin.no_halt_config(1), {'confident': False}),
             'full': run_split(plugin, imgs, gts, plugin.no_halt_config(), {'confident': False}),
             'early': run_split(plugin, imgs, gts, plugin.halt_config()),
         }
@@ -47,7 +56,9 @@ def test_weights_load_offline_and_are_small():
     assert os.path.getsize(DEFAULT_WEIGHTS) < 2_000_000
     meta = json.load(open(os.path.splitext(DEFAULT_WEIGHTS)[0] + '.json'))
     assert not meta['quick'] and 'seed' in meta and 'command' in meta
+    assert meta['unknown']['components'] and meta['unknown']['val_flag_rate'] <= 0.05
     p = load_default()
+    assert p.unknown is not None and math.isfinite(p.unknown_threshold)
     assert p.kind == 'vision'
     assert p.classes == ('background', 'disk', 'rectangle', 'triangle')
     assert p.cfg.steps_max >= 4
@@ -74,6 +85,14 @@ def test_scenes_deterministic_and_held_out_disjoint():
         assert min(seeds) >= scenes.TRAIN_SEED_END
     with pytest.raises(ValueError):
         scenes.train_seeds(scenes.TRAIN_SEED_END - 5, 10)
+    # out-of-distribution sets: deterministic, from seeds outside the training range
+    assert min(scenes.OOD_HELD_OUT_SEED0, scenes.OOD_VAL_SEED0) >= scenes.TRAIN_SEED_END
+    for name in scenes.OOD_SETS:
+        a, b = scenes.ood_set(name, 2), scenes.ood_set(name, 2)
+        assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+        assert a[0].dtype == np.uint8 and a[0].ndim == 3 and a[0].shape[2] == 3
+    _, cls, _ = scenes.make_scene(scenes.OOD_HELD_OUT_SEED0, 0.5, shapes=scenes.UNSEEN_SHAPES)
+    assert set(np.unique(cls)) <= {0, 255} and (cls == 255).any()
 
 
 def test_quality_floor_and_early_halting(held_out_runs):
@@ -86,27 +105,86 @@ def test_quality_floor_and_early_halting(held_out_runs):
         assert r['full']['steps'].min() == r['full']['steps'].max() > 0
     # overall: intersections and unions accumulated over both splits
     full, early = acc['full'].miou(), acc['early'].miou()
-    assert full >= 0.855, (full, early)  # regression guard (measured 0.8596); floor below
-    assert early >= 0.99 * full, (full, early)
+    assert full >= 0.85, (full, early)  # issue floor: held-out mIoU >= 0.85
+    assert early >= full - 0.005, (full, early)  # halting costs at most half a point
     assert steps['easy'] < steps['hard'], steps
-
-
-def test_issue_floor_miou_085(held_out_runs):
-    # issue #3 floor: held-out mIoU (all steps, overall) >= 0.85
-    acc = IoUAccumulator(4)
-    for r in held_out_runs.values():
-        acc.merge(r['full']['acc'])
-    assert acc.miou() >= 0.85
 
 
 def test_refinement_matters_on_hard(held_out_runs):
     r = held_out_runs['hard']
+    # issue #3 floor: all steps >= step 0 + 5 points on the hard split (measured 7.9)
     assert r['full']['miou'] - r['step0']['miou'] >= 0.05
+    # issue #11 asks for the halting step >= step 1 + 10 points; the committed model does not
+    # reach it (measured +0.16 points, docs/VISION.md): guard only that halting is no worse
+    assert r['early']['miou'] >= r['step1']['miou'] - 0.005
+
+
+def test_later_steps_never_make_it_worse(plugin):
+    # all steps within half a point of the best fixed step count (batched, both splits)
+    imgs, gts = zip(*(scenes.held_out(s, 100, plugin.cfg.task) for s in ('easy', 'hard')),
+                    strict=True)
+    imgs, gts = np.concatenate(imgs), np.concatenate(gts)
+    st = per_step_outputs(plugin.net, imgs, plugin.cfg.steps_max, plugin.cfg.uncertain_p)
+    per_step = [miou(p, gts, 4) for p in st['pred']]
+    assert per_step[-1] >= max(per_step) - 0.005, per_step
+
+
+def test_letterbox_keeps_the_aspect_ratio(plugin):
+    assert letterbox_box(480, 640, 64) == (8, 0, 48, 64)
+    assert letterbox_box(640, 480, 64) == (0, 8, 64, 48)
+    assert letterbox_box(64, 64, 64) == (0, 0, 64, 64)
+    st = plugin.init_state(np.zeros((480, 640, 3), np.uint8))
+    assert st.meta['box'] == (0, 0, 48, 64) and tuple(st.payload.shape[-2:]) == (12, 16)
+    assert tuple(plugin.init_state(np.zeros((600, 100, 3), np.uint8)).meta['box']) == (
+        0, 0, 64, 11)  # 64 x 10.7 -> 11 columns, padded to 12
+    # 4:3 crops of held-out scenes, shown as 640x480 camera frames (10x nearest upscaling):
+    # letterboxing gives the model the crop's own pixels; squashing would stretch them 4/3
+    acc_box, acc_squash = IoUAccumulator(4), IoUAccumulator(4)
+    imgs, gts = scenes.held_out('easy', 12, plugin.cfg.task)
+    for img, gt in zip(imgs, gts, strict=True):
+        crop, gcrop = img[8:56], gt[8:56]
+        big = np.kron(crop, np.ones((10, 10, 1), np.uint8))
+        res = refine(plugin, big, None, config=plugin.halt_config())
+        assert res.output.shape == (480, 640)
+        acc_box.add(res.output[5::10, 5::10], gcrop)
+        squashed = torch.nn.functional.interpolate(
+            torch.from_numpy(big).permute(2, 0, 1)[None].float(), size=(64, 64),
+            mode='bilinear', antialias=True)[0].permute(1, 2, 0).round().to(torch.uint8).numpy()
+        sq = refine(plugin, np.ascontiguousarray(squashed), None, config=plugin.halt_config())
+        back = torch.nn.functional.interpolate(
+            torch.from_numpy(sq.output)[None, None].float(), size=(48, 64), mode='nearest')
+        acc_squash.add(back[0, 0].to(torch.uint8).numpy(), gcrop)
+    assert acc_box.miou() >= 0.85, acc_box.miou()
+    assert acc_box.miou() > acc_squash.miou(), (acc_box.miou(), acc_squash.miou())
+
+
+def test_unknown_flag_separates_ood_sets(plugin):
+    # On a smaller held-out sample than the benchmark: at most 5 % of in-distribution frames
+    # flagged (threshold from validation); issue #11 floor AUROC >= 0.9 where the committed
+    # detector reaches it (photos, blurred); low contrast (0.89 in the benchmark) and unseen
+    # shapes (0.70) fall short and are guarded at their measured level (docs/VISION.md)
+    n = 60
+    floors = {'photos': 0.9, 'blurred': 0.9, 'low_contrast': 0.85, 'unseen_shapes': 0.6}
+
+    def assess(imgs):
+        return [plugin.assess(refine(plugin, img, None, config=plugin.halt_config()).state)
+                for img in imgs]
+    ind = assess(np.concatenate([scenes.held_out(s, n, plugin.cfg.task)[0]
+                                 for s in ('easy', 'hard')]))
+    s_in = [a['unknown_score'] for a in ind]
+    assert np.mean([a['unknown'] for a in ind]) <= 0.05
+    for a in ind:
+        assert set(a) == {'confidence', 'unknown_score', 'unknown_threshold', 'unknown'}
+        assert 0.25 - 1e-6 <= a['confidence'] <= 1.0 and math.isfinite(a['unknown_score'])
+        assert a['unknown'] == (a['unknown_score'] > a['unknown_threshold'])
+    for name in scenes.OOD_SETS:
+        out = assess(scenes.ood_set(name, n, task=plugin.cfg.task))
+        assert auroc(s_in, [a['unknown_score'] for a in out]) >= floors[name], name
 
 
 def test_any_input_size_and_probabilities(plugin):
     img, _, _ = scenes.make_scene(scenes.EASY_SEED0)
-    for h, w in ((64, 64), (100, 37), (480, 640), (17, 17)):
+    for h, w in ((64, 64), (100, 37), (480, 640), (17, 17), (1, 300)):
         x = np.ascontiguousarray(
             torch.nn.functional.interpolate(
                 torch.from_numpy(img).permute(2, 0, 1)[None].float(), size=(h, w),
@@ -127,7 +205,7 @@ def test_any_input_size_and_probabilities(plugin):
         plugin.init_state(np.zeros((8, 8, 3), np.float32))
 
 
-def test_energy_falls_and_halting_check_is_cheap(plugin):
+def test_energy_falls_and_decoding_is_lazy(plugin):
     imgs, _ = scenes.held_out('hard', 4)
     for img in imgs:
         res = refine(plugin, img, {'confident': False}, config=plugin.no_halt_config())
@@ -135,7 +213,12 @@ def test_energy_falls_and_halting_check_is_cheap(plugin):
         assert len(e) == plugin.cfg.steps_max + 1
         assert e[-1] < e[0]
     st = plugin.init_state(imgs[0])
-    assert plugin.energy(st) == st.meta['E']  # energy() only reads the cached value
+    assert st.meta['logits'] is None and st.meta['E'] is None  # nothing decoded yet
+    e = plugin.energy(st)
+    assert st.meta['E'] == e and st.meta['logits'] is not None  # decoded once, cached
+    from sage_irp_ros.core.plugin import Schedule
+    st2 = plugin.step(st, Schedule(0, 1, 1, 1.0))
+    assert st2.meta['logits'] is None and st2.meta['E'] is None  # a step does not decode
 
 
 def test_fp16_refused_on_cpu(plugin):

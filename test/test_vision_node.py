@@ -1,4 +1,5 @@
-"""vision_irp_node over DDS: camera frames in, class masks, overlays and telemetry out."""
+"""vision_irp_node over DDS: camera frames in, class masks, overlays, confidence and telemetry
+out; what an unknown frame publishes."""
 
 import json
 import time
@@ -6,13 +7,15 @@ import time
 import numpy as np
 from conftest import diag_value, wait_for
 from diagnostic_msgs.msg import DiagnosticArray
+from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
+from rcl_interfaces.srv import SetParameters
 from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import Image
 from std_msgs.msg import Header, String
 
 from sage_irp_ros.core import validate_record
-from sage_irp_ros.msg import IRPTelemetry
-from sage_irp_ros.plugins.vision.scenes import held_out
+from sage_irp_ros.msg import FrameConfidence, IRPTelemetry
+from sage_irp_ros.plugins.vision.scenes import held_out, photo_crop
 from sage_irp_ros.ros.conversions import rgb_to_image
 
 MODULE = 'sage_irp_ros.plugins.vision.node'
@@ -20,8 +23,10 @@ MODULE = 'sage_irp_ros.plugins.vision.node'
 
 def test_vision_node_segments_camera_frames(ros, node_process):
     node = node_process(MODULE, {'input_topic': '/camera/image_raw', 'output_topic': '/mask',
-                                 'overlay_topic': '/overlay', 'diagnostics_period_s': 0.2})
+                                 'overlay_topic': '/overlay', 'confidence_topic': '/confidence',
+                                 'diagnostics_period_s': 0.2})
     masks = ros.collect(Image, '/mask')
+    confs = ros.collect(FrameConfidence, '/confidence')
     overlays = ros.collect(Image, '/overlay')
     telem = ros.collect(IRPTelemetry, '/irp/telemetry')
     telem_json = ros.collect(String, '/irp/telemetry_json')
@@ -50,6 +55,12 @@ def test_vision_node_segments_camera_frames(ros, node_process):
         mask = np.frombuffer(bytes(m.data), np.uint8).reshape(128, 128)
         correct += int((mask[::2, ::2] == gt).sum())
         total += gt.size
+        assert wait_for(lambda k=k: any(c.header.stamp.sec == 100 + k for c in confs), 5)
+        c = next(c for c in confs if c.header.stamp.sec == 100 + k)
+        assert c.header.frame_id == 'camera_optical' and 0.25 <= c.confidence <= 1.0
+        # unknown_output defaults to 'mask': the mask goes out whatever the flag says (the
+        # first of these held-out frames is one of the ~3 % in-distribution false alarms)
+        assert c.mask_action == 'mask' and c.unknown == (c.unknown_score > c.unknown_threshold)
     assert correct / total > 0.85
     assert wait_for(lambda: overlays and telem and telem_json, 10), node.log()
     assert (overlays[-1].encoding, overlays[-1].width) == ('rgb8', 128)
@@ -57,6 +68,9 @@ def test_vision_node_segments_camera_frames(ros, node_process):
     validate_record(rec)
     assert rec['plugin'] == 'vision' and rec['entity_id'] == '/vision_irp_node'
     assert rec['run']['device'] == 'cpu' and 0 <= rec['metadata']['uncertain_frac'] <= 1
+    meta = rec['metadata']
+    assert 0.25 <= meta['confidence'] <= 1 and meta['unknown'] in (True, False)
+    assert rec['metadata']['mask_action'] == 'mask'
     assert telem[-1].halt_reason in ('confident', 'slope<eps', 'max_steps')
 
     # A frame it cannot read: clear error, counted, and the node goes on.
@@ -72,4 +86,31 @@ def test_vision_node_segments_camera_frames(ros, node_process):
         if wait_for(lambda: len(masks) > n, 1.0):
             break
     assert len(masks) > n
+
+    # A photo: flagged unknown. unknown_output 'unknown' publishes an all-unknown (255) mask,
+    # 'none' no mask at all (the confidence message still says why).
+    photo, _ = photo_crop(7_000_000)
+    cli = ros.node.create_client(SetParameters, '/vision_irp_node/set_parameters')
+    assert cli.wait_for_service(timeout_sec=10)
+    for sec, mode in ((200, 'unknown'), (201, 'none')):
+        fut = cli.call_async(SetParameters.Request(parameters=[Parameter(
+            name='unknown_output', value=ParameterValue(type=ParameterType.PARAMETER_STRING,
+                                                        string_value=mode))]))
+        assert wait_for(fut.done, 10) and fut.result().results[0].successful
+        pmsg = rgb_to_image(photo, Header(frame_id='camera_optical'))
+        pmsg.header.stamp.sec = sec
+        n = len(masks)
+        for _ in range(20):
+            pub.publish(pmsg)
+            if wait_for(lambda sec=sec: any(c.header.stamp.sec == sec for c in confs), 1.0):
+                break
+        c = next(c for c in confs if c.header.stamp.sec == sec)
+        assert c.unknown and c.unknown_score > c.unknown_threshold and c.mask_action == mode
+        if mode == 'unknown':
+            assert wait_for(lambda n=n: len(masks) > n, 5)
+            m = masks[-1]
+            assert m.header.stamp.sec == sec and set(bytes(m.data)) == {255}
+        else:
+            time.sleep(0.5)
+            assert all(m.header.stamp.sec != sec for m in masks)
     assert node.stop() == 0, node.log()

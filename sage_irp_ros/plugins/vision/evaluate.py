@@ -143,3 +143,69 @@ def summarize_steps(steps: Sequence[int]) -> Dict[str, float]:
         return {'mean': 0.0, 'p95': 0.0}
     rank = max(int(math.ceil(0.95 * s.size)) - 1, 0)
     return {'mean': float(s.mean()), 'p95': float(s[rank])}
+
+
+def auroc(in_dist: Sequence[float], out_dist: Sequence[float]) -> float:
+    """Return the area under the ROC curve of telling ``out_dist`` from ``in_dist``.
+
+    ``out_dist`` are the positives (higher scores): the probability that a random OOD frame
+    scores above a random in-distribution one (ties count half).
+    """
+    a = np.asarray(in_dist, np.float64)
+    b = np.asarray(out_dist, np.float64)
+    if a.size == 0 or b.size == 0:
+        return float('nan')
+    allv = np.concatenate([a, b])
+    order = allv.argsort(kind='mergesort')
+    ranks = np.empty(allv.size, np.float64)
+    sv = allv[order]
+    i = 0
+    while i < sv.size:  # average ranks over ties
+        j = i
+        while j + 1 < sv.size and sv[j + 1] == sv[i]:
+            j += 1
+        ranks[order[i:j + 1]] = 0.5 * (i + j) + 1
+        i = j + 1
+    rb = ranks[a.size:].sum()
+    return float((rb - b.size * (b.size + 1) / 2) / (a.size * b.size))
+
+
+@torch.inference_mode()
+def halting_features(net, images: np.ndarray, confident_frac: Optional[float], eps_abs: float,
+                     K: int, uncertain_p: float, steps_max: Optional[int] = None,
+                     batch: int = 64) -> Dict[str, np.ndarray]:
+    """Batched runs halted as the core loop would; the state at each frame's halting step.
+
+    ``images`` are square frames of the model's input size. Returns ``steps`` (N,), ``pred``
+    (N, S, S) uint8, ``energy`` (N,), ``feats`` (N, 2c, h, w) float32 cell features
+    (``unknown.frame_features``) and ``confidence`` (N,) mean max class probability.
+    """
+    from sage_irp_ros.plugins.vision.unknown import frame_features
+    sm = net.cfg.steps_max if steps_max is None else steps_max
+    out = {k: [] for k in ('steps', 'pred', 'energy', 'feats', 'confidence')}
+    for i in range(0, len(images), batch):
+        x = torch.from_numpy(images[i:i + batch]).permute(0, 3, 1, 2).float() / 255.0
+        z, inject, skip = net.encode(x)
+        zs, ents, uncs, preds, confs = [], [], [], [], []
+        for t in range(sm + 1):
+            if t:
+                z = net.step(z, inject)
+            logits = net.decode(z, skip)
+            logp = torch.log_softmax(logits.float(), 1)
+            prob = logp.exp()
+            maxp = prob.max(1).values
+            zs.append(z)
+            ents.append((-(prob * logp).sum(1)).mean((1, 2)))
+            uncs.append((maxp < uncertain_p).float().mean((1, 2)))
+            confs.append(maxp.mean((1, 2)))
+            preds.append(logits.argmax(1).to(torch.uint8))
+        E, U = torch.stack(ents).numpy(), torch.stack(uncs).numpy()
+        steps = simulate_halting(E, U, sm, confident_frac, eps_abs, K)
+        idx = torch.from_numpy(steps)
+        ar = torch.arange(len(steps))
+        out['steps'].append(steps)
+        out['energy'].append(E[steps, np.arange(len(steps))])
+        out['pred'].append(torch.stack(preds)[idx, ar].numpy())
+        out['confidence'].append(torch.stack(confs)[idx, ar].numpy())
+        out['feats'].append(frame_features(torch.stack(zs)[idx, ar], inject).numpy())
+    return {k: np.concatenate(v) for k, v in out.items()}

@@ -45,6 +45,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+REFINERS = ('dilated', 'conv2', 'local')
+
 
 @dataclass
 class VisionConfig:
@@ -57,6 +59,12 @@ class VisionConfig:
     enc_dilated: bool = False       # an extra dilated 3x3 conv at the latent resolution
     norm_all: bool = False          # GroupNorm after every encoder stage (not only the last)
     latent_stride: int = 4          # 4: 16x16 latent, 2: 32x32 latent (input 64x64)
+    # The step is 3x3 conv, GroupNorm, ReLU, then: 'dilated' a 3x3 conv of dilation 2 (reach
+    # +3 latent cells = 12 px a step), 'conv2' a 3x3 conv (+2 cells = 8 px), 'local' a 1x1
+    # conv (+1 cell = 4 px), so evidence crosses a large shape in several steps
+    refiner: str = 'dilated'
+    task: str = 'shapes'            # the scene generator it was trained on (scenes.TASKS)
+    ref_hidden: int = 0             # hidden channels of the step (0: latent_channels)
     steps_max: int = 8
     # Halting (tuned on the validation seeds by train.py; defaults are sane starting points).
     uncertain_p: float = 0.9        # a pixel is uncertain when its max class probability < this
@@ -93,6 +101,8 @@ class VisionIRPNet(nn.Module):
         super().__init__()
         if cfg.latent_stride not in (2, 4):
             raise ValueError(f'latent_stride must be 2 or 4, got {cfg.latent_stride!r}')
+        if cfg.refiner not in REFINERS:
+            raise ValueError(f'refiner must be one of {REFINERS}, got {cfg.refiner!r}')
         self.cfg = cfg
         s, c = cfg.skip_channels, cfg.latent_channels
         # encoder (once per frame)
@@ -114,9 +124,12 @@ class VisionIRPNet(nn.Module):
             self.n64 = self.n32 = self.n16 = nn.Identity()
         self.to_z = nn.Conv2d(c, c, 1)
         # refiner (the step)
-        self.ref1 = nn.Conv2d(2 * c, c, 3, padding=1)
-        self.ref_norm = nn.GroupNorm(4, c)
-        self.ref2 = nn.Conv2d(c, c, 3, padding=2, dilation=2)
+        hid = cfg.ref_hidden or c
+        self.ref1 = nn.Conv2d(2 * c, hid, 3, padding=1)
+        self.ref_norm = nn.GroupNorm(4, hid)
+        self.ref2 = {'dilated': lambda: nn.Conv2d(hid, c, 3, padding=2, dilation=2),
+                     'conv2': lambda: nn.Conv2d(hid, c, 3, padding=1),
+                     'local': lambda: nn.Conv2d(hid, c, 1)}[cfg.refiner]()
         # decoder: skip terms are computed once per frame, the latent path after every step
         self.dec_skip = nn.Conv2d(s, s, 1)
         self.dec_z = nn.Conv2d(c, s, 1, bias=False)
@@ -149,7 +162,7 @@ class VisionIRPNet(nn.Module):
         return self.to_z(e), e, skip
 
     def step(self, z: torch.Tensor, inject: torch.Tensor) -> torch.Tensor:
-        """One refinement iteration: ``z + ref2(relu(norm(ref1([z, inject]))))`` (ref2 dilated)."""
+        """One refinement iteration: ``z + ref2(relu(norm(ref1([z, inject]))))``."""
         h = F.relu(self.ref_norm(self.ref1(torch.cat([z, inject], 1))))
         return z + self.ref2(h)
 

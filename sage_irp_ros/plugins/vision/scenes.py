@@ -7,17 +7,29 @@ so a class can only be told from the *shape*: a pixel inside a large shape needs
 the shape's outline, which is what the latent refiner propagates step by step.
 
 Difficulty is one number ``d`` in [0, 1] that sets the knobs (each drawn from a range that moves
-with ``d``): sensor noise, blur, contrast of the shapes against the background, occluding bars
-(background-textured strips drawn over the shapes) and the object count. Every scene is a pure
-function of its integer seed (and ``d``), so data sets are defined by seed ranges:
+with ``d``). Two generators (``task``):
+
+- ``'shapes'`` (the committed model's): sensor noise, blur (sigma up to 1.2 px), contrast of the
+  shapes against the background (down to 0.45), occluding bars (background-textured strips
+  drawn over the shapes, d > 0.5) and the object count;
+- ``'sizes'`` (the redesign tried for issue #11): above all the **size** of the shapes (radius
+  4-8 px at ``d = 0``, 18-28 px at ``d = 1``; fewer shapes when they are large), so that the
+  interior of a large shape needs several refinement steps and a small one none or one; noise,
+  blur (up to 0.7 px) and contrast loss (down to 0.7) grow a little with ``d``.
+
+Every scene is a pure function of its integer seed, ``d`` and the task, so data sets are
+defined by seed ranges:
 
 ================  =====================  ==================================
 set               seeds                  difficulty
 ================  =====================  ==================================
 train             ``[0, 1_000_000)``     ``d ~ U(0, 1)`` (drawn from the seed)
-validation        ``[1_000_000, ...)``   ``d ~ U(0, 1)`` (halting thresholds)
+validation        ``[1_000_000, ...)``   ``d ~ U(0, 1)`` (halting, unknown threshold)
+OOD validation    ``[2_000_000, ...)``   ``ood_set(..., held_out=False)``
 held-out easy     ``[5_000_000, ...)``   ``d ~ U(0.0, 0.3)``
 held-out hard     ``[6_000_000, ...)``   ``d ~ U(0.7, 1.0)``
+OOD held-out      ``[7_000_000, ...)``   ``ood_set(...)``: photos, blurred, low contrast,
+                                         unseen shapes
 ================  =====================  ==================================
 
 Training never draws a seed at or above ``VAL_SEED0``; the held-out sets are only read by the
@@ -53,10 +65,21 @@ class Knobs:
     contrast: float   # how far shape colours sit from the background colour (0..1)
     occluders: int    # background-textured bars drawn over the shapes
     count: int        # number of shapes
+    size_lo: float = 0.0  # 'sizes' task: shape radius range, pixels at 64x64
+    size_hi: float = 0.0
 
 
-def knobs_for(d: float, rng: np.random.Generator) -> Knobs:
-    """Draw the knobs of a scene of difficulty ``d`` in [0, 1]."""
+#: Scene generators: 'shapes' (the committed model's task) and 'sizes' (difficulty = shape size,
+#: the redesign tried for issue #11, docs/VISION.md).
+TASKS = ('shapes', 'sizes')
+
+
+def knobs_for(d: float, rng: np.random.Generator, task: str = 'shapes') -> Knobs:
+    """Draw the knobs of a scene of difficulty ``d`` in [0, 1] for ``task``."""
+    if task == 'sizes':
+        return _knobs_sizes(d, rng)
+    if task != 'shapes':
+        raise ValueError(f'unknown task {task!r}; expected one of {TASKS}')
     d = float(np.clip(d, 0.0, 1.0))
     noise = rng.uniform(0.0, 0.02) + d * rng.uniform(0.04, 0.09)
     blur = rng.uniform(0.0, 0.3) + d * rng.uniform(0.4, 0.9)
@@ -64,6 +87,24 @@ def knobs_for(d: float, rng: np.random.Generator) -> Knobs:
     occluders = int(rng.integers(0, 3)) if d > 0.5 else 0
     count = int(rng.integers(1, 3 + int(round(3 * d)) + 1))
     return Knobs(noise, blur, contrast, occluders, count)
+
+
+def _knobs_sizes(d: float, rng: np.random.Generator) -> Knobs:
+    """Draw the knobs of the 'sizes' task: difficulty is mostly **size**.
+
+    A shape's class is told by its outline (corners, curvature), and the refiner carries that
+    evidence a few pixels further inwards per step, so the larger
+    the shapes, the more steps their interiors need. Noise, blur and contrast loss grow a little
+    with ``d`` as well (ranges that the out-of-distribution sets leave: ``ood_set``).
+    """
+    d = float(np.clip(d, 0.0, 1.0))
+    noise = rng.uniform(0.0, 0.015) + d * rng.uniform(0.0, 0.04)
+    blur = rng.uniform(0.0, 0.3) + d * rng.uniform(0.0, 0.4)
+    contrast = 1.0 - d * rng.uniform(0.0, 0.3)
+    lo, hi = 4.0 + 14.0 * d, 8.0 + 20.0 * d
+    count = int(rng.integers(1, 3 + int(round(3 * (1 - d))) + 1)) if d > 0.5 else \
+        int(rng.integers(2, 6))
+    return Knobs(noise, blur, contrast, 0, count, lo, hi)
 
 
 def _texture(rng: np.random.Generator, size: int, c1: np.ndarray, c2: np.ndarray) -> np.ndarray:
@@ -86,15 +127,65 @@ def _triangle(rng: np.random.Generator, cy: float, cx: float, r: float):
     return cy + r * np.sin(angles), cx + r * np.cos(angles)
 
 
-def make_scene(seed: int, difficulty: float = None, size: int = SIZE
+#: Shapes never drawn by the training generator (the ``unseen_shapes`` OOD set).
+UNSEEN_SHAPES = ('star', 'cross', 'ring', 'crescent')
+
+
+def _shape_pixels(kind: str, rng: np.random.Generator, cy: float, cx: float, r: float,
+                  shape: Tuple[int, int]):
+    """Pixel rows and columns of one shape of radius ``r`` centred at (cy, cx)."""
+    if kind == 'disk':
+        return draw.disk((cy, cx), r, shape=shape)
+    if kind == 'rectangle':
+        h, w = r * rng.uniform(1.2, 2.0, 2)
+        return draw.polygon([cy - h / 2, cy - h / 2, cy + h / 2, cy + h / 2],
+                            [cx - w / 2, cx + w / 2, cx + w / 2, cx - w / 2], shape=shape)
+    if kind == 'triangle':
+        ys, xs = _triangle(rng, cy, cx, r * 1.25)
+        return draw.polygon(ys, xs, shape=shape)
+    if kind == 'star':
+        a = rng.uniform(0, 2 * np.pi) + np.arange(10) * np.pi / 5
+        rad = np.where(np.arange(10) % 2 == 0, r * 1.2, r * 0.5)
+        return draw.polygon(cy + rad * np.sin(a), cx + rad * np.cos(a), shape=shape)
+    if kind == 'cross':
+        t = r * 0.4
+        ys = [cy - r, cy - r, cy - t, cy - t, cy + t, cy + t, cy + r, cy + r, cy + t, cy + t,
+              cy - t, cy - t]
+        xs = [cx - t, cx + t, cx + t, cx + r, cx + r, cx + t, cx + t, cx - t, cx - t, cx - r,
+              cx - r, cx - t]
+        return draw.polygon(ys, xs, shape=shape)
+    if kind == 'ring':
+        m = np.zeros(shape, bool)
+        m[draw.disk((cy, cx), r, shape=shape)] = True
+        m[draw.disk((cy, cx), r * 0.55, shape=shape)] = False
+        return np.nonzero(m)
+    if kind == 'crescent':
+        m = np.zeros(shape, bool)
+        m[draw.disk((cy, cx), r, shape=shape)] = True
+        a = rng.uniform(0, 2 * np.pi)
+        m[draw.disk((cy + 0.5 * r * np.sin(a), cx + 0.5 * r * np.cos(a)), r * 0.85,
+                    shape=shape)] = False
+        return np.nonzero(m)
+    raise ValueError(f'unknown shape {kind!r}')
+
+
+def make_scene(seed: int, difficulty: float = None, size: int = SIZE, *, task: str = 'shapes',
+               blur: float = None, contrast: float = None, shapes: Tuple[str, ...] = None
                ) -> Tuple[np.ndarray, np.ndarray, Knobs]:
     """Render scene ``seed``: ``(image (size, size, 3) uint8, classes (size, size) uint8, knobs)``.
 
     With ``difficulty`` None it is drawn uniformly from [0, 1] by the seed's generator.
+    ``blur`` / ``contrast`` override the drawn knob (the OOD sets); ``shapes`` draws the
+    shapes from these names instead of the three classes (their class id is then 255: no
+    class of the model).
     """
     rng = np.random.default_rng(int(seed))
     d = rng.uniform(0.0, 1.0) if difficulty is None else float(difficulty)
-    k = knobs_for(d, rng)
+    k = knobs_for(d, rng, task)
+    if blur is not None or contrast is not None:
+        k = Knobs(k.noise, k.blur if blur is None else float(blur),
+                  k.contrast if contrast is None else float(contrast), k.occluders, k.count,
+                  k.size_lo, k.size_hi)
     bg_a, bg_b = rng.uniform(0.1, 0.9, 3), rng.uniform(0.1, 0.9, 3)
     img = _texture(rng, size, bg_a, bg_b)
     background = img.copy()
@@ -104,19 +195,28 @@ def make_scene(seed: int, difficulty: float = None, size: int = SIZE
     s = size / 64.0
     for _ in range(k.count):
         c = int(rng.integers(1, 4))
-        cy, cx = rng.uniform(8 * s, size - 8 * s, 2)
-        if c == 1:
-            r = rng.uniform(5, 12) * s
-            rr, cc = draw.disk((cy, cx), r, shape=cls.shape)
-        elif c == 2:
-            h, w = rng.uniform(8, 22, 2) * s
-            rr, cc = draw.polygon([cy - h / 2, cy - h / 2, cy + h / 2, cy + h / 2],
-                                  [cx - w / 2, cx + w / 2, cx + w / 2, cx - w / 2],
-                                  shape=cls.shape)
+        if task == 'shapes':
+            cy, cx = rng.uniform(8 * s, size - 8 * s, 2)
+            if shapes is not None:
+                kind = shapes[int(rng.integers(0, len(shapes)))]
+                rr, cc = _shape_pixels(kind, rng, cy, cx, rng.uniform(5, 12) * s, cls.shape)
+            elif c == 1:
+                rr, cc = draw.disk((cy, cx), rng.uniform(5, 12) * s, shape=cls.shape)
+            elif c == 2:
+                h, w = rng.uniform(8, 22, 2) * s
+                rr, cc = draw.polygon([cy - h / 2, cy - h / 2, cy + h / 2, cy + h / 2],
+                                      [cx - w / 2, cx + w / 2, cx + w / 2, cx - w / 2],
+                                      shape=cls.shape)
+            else:
+                ys, xs = _triangle(rng, cy, cx, rng.uniform(7, 14) * s)
+                rr, cc = draw.polygon(ys, xs, shape=cls.shape)
         else:
-            ys, xs = _triangle(rng, cy, cx, rng.uniform(7, 14) * s)
-            rr, cc = draw.polygon(ys, xs, shape=cls.shape)
-        if rr.size == 0:
+            r = rng.uniform(k.size_lo, k.size_hi) * s
+            margin = min(r * 0.8, size / 2 - 1)
+            cy, cx = rng.uniform(margin, size - margin, 2)
+            kind = CLASSES[c] if shapes is None else shapes[int(rng.integers(0, len(shapes)))]
+            rr, cc = _shape_pixels(kind, rng, cy, cx, r, cls.shape)
+        if len(rr) == 0:
             continue
         # Shape colour: a random colour, pulled towards the background mean as contrast falls;
         # kept at least a little apart from the background so the task stays well posed.
@@ -126,7 +226,7 @@ def make_scene(seed: int, difficulty: float = None, size: int = SIZE
             diff = diff / (np.abs(diff).max() + 1e-6) * 0.35
         fg = bg_mean + k.contrast * diff
         img[rr, cc] = fg[None, :] + fg_pattern[rr, cc]
-        cls[rr, cc] = c
+        cls[rr, cc] = c if shapes is None else 255
     for _ in range(k.occluders):  # bars of background texture over the shapes
         wbar = rng.uniform(2, 4) * s
         y0, x0 = rng.uniform(0, size, 2)
@@ -140,13 +240,13 @@ def make_scene(seed: int, difficulty: float = None, size: int = SIZE
         img[rr, cc] = background[rr, cc]
         cls[rr, cc] = 0
     if k.blur > 0.05:
-        img = ndimage.gaussian_filter(img, sigma=(k.blur, k.blur, 0))
+        img = ndimage.gaussian_filter(img, sigma=(k.blur * s, k.blur * s, 0))
     img = img + rng.standard_normal(img.shape).astype(np.float32) * k.noise
     img = np.clip(img * 255.0 + 0.5, 0, 255).astype(np.uint8)
     return img, cls, k
 
 
-def make_batch(seeds: Iterable[int], difficulties=None, size: int = SIZE
+def make_batch(seeds: Iterable[int], difficulties=None, size: int = SIZE, task: str = 'shapes'
                ) -> Tuple[np.ndarray, np.ndarray]:
     """Render many scenes: ``(images (N, size, size, 3) uint8, classes (N, size, size) uint8)``."""
     seeds = list(seeds)
@@ -155,7 +255,7 @@ def make_batch(seeds: Iterable[int], difficulties=None, size: int = SIZE
     imgs = np.empty((len(seeds), size, size, 3), np.uint8)
     clss = np.empty((len(seeds), size, size), np.uint8)
     for i, (s, d) in enumerate(zip(seeds, difficulties, strict=True)):
-        imgs[i], clss[i], _ = make_scene(s, d, size)
+        imgs[i], clss[i], _ = make_scene(s, d, size, task=task)
     return imgs, clss
 
 
@@ -170,10 +270,10 @@ def split_seeds(split: str, n: int) -> List[Tuple[int, float]]:
     return [(seed0 + i, lo + (hi - lo) * ((i * 0.618034) % 1.0)) for i in range(n)]
 
 
-def held_out(split: str, n: int) -> Tuple[np.ndarray, np.ndarray]:
+def held_out(split: str, n: int, task: str = 'shapes') -> Tuple[np.ndarray, np.ndarray]:
     """Images and class maps of the first ``n`` scenes of a held-out split."""
     pairs = split_seeds(split, n)
-    return make_batch([p[0] for p in pairs], [p[1] for p in pairs])
+    return make_batch([p[0] for p in pairs], [p[1] for p in pairs], task=task)
 
 
 def train_seeds(start: int, n: int) -> List[int]:
@@ -181,3 +281,75 @@ def train_seeds(start: int, n: int) -> List[int]:
     if start < TRAIN_SEED0 or start + n > TRAIN_SEED_END:
         raise ValueError('training seeds must lie in [0, 1_000_000)')
     return list(range(start, start + n))
+
+
+# --- Out-of-distribution sets (the unknown flag) ----------------------------------------------
+
+#: Natural photos of ``skimage.data`` that ship with scikit-image (no download).
+PHOTOS = ('astronaut', 'coffee', 'chelsea', 'rocket', 'camera', 'coins', 'moon', 'clock',
+          'hubble_deep_field', 'immunohistochemistry', 'retina', 'grass', 'gravel', 'brick',
+          'cat', 'page', 'text')
+OOD_SETS = ('photos', 'blurred', 'low_contrast', 'unseen_shapes')
+#: First seed of each OOD set: held-out (bench, tests) and validation (calibration checks).
+OOD_HELD_OUT_SEED0 = 7_000_000
+OOD_VAL_SEED0 = 2_000_000
+OOD_BLUR = (1.8, 3.0)          # training blur sigma is at most 1.2 ('shapes'; 'sizes': 0.7)
+OOD_CONTRAST = (0.12, 0.3)     # training contrast is at least 0.45 ('shapes'; 'sizes': 0.7)
+
+
+def _photo(name: str) -> np.ndarray:
+    from skimage import data
+    a = getattr(data, name)()
+    if a.ndim == 2:
+        a = np.repeat(a[..., None], 3, axis=2)
+    return np.ascontiguousarray(a[..., :3]).astype(np.uint8)
+
+
+def photo_crop(seed: int, max_side: int = 128) -> Tuple[np.ndarray, str]:
+    """Return a random crop (square, 4:3 or 3:4) of a photo of :data:`PHOTOS` and its name.
+
+    The crop is resized so that its longer side is ``max_side``.
+    """
+    from skimage.transform import resize
+    rng = np.random.default_rng(int(seed))
+    name = PHOTOS[int(rng.integers(0, len(PHOTOS)))]
+    a = _photo(name)
+    H, W = a.shape[:2]
+    ratio = (1.0, 4 / 3, 3 / 4)[int(rng.integers(0, 3))]
+    h = int(rng.uniform(0.35, 1.0) * min(H, W / ratio))
+    w = min(int(h * ratio), W)
+    y0, x0 = int(rng.integers(0, H - h + 1)), int(rng.integers(0, W - w + 1))
+    crop = a[y0:y0 + h, x0:x0 + w]
+    sc = max_side / max(h, w)
+    out = resize(crop, (max(int(round(h * sc)), 1), max(int(round(w * sc)), 1)),
+                 anti_aliasing=True, preserve_range=True)
+    return np.clip(out + 0.5, 0, 255).astype(np.uint8), name
+
+
+def ood_set(name: str, n: int, held_out: bool = True, task: str = 'shapes'
+            ) -> List[np.ndarray]:
+    """``n`` frames of an out-of-distribution set (held-out seeds, or validation seeds).
+
+    - ``photos``: crops of real photos (:func:`photo_crop`), 128 px on the longer side;
+    - ``blurred``: scenes of any difficulty with Gaussian blur sigma in ``OOD_BLUR``;
+    - ``low_contrast``: scenes with shape contrast in ``OOD_CONTRAST``;
+    - ``unseen_shapes``: scenes whose shapes are all :data:`UNSEEN_SHAPES`.
+    """
+    if name not in OOD_SETS:
+        raise ValueError(f'unknown OOD set {name!r}; expected one of {OOD_SETS}')
+    seed0 = (OOD_HELD_OUT_SEED0 if held_out else OOD_VAL_SEED0) + 100_000 * OOD_SETS.index(name)
+    out = []
+    for i in range(n):
+        seed, d = seed0 + i, (i * 0.618034) % 1.0
+        u = np.random.default_rng([seed, 7]).uniform()
+        if name == 'photos':
+            out.append(photo_crop(seed)[0])
+        elif name == 'blurred':
+            out.append(make_scene(seed, d, task=task, blur=OOD_BLUR[0] + u * (
+                OOD_BLUR[1] - OOD_BLUR[0]))[0])
+        elif name == 'low_contrast':
+            out.append(make_scene(seed, d, task=task, contrast=OOD_CONTRAST[0] + u * (
+                OOD_CONTRAST[1] - OOD_CONTRAST[0]))[0])
+        else:
+            out.append(make_scene(seed, d, task=task, shapes=UNSEEN_SHAPES)[0])
+    return out

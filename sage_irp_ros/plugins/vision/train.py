@@ -35,7 +35,13 @@ import torch
 import torch.nn.functional as F
 
 from sage_irp_ros.plugins.vision import scenes
-from sage_irp_ros.plugins.vision.evaluate import miou, per_step_outputs, simulate_halting
+from sage_irp_ros.plugins.vision import unknown as unk
+from sage_irp_ros.plugins.vision.evaluate import (
+    halting_features,
+    miou,
+    per_step_outputs,
+    simulate_halting,
+)
 from sage_irp_ros.plugins.vision.model import (
     VisionConfig,
     VisionIRPNet,
@@ -85,6 +91,75 @@ def tune_halting(stats, gts: np.ndarray, cfg: VisionConfig, tol: float):
             'miou_early': best[4], 'miou_full': full}
 
 
+FIT_SEED0 = 900_000  # in-distribution frames of the training range for the unknown detector
+
+
+def _halting_args(cfg: VisionConfig):
+    return (cfg.confident_frac if cfg.confident_frac > 0 else None,
+            cfg.eps * math.log(cfg.num_classes), cfg.K, cfg.uncertain_p)
+
+
+def fit_unknown(net: VisionIRPNet, n_fit: int, n_val: int, quantile: float,
+                components=unk.DEFAULT_COMPONENTS):
+    """Fit the unknown detector on training-range frames, threshold on validation frames.
+
+    Both sets are in-distribution (``scenes.make_scene``), each frame taken at the step where
+    the tuned halting stops it. Returns the detector and the validation scores.
+    """
+    cfg = net.cfg
+    imgs, gts = scenes.make_batch(range(FIT_SEED0, FIT_SEED0 + n_fit), task=cfg.task)
+    hf = halting_features(net, imgs, *_halting_args(cfg))
+    det = unk.fit(torch.from_numpy(hf['feats']), unk.cell_labels(gts, cfg.latent_stride),
+                  cfg.num_classes, components, energy=torch.from_numpy(hf['energy']))
+    vimgs, _ = scenes.make_batch(range(scenes.VAL_SEED0, scenes.VAL_SEED0 + n_val),
+                                 task=cfg.task)
+    vf = halting_features(net, vimgs, *_halting_args(cfg))
+    vs = det.score_parts(det.frame_parts(torch.from_numpy(vf['feats']),
+                                         energy=torch.from_numpy(vf['energy']))).numpy()
+    unk.calibrate(det, vs, quantile)
+    return det, vs
+
+
+def _unknown_record(det, val_scores, args) -> dict:
+    return {'threshold': det.threshold, 'quantile': det.quantile,
+            'components': list(det.components), 'norm': {k: list(v) for k, v in det.norm.items()},
+            'fit': f'training-range seeds {FIT_SEED0}..{FIT_SEED0 + args.n_fit - 1} at their '
+                   'halting step',
+            'calibration': f'validation seeds {scenes.VAL_SEED0}..'
+                           f'{scenes.VAL_SEED0 + args.n_val - 1}',
+            'val_flag_rate': float(np.mean(np.asarray(val_scores) > det.threshold))}
+
+
+def _components(args):
+    parts = tuple(p.strip() for p in args.unknown_components.split(',') if p.strip())
+    bad = set(parts) - set(unk.ALL_PARTS)
+    if bad or not parts:
+        raise SystemExit(f'--unknown-components: unknown parts {sorted(bad)}')
+    return parts
+
+
+def refit_unknown(args, argv) -> int:
+    """``--refit-unknown CKPT``: fit the detector again and rewrite the checkpoint in place."""
+    import json
+
+    from sage_irp_ros.plugins.vision.model import load_checkpoint
+    torch.set_num_threads(args.threads)
+    net, extra = load_checkpoint(args.refit_unknown)
+    det, vs = fit_unknown(net, args.n_fit, args.n_val, args.unknown_quantile,
+                          _components(args))
+    rec = _unknown_record(det, vs, args)
+    rec['command'] = 'python -m sage_irp_ros.plugins.vision.train ' + ' '.join(
+        sys.argv[1:] if argv is None else argv)
+    extra = dict(extra, unknown=det.to_dict())
+    save_checkpoint(args.refit_unknown, net, extra=extra)
+    jpath = os.path.splitext(args.refit_unknown)[0] + '.json'
+    record = json.load(open(jpath)) if os.path.exists(jpath) else {}
+    record['unknown'] = rec
+    write_json(jpath, record)
+    print(f'[train] unknown detector refitted: {rec}', flush=True)
+    return 0
+
+
 def held_out_report(net: VisionIRPNet, n: int):
     """Batched held-out figures (step 0, all steps, halting as configured) per split."""
     cfg = net.cfg
@@ -93,7 +168,7 @@ def held_out_report(net: VisionIRPNet, n: int):
     allp = {'step0': [], 'full': [], 'early': []}
     allg, alls = [], []
     for split in ('easy', 'hard'):
-        imgs, gts = scenes.held_out(split, n)
+        imgs, gts = scenes.held_out(split, n, cfg.task)
         st = per_step_outputs(net, imgs, sm, cfg.uncertain_p)
         steps = simulate_halting(st['energy'], st['uncertain'], sm, cfg.confident_frac,
                                  cfg.eps * math.log(C), cfg.K)
@@ -126,7 +201,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument('--batch', type=int, default=32)
     ap.add_argument('--n-train', type=int, default=12000)
     ap.add_argument('--n-val', type=int, default=300)
-    ap.add_argument('--n-heldout', type=int, default=200, help='held-out scenes per split')
+    ap.add_argument('--n-heldout', type=int, default=200,
+                    help='held-out scenes per split for the record (0: none, for pilots)')
     ap.add_argument('--lr', type=float, default=3e-3)
     ap.add_argument('--difficulty-power', type=float, default=1.0,
                     help='training difficulty d = u ** p with u ~ U(0, 1) (p < 1 draws more hard '
@@ -138,14 +214,36 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument('--norm-all', action='store_true', help='GroupNorm after every encoder stage')
     ap.add_argument('--latent-stride', type=int, default=4, choices=(2, 4),
                     help='4: 16x16 latent, 2: 32x32 latent')
+    ap.add_argument('--task', default='shapes', choices=scenes.TASKS,
+                    help="scene generator: 'shapes' (committed model) or 'sizes' (difficulty = "
+                         'shape size)')
+    ap.add_argument('--refiner', default='dilated', choices=('dilated', 'conv2', 'local'),
+                    help="the step's second conv: 'local' 1x1 (reach +4 px a step), "
+                         "'conv2' 3x3 (+8 px), 'dilated' 3x3 dilation 2 (+12 px)")
+    ap.add_argument('--ref-hidden', type=int, default=0, help='hidden channels of the step')
+    ap.add_argument('--t-min', type=int, default=1,
+                    help='unrolled steps per batch T ~ U{t_min..steps_max}')
     ap.add_argument('--max-minutes', type=float, default=11.0,
                     help='wall-clock cap: training stops early (recorded) so that the whole '
                          'run, evaluation included, ends within about this time')
     ap.add_argument('--tol', type=float, default=0.004,
                     help='relative validation mIoU loss allowed when tuning halting')
+    ap.add_argument('--n-fit', type=int, default=800,
+                    help='training-range frames the unknown detector is fitted on')
+    ap.add_argument('--unknown-quantile', type=float, default=0.98,
+                    help='unknown threshold: this quantile of validation (in-distribution) '
+                         'scores')
+    ap.add_argument('--unknown-components', default=','.join(unk.DEFAULT_COMPONENTS),
+                    help=f'parts of the unknown score, comma-separated, of {unk.ALL_PARTS}')
+    ap.add_argument('--refit-unknown', metavar='CKPT', default=None,
+                    help='only (re)fit the unknown detector of an existing checkpoint and '
+                         'rewrite it and its JSON record in place (no training)')
     args = ap.parse_args(argv)
+    if args.refit_unknown:
+        return refit_unknown(args, argv)
     if args.quick:
         args.iters, args.batch, args.n_train, args.n_val, args.n_heldout = 6, 8, 64, 16, 8
+        args.n_fit = 32
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
@@ -153,7 +251,8 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     cfg = VisionConfig(steps_max=args.steps_max, latent_channels=args.channels,
                        skip_channels=args.skip_channels, latent_stride=args.latent_stride,
-                       enc_dilated=args.enc_dilated, norm_all=args.norm_all)
+                       enc_dilated=args.enc_dilated, norm_all=args.norm_all,
+                       refiner=args.refiner, ref_hidden=args.ref_hidden, task=args.task)
     net = VisionIRPNet(cfg)
     print(f'[train] {sum(p.numel() for p in net.parameters())} parameters, '
           f'{args.threads} threads, seed {args.seed}', flush=True)
@@ -166,7 +265,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         diffs = list(u ** args.difficulty_power)
         data_desc = ('scenes.make_scene(seed, d) for seeds 0..{} '
                      f'(difficulty d = u ** {args.difficulty_power}, u ~ U(0,1))')
-    imgs, gts = scenes.make_batch(tseeds, diffs)
+    imgs, gts = scenes.make_batch(tseeds, diffs, task=cfg.task)
     X = torch.from_numpy(imgs).permute(0, 3, 1, 2).contiguous()
     Y = torch.from_numpy(gts.astype(np.int64))
     print(f'[train] {args.n_train} training scenes in {time.perf_counter() - t0:.1f} s',
@@ -197,7 +296,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             g['lr'] = args.lr * min((it + 1) / warm, 0.5 * (1 + math.cos(math.pi * frac)))
         idx = torch.from_numpy(rng.integers(0, args.n_train, args.batch))
         x, y = _augment(X[idx].float() / 255.0, Y[idx], rng)
-        T = int(rng.integers(1, cfg.steps_max + 1))
+        T = int(rng.integers(min(args.t_min, cfg.steps_max), cfg.steps_max + 1))
         loss = deep_supervision_loss(net(x, T), y, cw)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -213,7 +312,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     t_train = time.perf_counter() - t0
 
     vpairs = [(scenes.VAL_SEED0 + i, None) for i in range(args.n_val)]
-    vimgs, vgts = scenes.make_batch([p[0] for p in vpairs])
+    vimgs, vgts = scenes.make_batch([p[0] for p in vpairs], task=cfg.task)
     vst = per_step_outputs(net, vimgs, cfg.steps_max, cfg.uncertain_p)
     tuned = tune_halting(vst, vgts, cfg, args.tol)
     cfg.confident_frac = tuned['confident_frac'] if tuned['confident_frac'] is not None else 0.0
@@ -222,7 +321,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     val_per_step = [round(miou(p, vgts, cfg.num_classes), 4) for p in vst['pred']]
     print(f'[train] validation mIoU per step: {val_per_step}', flush=True)
 
-    rep = held_out_report(net, args.n_heldout)
+    det, vs = fit_unknown(net, args.n_fit, args.n_val, args.unknown_quantile,
+                          _components(args))
+    unknown_rec = _unknown_record(det, vs, args)
+    print(f'[train] unknown detector: {unknown_rec}', flush=True)
+
+    # --n-heldout 0: pilot runs that must not see held-out data (selection is on validation)
+    rep = held_out_report(net, args.n_heldout) if args.n_heldout > 0 else {}
     print(f'[train] held-out (batched, n={args.n_heldout}/split): '
           f'{ {k: v for k, v in rep.items() if k != "n_per_split"} }', flush=True)
     cmd = 'python -m sage_irp_ros.plugins.vision.train ' + ' '.join(
@@ -238,15 +343,17 @@ def main(argv: Optional[List[str]] = None) -> int:
             'optimizer': 'Adam, linear warm-up 5 %, cosine decay, grad-norm clip 1.0',
             'loss': 'sum_t w_t * CE(decode(z_t), y; class weights '
                     f'{list(CLASS_WEIGHTS)}), w_t ~ 1 + t/T normalised, '
-                    'T ~ U{1..steps_max} per batch',
+                    f'T ~ U{{{args.t_min}..steps_max}} per batch',
             'halting_tuning': f'validation seeds {scenes.VAL_SEED0}..'
                               f'{scenes.VAL_SEED0 + args.n_val - 1}, tol {args.tol}',
         },
         'validation': {'tuned': tuned, 'miou_per_step': val_per_step},
         'held_out_batched': rep,
         'quick': bool(args.quick),
+        'unknown': unknown_rec,
     }
-    save_checkpoint(args.out, net, extra={'seed': args.seed, 'quick': bool(args.quick)})
+    save_checkpoint(args.out, net, extra={'seed': args.seed, 'quick': bool(args.quick),
+                                          'unknown': det.to_dict()})
     write_json(os.path.splitext(args.out)[0] + '.json', record)
     print(f'[train] wrote {args.out} ({os.path.getsize(args.out) / 1e6:.2f} MB) in '
           f'{time.perf_counter() - t0:.0f} s', flush=True)
