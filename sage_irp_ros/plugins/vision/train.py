@@ -18,6 +18,12 @@ Afterwards the halting thresholds (``confident_frac``, ``eps``, ``K``) are chose
 validation mIoU stays within ``--tol`` (relative) of running every step. The held-out splits are
 then evaluated once for the record written next to the weights (``<out>.json``).
 
+Then the unknown detector (``unknown.py``) is fitted on ``--n-fit`` in-distribution frames of the
+training seed range (``FIT_SEED0``) and its threshold set to the ``--unknown-quantile`` of the
+validation frames' scores; ``--refit-unknown CKPT`` does only this for an existing checkpoint.
+``--task`` picks the scene generator (``scenes.TASKS``) and ``--refiner`` the step's reach;
+``--n-heldout 0`` skips the held-out report (pilot runs choose on validation only).
+
 ``--quick`` trains a few iterations on a few scenes (seconds): for tests, not for use.
 """
 
