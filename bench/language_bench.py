@@ -31,8 +31,8 @@ accuracy against mean compute for every fixed number of passes ``k = 0..8`` (``i
 ``k`` steps, ``result``: no energy, no halting checks) and for the adaptive rule (``stable``)
 with its thresholds swept (``stable_K`` 1-2, ``stable_eps`` 1e-4..3e-2); the operating point is
 the adaptive rule with its default thresholds (the node's default is two fixed passes since
-this comparison: docs/LANGUAGE.md). ``adaptive_gain_p`` is McNemar's test, token by token, of the adaptive
-run against the best fixed ``k`` at no more mean steps. PNGs go next to the JSON.
+this comparison: docs/LANGUAGE.md). ``adaptive_gain_p`` is McNemar's test, token by token, of
+the adaptive run against the best fixed ``k`` at no more mean steps. PNGs go next to the JSON.
 """
 
 import argparse
