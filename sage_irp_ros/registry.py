@@ -111,6 +111,10 @@ class DemoSpec:
     plot_steps:
         ``'module:function'``: ``plot_steps(ax, records, truth)`` draws steps per input on a
         matplotlib axis from the plugin's telemetry records; None: a bar per run.
+    answer_topics:
+        The replayed topics whose every message triggers a run and so must be answered (the
+        goals); None: all of ``replay_topics``. Topics only kept by the node (a latched map, a
+        start pose) are replayed but not counted as inputs.
 
     """
 
@@ -119,6 +123,12 @@ class DemoSpec:
     truth_key: str
     score: str
     plot_steps: Optional[str] = None
+    answer_topics: Optional[Tuple[str, ...]] = None
+
+    @property
+    def input_topics(self) -> Tuple[str, ...]:
+        """The replayed topics whose every message asks for an answer (a run)."""
+        return self.replay_topics if self.answer_topics is None else self.answer_topics
 
 
 @dataclass(frozen=True)
@@ -303,6 +313,13 @@ BUILTIN: Tuple[PluginSpec, ...] = (
                       description='rviz markers of the path (and iterates); only while '
                                   'subscribed')),
         devices=('cpu', 'cuda'), precisions=('fp32',),
+        demo=DemoSpec(replay_topics=('/map', '/start_pose', '/goal_pose'),
+                      answer_topics=('/goal_pose',),
+                      record_topics=('/control/plan', '/control/plan_status',
+                                     '/control/plan_markers'),
+                      truth_key='control_goals',
+                      score='sage_irp_ros.plugins.control.demo:score',
+                      plot_steps='sage_irp_ros.plugins.control.demo:plot_steps'),
         bench=('bench/control_bench.py',)),
 )
 

@@ -147,3 +147,20 @@ def test_a_price_too_high_for_every_grant_is_re_measured(ros):
         assert node.counters.steps_total > 0
     finally:
         node.destroy_node()
+
+
+def test_a_zero_grant_re_measures_a_price_too_high_too(ros):
+    """The orchestrator grants 0 to a plugin whose price it cannot pay: that starves it too."""
+    from sage_irp_ros.core import StepCostMeter
+    from sage_irp_ros.msg import BudgetGrant
+    node = make_node(ros, input_topic='/in4')
+    try:
+        node.cost = StepCostMeter(initial_ms=1e6)  # as if measured under a heavy load
+        node._on_grant(BudgetGrant(plugin=node.entity_id, cycle=1, atp_granted=0.0))
+        for i in range(3):
+            node._on_input('input', Float32MultiArray(data=[float(i), 1.0, 2.0, 0.5]))
+            assert wait_for(lambda i=i: node.counters.runs == i + 1, 10)
+        assert node.counters.steps_total == 0
+        assert node.cost.per_step_ms < 100  # re-measured after the third
+    finally:
+        node.destroy_node()

@@ -189,6 +189,6 @@ def expected_inputs(plugins: Sequence[PluginSpec], truth: dict) -> Dict[str, int
 
 def sent_inputs(plugins: Sequence[PluginSpec], messages: Dict[str, int],
                 default: Optional[int] = 0) -> Dict[str, int]:
-    """Return each plugin's inputs: the messages replayed on its ``replay_topics`` (summed)."""
-    return {s.name: sum(messages.get(t, default) for t in s.demo.replay_topics)
+    """Return each plugin's inputs: the messages replayed on its ``demo.input_topics``."""
+    return {s.name: sum(messages.get(t, default) for t in s.demo.input_topics)
             for s in plugins}

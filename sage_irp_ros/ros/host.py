@@ -95,7 +95,8 @@ _RELIABILITY = {
 class HostCounters:
     """What a plugin node has seen and done since it started."""
 
-    received: int = 0
+    received: int = 0  # messages on inputs that trigger runs
+    kept: int = 0  # messages on inputs that are only kept (a map, a pose)
     dropped_stale: int = 0
     bad_input: int = 0
     runs: int = 0
@@ -510,10 +511,11 @@ class IRPNodeHost(ManagedNode):
         trigger = self.spec.port(port).trigger
         now = time.perf_counter()
         with self._lock:
-            self.counters.received += 1
             self._latest[port] = msg
             if trigger == registry.TRIGGER_NONE:
+                self.counters.kept += 1
                 return
+            self.counters.received += 1
             if trigger == registry.TRIGGER_NEWEST:
                 stale = [i for i in self._queue if i.trigger == port]
                 for i in stale:
@@ -626,11 +628,13 @@ class IRPNodeHost(ManagedNode):
 
         The price only learns from steps that run: one measured too high (say, at a start-up
         while other nodes loaded on the same cores) would starve the plugin for good. After
-        ``STARVED_RUNS`` runs in a row that had ATP but could not pay one step, a few real
-        steps on the current input re-measure it.
+        ``STARVED_RUNS`` runs in a row that could not pay one step on a limited budget, a few
+        real steps on the current input re-measure the prices. A grant of zero counts too: the
+        orchestrator grants nothing to a plugin whose input and one step cost more than it can
+        give, which is what a price measured far too high looks like from there.
         """
         starved = (trace.steps == 0 and trace.halt_reason == 'budget'
-                   and budget.granted > 0 and not budget.unlimited)
+                   and not budget.unlimited)
         self._starved = self._starved + 1 if starved else 0
         if self._starved < self.STARVED_RUNS:
             return

@@ -31,14 +31,21 @@ def stamp_ns(header) -> int:
 
 
 def score(recorded: Dict[str, list], truth: dict) -> dict:
-    """Score the answers: goals whose status matches the truth's expectation (first answer)."""
+    """Score the answers: goals whose status matches the truth's expectation (first answer).
+
+    ``answered`` counts the goals a run answered (feasible or infeasible); a refused goal
+    (unreachable, in an obstacle, bad input) is answered by a status too, but the node counts
+    it as bad input, so the demo's bookkeeping counts it there. The quality covers all goals.
+    """
     goals = {g['stamp_ns']: g for g in truth['control']['goals']}
-    answered, right, ratios, clear = set(), 0, [], []
+    answered, seen, right, ratios, clear = set(), set(), 0, [], []
     for _, m in recorded.get(STATUS_TOPIC, []):
         t = stamp_ns(m.header)
-        if t not in goals or t in answered:
+        if t not in goals or t in seen:
             continue
-        answered.add(t)
+        seen.add(t)
+        if m.status in ('feasible', 'infeasible'):
+            answered.add(t)
         g = goals[t]
         right += int(m.status == g['expect'])
         if m.feasible and g.get('astar_length'):
