@@ -199,6 +199,8 @@ class IRPNodeHost(ManagedNode):
         self._grant: Optional[HeldGrant] = None
         self._worker: Optional[threading.Thread] = None
         self._subs: list = []
+        self._triggers = {p.name: p.trigger for p in self.spec.inputs}
+        self._queue_depths: Dict[str, int] = {}
         self._run_timer = None
         self._pubs: list = []
         self.outputs: Dict[str, Any] = {}
@@ -410,6 +412,8 @@ class IRPNodeHost(ManagedNode):
         self._subs.append(self.create_subscription(BudgetGrant, BUDGET_TOPIC, self._on_grant,
                                                    10))
         described = []
+        self._queue_depths = {p.name: self.get_parameter(f'{p.name}_qos_depth').value
+                              for p in self.spec.inputs}
         for port in self.spec.inputs:
             topic = self.get_parameter(f'{port.name}_topic').value
             qos = self.input_qos(port.name)
@@ -508,7 +512,7 @@ class IRPNodeHost(ManagedNode):
     # -------------------------------------------------------------------------- inputs
 
     def _on_input(self, port: str, msg) -> None:
-        trigger = self.spec.port(port).trigger
+        trigger = self._triggers[port]
         now = time.perf_counter()
         with self._lock:
             self._latest[port] = msg
@@ -521,8 +525,7 @@ class IRPNodeHost(ManagedNode):
                 for i in stale:
                     self._queue.remove(i)
                 self.counters.dropped_stale += len(stale)
-            elif len([i for i in self._queue if i.trigger == port]) >= \
-                    self.get_parameter(f'{port}_qos_depth').value:
+            elif sum(i.trigger == port for i in self._queue) >= self._queue_depths[port]:
                 oldest = next(i for i in self._queue if i.trigger == port)
                 self._queue.remove(oldest)
                 self.counters.dropped_stale += 1
