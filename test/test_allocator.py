@@ -2,6 +2,7 @@
 
 import json
 import math
+import os
 
 import pytest
 from hypothesis import given, settings
@@ -239,3 +240,23 @@ def test_least_grants_never_overallocate_and_are_useful(plugins, total):
         assert v >= -1e-12
         assert v <= 1e-9 or v >= min(plugins[n][2], plugins[n][1]) - 1e-6 or \
             v >= plugins[n][2] - 1e-6
+
+
+@pytest.mark.parametrize('entry', [{'score': float('nan'), 'runs': 3},
+                                   {'score': -0.2, 'runs': 3}, {'score': 1.5, 'runs': 1},
+                                   {'score': 0.5, 'runs': -1}, {'score': 'high', 'runs': 1}])
+def test_a_damaged_trust_file_is_refused_clearly(tmp_path, entry):
+    path = tmp_path / 'trust.json'
+    path.write_text(json.dumps({'version': 1, 'plugins': {'/a': entry}}))
+    with pytest.raises(ValueError, match=f'cannot read trust file {path}.*/a'):
+        TrustBook(path=str(path))
+
+
+def test_saving_leaves_no_temp_file_behind(tmp_path):
+    book = TrustBook(path=str(tmp_path / 'trust.json'))
+    book.update('/a', 0.9)
+    book.save()
+    book.entries['/a'].score = float('nan')  # cannot be written as JSON
+    with pytest.raises(ValueError):
+        book.save()
+    assert sorted(os.listdir(tmp_path)) == ['trust.json']

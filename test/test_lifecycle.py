@@ -195,3 +195,21 @@ def test_orchestrator_is_managed_too(ros, tmp_path):
     finally:
         plugin.destroy_node()
         orch.destroy_node()
+
+
+def test_orchestrator_sets_a_damaged_trust_file_aside(ros, tmp_path):
+    from sage_irp_ros.ros.orchestrator_node import OrchestratorNode
+    path = tmp_path / 'trust.json'
+    path.write_text('{"version": 1, "plugins": {"/a": {"score": NaN, "runs": 2}}}')
+    orch = managed(ros, OrchestratorNode, trust_file=str(path))
+    try:
+        assert orch.trigger_configure() == SUCCESS and orch.trigger_activate() == SUCCESS
+        assert orch.trust.entries == {}
+        assert (tmp_path / 'trust.json.bad').exists() and not path.exists()
+        orch.trust.update('/b', 0.8)
+        orch._dirty = True
+        orch._maybe_save(time.monotonic(), force=True)  # saving works again
+        assert json.loads(path.read_text())['plugins']['/b']['runs'] == 1
+        assert sorted(os.listdir(tmp_path)) == ['trust.json', 'trust.json.bad']
+    finally:
+        orch.destroy_node()

@@ -260,20 +260,36 @@ class TrustBook:
             return
         folder = os.path.dirname(os.path.abspath(path))
         os.makedirs(folder, exist_ok=True)
+        text = json.dumps(self.to_json(), indent=1, allow_nan=False)  # raises before any file
         fd, tmp = tempfile.mkstemp(prefix='.trust-', dir=folder)
-        with os.fdopen(fd, 'w', encoding='utf-8') as f:
-            json.dump(self.to_json(), f, indent=1, allow_nan=False)
-        os.replace(tmp, path)
+        try:
+            with os.fdopen(fd, 'w', encoding='utf-8') as f:
+                f.write(text)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
 
     def load(self, path: str) -> None:
-        """Load a saved book; a corrupt file raises ValueError naming it."""
+        """Load a saved book; a corrupt file raises ValueError naming it and what is wrong.
+
+        Every score must be a finite number in [0, 1] and every run count an integer >= 0: a
+        NaN, an infinity or a value out of range is an error, not a value to clip.
+        """
         try:
             with open(path, encoding='utf-8') as f:
                 data = json.load(f)
-            self.entries = {n: TrustEntry(score=min(max(float(v['score']), 0.0), 1.0),
-                                          runs=int(v['runs']))
-                            for n, v in data['plugins'].items()}
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+            entries = {}
+            for n, v in data['plugins'].items():
+                score, runs = v['score'], v['runs']
+                if not (isinstance(score, (int, float)) and math.isfinite(score)
+                        and 0.0 <= score <= 1.0):
+                    raise ValueError(f'plugin {n!r}: score {v["score"]!r} is not in [0, 1]')
+                if not (isinstance(runs, int) and runs >= 0):
+                    raise ValueError(f'plugin {n!r}: runs {runs!r} is not an integer >= 0')
+                entries[n] = TrustEntry(score=float(score), runs=runs)
+            self.entries = entries
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             raise ValueError(f'cannot read trust file {path}: {exc}') from exc
 
 

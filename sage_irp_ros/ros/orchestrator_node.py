@@ -92,7 +92,14 @@ class OrchestratorNode(ManagedNode):
         try:
             self.trust = TrustBook(alpha=self.get_parameter('trust_alpha').value, path=path)
         except ValueError as exc:
-            self.get_logger().error(f'{exc}; starting with fresh trust')
+            aside = f'{path}.bad'
+            try:
+                os.replace(path, aside)
+            except OSError:
+                aside = None
+            self.get_logger().error(
+                f'{exc}; starting with fresh trust' + (f' (the file is kept as {aside})'
+                                                       if aside else ''))
             self.trust = TrustBook(alpha=self.get_parameter('trust_alpha').value)
             self.trust.path = path
         if self.trust.entries:
@@ -193,7 +200,7 @@ class OrchestratorNode(ManagedNode):
         if self._dirty and (force or now - self._last_save > 1.0):
             try:
                 self.trust.save()
-            except OSError as exc:
+            except (OSError, ValueError) as exc:
                 self.get_logger().error(f'cannot save trust to {self.trust.path}: {exc}')
             self._dirty = False
             self._last_save = now
