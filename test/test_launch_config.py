@@ -119,8 +119,15 @@ def test_launch_file_runs_the_plan(monkeypatch):
     assert ov['/**/vision_irp_node']['ros__parameters']['device'] == 'cuda'
 
 
+def load_config():
+    """Return config/sage_irp.yaml by node name (its keys are ``/**/<node>``: any namespace)."""
+    raw = yaml.safe_load(open(CONFIG))
+    assert all(k.startswith('/**/') for k in raw), 'sections must match in any namespace'
+    return {k[len('/**/'):]: v for k, v in raw.items()}
+
+
 def test_config_sections_match_node_names_and_declared_parameters():
-    cfg = yaml.safe_load(open(CONFIG))
+    cfg = load_config()
     classes = {s.node_name: s.node for s in registry.specs()}
     classes[launch_plan.ORCHESTRATOR[1]] = 'sage_irp_ros.ros.orchestrator_node:OrchestratorNode'
     assert set(cfg) <= set(classes), set(cfg) - set(classes)
@@ -141,10 +148,32 @@ def test_config_sections_match_node_names_and_declared_parameters():
         rclpy.try_shutdown(context=ctx)
 
 
+def test_config_applies_in_a_namespace():
+    """``namespace:=robot1`` (launch) or ``__ns:=/robot1``: the config's values still apply."""
+    from rclpy.parameter import Parameter
+
+    from sage_irp_ros.plugins.vision.node import VisionIRPNode
+    cfg = load_config()
+    ctx = rclpy.Context()
+    rclpy.init(context=ctx, args=['--ros-args', '--params-file', CONFIG])
+    try:
+        node = VisionIRPNode(context=ctx, namespace='robot1',
+                             parameter_overrides=[Parameter('autostart', value=False)])
+        try:
+            assert node.get_fully_qualified_name() == '/robot1/vision_irp_node'
+            want = cfg['vision_irp_node']['ros__parameters']['input_topic']
+            assert want != registry.get('vision').port('input').topic  # not the default
+            assert node.get_parameter('input_topic').value == want
+        finally:
+            node.destroy_node()
+    finally:
+        rclpy.try_shutdown(context=ctx)
+
+
 def test_rviz_config_shows_topics_the_nodes_publish():
     rviz = yaml.safe_load(open(os.path.join(ROOT, 'config', 'sage_irp.rviz')))
     displays = rviz['Visualization Manager']['Displays']
-    cfg = yaml.safe_load(open(CONFIG))
+    cfg = load_config()
     vision = cfg['vision_irp_node']['ros__parameters']
     published = {'/' + vision['output_topic'], '/' + vision['overlay_topic'],
                  '/' + vision['input_topic'], '/irp/markers'}
