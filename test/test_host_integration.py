@@ -118,3 +118,17 @@ def test_sigint_shuts_down_cleanly(node_process):
     assert wait_for(lambda: 'ready' in node.log(), 15), node.log()
     assert node.stop(timeout=10) == 0
     assert 'Traceback' not in node.log()
+
+
+def test_a_second_sigint_during_shutdown_is_harmless(node_process):
+    """Ctrl-C under ``ros2 launch``: launch and the terminal both send SIGINT, close together."""
+    import signal
+    import time
+    for _ in range(3):
+        node = node_process(MODULE)
+        assert wait_for(lambda node=node: 'ready' in node.log(), 15), node.log()
+        node.proc.send_signal(signal.SIGINT)
+        time.sleep(0.005)
+        node.proc.send_signal(signal.SIGINT)
+        assert node.stop(timeout=10) == 0, node.log()
+        assert 'Traceback' not in node.log() and 'KeyboardInterrupt' not in node.log()

@@ -13,6 +13,7 @@ Usage: ``sage_irp_all [--plugins vision,language] [--no-orchestrator] [--ros-arg
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from typing import List, Optional
 
@@ -21,6 +22,7 @@ from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 
 from sage_irp_ros import registry
+from sage_irp_ros.ros.host import StopOnSignal, init_without_signal_handlers
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -39,7 +41,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         names = registry.parse_list(opts.plugins)
     except KeyError as exc:
         parser.error(str(exc.args[0]))
-    rclpy.init(args=argv)
+    init_without_signal_handlers(argv)
+    stop = StopOnSignal()
     log = rclpy.logging.get_logger('sage_irp_all')
     factories = [] if opts.no_orchestrator else [
         ('orchestrator', 'sage_irp_ros.ros.orchestrator_node:OrchestratorNode')]
@@ -57,10 +60,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         executor = MultiThreadedExecutor(num_threads=opts.threads or len(nodes) + 1)
         for node in nodes:
             executor.add_node(node)
-        executor.spin()
+        stop.spin(executor, rclpy.get_default_context())
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)  # tidying up is not to be interrupted
         for node in nodes:
             node.destroy_node()
         rclpy.try_shutdown()

@@ -33,6 +33,7 @@ from __future__ import annotations
 import collections
 import importlib
 import math
+import signal
 import threading
 import time
 from dataclasses import asdict, dataclass
@@ -46,7 +47,7 @@ from rcl_interfaces.msg import (
     ParameterDescriptor,
     SetParametersResult,
 )
-from rclpy.executors import ExternalShutdownException
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import (
     DurabilityPolicy,
@@ -690,24 +691,65 @@ class IRPNodeHost(ManagedNode):
         self._diag_pub.publish(arr)
 
 
+class StopOnSignal:
+    """Turn the first SIGINT or SIGTERM into a stop request and ignore any that follow.
+
+    Under ``ros2 launch`` a Ctrl-C reaches a node twice (launch forwards it, and the terminal
+    sends it to the whole process group); a second signal must not interrupt the clean shutdown
+    the first one started. Python runs the handler between executor waits (``spin`` below waits
+    at most ``period`` s at a time), so no signal ever lands inside rclpy's C code.
+    """
+
+    def __init__(self):
+        """Install the handler for SIGINT and SIGTERM (main thread only)."""
+        self.requested = False
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        self.requested = True
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
+
+    def spin(self, executor, context, period: float = 0.1) -> None:
+        """Serve ``executor`` until a signal or the context's shutdown."""
+        while context.ok() and not self.requested:
+            executor.spin_once(timeout_sec=period)
+
+
+def init_without_signal_handlers(args=None) -> None:
+    """``rclpy.init`` without rclpy's own signal handlers (:class:`StopOnSignal` handles them)."""
+    try:
+        from rclpy.signals import SignalHandlerOptions
+    except ImportError:  # older rclpy: its handlers stay
+        rclpy.init(args=args)
+        return
+    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+
+
 def run_node(node_factory: Callable[[], Node], args=None) -> int:
-    """Run a node until SIGINT or external shutdown; clean up and return an exit code.
+    """Run a node until SIGINT, SIGTERM or external shutdown; clean up; return an exit code.
 
     A node that cannot start (its model does not load, a bad parameter) logs why and the
     process exits with 1.
     """
-    rclpy.init(args=args)
+    init_without_signal_handlers(args)
+    stop = StopOnSignal()
     node = None
     code = 0
     try:
         node = node_factory()
-        rclpy.spin(node)
+        executor = SingleThreadedExecutor()
+        executor.add_node(node)
+        stop.spin(executor, rclpy.get_default_context())
     except StartError as exc:
         rclpy.logging.get_logger('sage_irp_ros').error(str(exc))
         code = 1
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)  # tidying up is not to be interrupted
         if node is not None:
             node.destroy_node()
         rclpy.try_shutdown()
