@@ -164,3 +164,26 @@ def test_a_zero_grant_re_measures_a_price_too_high_too(ros):
         assert node.cost.per_step_ms < 100  # re-measured after the third
     finally:
         node.destroy_node()
+
+
+def test_a_stale_grant_gives_way_to_any_orchestrator_and_is_reported(ros):
+    from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+
+    from sage_irp_ros.msg import BudgetGrant
+    node = make_node(ros, input_topic='/in5', grant_timeout_s=0.2)
+    diags = ros.collect(DiagnosticArray, '/diagnostics')
+    try:
+        def grant(cycle):
+            node._on_grant(BudgetGrant(plugin=node.entity_id, cycle=cycle, atp_granted=9.0))
+        grant(100)
+        grant(5)  # an older cycle while the held grant is current: ignored
+        assert node._grant.cycle == 100
+        time.sleep(0.3)  # the orchestrator that numbered its cycles from 100 is gone
+        node._publish_diagnostics()
+        assert wait_for(lambda: any(
+            st.level == DiagnosticStatus.WARN and 'no current grant' in st.message
+            for a in diags for st in a.status), 5)
+        grant(5)  # another orchestrator, lower cycle numbers: followed at once
+        assert node._grant.cycle == 5
+    finally:
+        node.destroy_node()

@@ -213,3 +213,22 @@ def test_orchestrator_sets_a_damaged_trust_file_aside(ros, tmp_path):
         assert sorted(os.listdir(tmp_path)) == ['trust.json', 'trust.json.bad']
     finally:
         orch.destroy_node()
+
+
+def test_a_second_orchestrator_is_reported(ros, tmp_path):
+    from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+
+    from sage_irp_ros.ros.orchestrator_node import OrchestratorNode
+    diags = ros.collect(DiagnosticArray, '/diagnostics', 50)
+    params = {'diagnostics_period_s': 0.1, 'trust_file': ''}
+    a = managed(ros, OrchestratorNode, 'orch_a', **params)
+    b = managed(ros, OrchestratorNode, 'orch_b', **params)
+    try:
+        for o in (a, b):
+            assert o.trigger_configure() == SUCCESS and o.trigger_activate() == SUCCESS
+        assert wait_for(lambda: any(
+            st.level == DiagnosticStatus.ERROR and '2 orchestrators' in st.message
+            for arr in list(diags) for st in arr.status), 10)
+    finally:
+        a.destroy_node()
+        b.destroy_node()

@@ -490,13 +490,17 @@ class IRPNodeHost(ManagedNode):
             remaining = (dl_ns - self.get_clock().now().nanoseconds) * 1e-9
             deadline = time.perf_counter() + remaining
         now = time.monotonic()
+        timeout = self.get_parameter('grant_timeout_s').value
         with self._lock:
             self.counters.grants += 1
             cur = self._grant
             if cur is not None and msg.cycle == cur.cycle:
                 cur.budget.grant(msg.atp_granted, msg.step_cap, deadline)  # top-up, mid-run
                 cur.received_at, cur.trust_weight = now, msg.trust_weight
-            elif cur is None or msg.cycle > cur.cycle:
+            elif cur is None or msg.cycle > cur.cycle or now - cur.received_at > timeout:
+                # A newer cycle; or, once the held grant is stale, any cycle: an orchestrator
+                # that numbers its cycles lower (another one, after the newer one died) is
+                # followed at once instead of being ignored until it catches up.
                 self._grant = HeldGrant(msg.cycle, Budget(msg.atp_granted, msg.step_cap,
                                                           deadline), now, msg.trust_weight)
 
@@ -676,6 +680,14 @@ class IRPNodeHost(ManagedNode):
         level, message = DiagnosticStatus.OK, state
         if c['plugin_errors'] or c['telemetry_rejected']:
             level, message = DiagnosticStatus.WARN, 'plugin errors or rejected telemetry'
+        with self._lock:
+            g = self._grant
+        stale = g is not None and (time.monotonic() - g.received_at
+                                   > self.get_parameter('grant_timeout_s').value)
+        if stale and level == DiagnosticStatus.OK and state == 'active':
+            level, message = DiagnosticStatus.WARN, (
+                'no current grant from the orchestrator: runs use the default budget')
+        c['grant'] = 'none yet' if g is None else ('stale' if stale else f'cycle {g.cycle}')
         if self.last_transition_error:
             level, message = DiagnosticStatus.ERROR, self.last_transition_error
         status = DiagnosticStatus(level=level, name=f'{self.entity_id}: irp host',

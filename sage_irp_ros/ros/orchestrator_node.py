@@ -119,6 +119,7 @@ class OrchestratorNode(ManagedNode):
         self._diag_pub = self.create_publisher(DiagnosticArray, DIAGNOSTICS_TOPIC, 10)
         self._marker_pub = self.create_publisher(MarkerArray, MARKERS_TOPIC, 10)
         self._pubs = [self._grant_pub, self._diag_pub, self._marker_pub]
+        self._warned_rivals = False
 
     def activate_node(self) -> None:
         """Read telemetry, start the cycle and diagnostics timers."""
@@ -213,8 +214,17 @@ class OrchestratorNode(ManagedNode):
                                level=DiagnosticStatus.OK if not a.overallocations
                                else DiagnosticStatus.ERROR,
                                message=f'{len(a.plugins)} plugins')
+        granting = self.count_publishers(BUDGET_TOPIC)
+        if granting > 1:  # every orchestrator grants its whole total: the plugins get more
+            top.level = DiagnosticStatus.ERROR
+            top.message = (f'{granting} orchestrators publish grants on '
+                           f'{self.resolve_topic_name(BUDGET_TOPIC)}: run one per robot')
+            if not self._warned_rivals:
+                self.get_logger().error(top.message)
+                self._warned_rivals = True
         top.values = [KeyValue(key=k, value=str(v)) for k, v in (
             ('cycle', a.cycle), ('overallocations', a.overallocations),
+            ('orchestrators_granting', granting),
             ('regranted_atp_total', round(a.regranted_total, 6)),
             ('overhead_ms_per_cycle', round(self.overhead_ms, 4)))]
         arr.status.append(top)
