@@ -126,7 +126,7 @@ def test_zero_budget_leaves_masks(plugin):
 
 
 def test_too_long_input_is_rejected(plugin):
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=f'at most {plugin.net.cfg.max_len} per utterance'):
         plugin.init_state(' '.join(['word'] * (plugin.net.cfg.max_len + 1)))
     with pytest.raises(ValueError):
         plugin.init_state(b'bytes [MASK]')
@@ -201,3 +201,12 @@ def test_a_model_trained_without_self_conditioning_is_refused_clearly(tmp_path):
     assert train.main(['--quick', '--out', str(tmp_path), '--steps', '2', '--self-cond', '0']) == 0
     with pytest.raises(ValueError, match='self-conditioned'):
         LanguageIRP.from_files(str(tmp_path / 'language_mlm.pt'), str(tmp_path / 'tokenizer.json'))
+
+
+def test_adjacent_masks_come_back_as_separate_words(plugin):
+    res = refine(plugin, 'put the [MASK][MASK][MASK] away', None, config=plugin.halt_config())
+    words = res.output.split(' ')
+    assert words[:2] == ['put', 'the'] and words[-1] == 'away'
+    assert len(words) == 6 and '[MASK]' not in res.output  # three fills, three words
+    res = refine(plugin, '[MASK][MASK]', None, config=plugin.halt_config())
+    assert len(res.output.split(' ')) == 2

@@ -5,7 +5,9 @@ missing token: one word (``don't`` and ``robot's`` are one word) or one punctuat
 of ``n`` dropped words is marked by the sender with ``n`` masks (``"put the [MASK] [MASK] on
 the table"``). Everything that is not a mask is kept verbatim in the output (case, spacing,
 punctuation, words outside the vocabulary); only the masks are replaced, each by a lower-case
-vocabulary word. Text without a mask is returned unchanged after zero steps.
+vocabulary word (masks written back to back, ``[MASK][MASK]``, or glued to a word are separate
+words: their fills are kept apart by a space). Text without a mask is returned unchanged after
+zero steps.
 """
 
 from __future__ import annotations
@@ -150,9 +152,11 @@ class LanguageIRP(IRPPlugin):
             raise ValueError(f'expected a str, got {type(x0).__name__}')
         spans = words(x0)
         if len(spans) > self.net.cfg.max_len:
-            raise ValueError(f'{len(spans)} tokens exceed max_len={self.net.cfg.max_len}')
+            raise ValueError(f'{len(spans)} tokens (words and punctuation marks): the model '
+                             f'takes at most {self.net.cfg.max_len} per utterance')
         masked = [i for i, (t, _, _) in enumerate(spans) if t == MASK_TEXT]
         meta = {'text': x0, 'spans': [(a, b) for _, a, b in spans], 'masked': masked,
+                'masked_set': frozenset(masked),
                 'nll': np.full(len(masked), self.log_v), 'filled': False, 'dmeaning': []}
         ids = torch.tensor([self.vocab.encode([t for t, _, _ in spans])], dtype=torch.long,
                            device=self.device)
@@ -226,8 +230,19 @@ class LanguageIRP(IRPPlugin):
         out, last = [], 0
         for i, word in zip(state.meta['masked'], self.filled_tokens(state), strict=True):
             a, b = spans[i]
-            out.append(text[last:a])
+            between = text[last:a]
+            out.append(between)
+            # Masks written back to back ("[MASK][MASK]") are separate words: keep them apart
+            # (and from a word glued to the mask) with a space, unless one of them is a
+            # punctuation mark.
+            before = ''.join(out)[-1:]
+            if before and not before.isspace() and _wordlike(before) and _wordlike(word):
+                out.append(' ')
             out.append(word)
+            after = text[b:b + 1]
+            if after and _wordlike(after) and _wordlike(word) and not (
+                    i + 1 in state.meta['masked_set'] and spans[i + 1][0] == b):
+                out.append(' ')
             last = b
         out.append(text[last:])
         return ''.join(out)
@@ -240,6 +255,11 @@ class LanguageIRP(IRPPlugin):
             with torch.inference_mode():
                 return self._meaning(state.payload).cpu().numpy().astype(np.float32)
         return state.meta['meaning'].cpu().numpy().astype(np.float32)
+
+
+def _wordlike(s: str) -> bool:
+    """Return True for text that starts with a letter or digit (a word, not punctuation)."""
+    return bool(s) and s[0].isalnum()
 
 
 def load_default(device: str = 'cpu', precision: str = 'fp32', **kwargs: Any) -> LanguageIRP:
