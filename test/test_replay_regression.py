@@ -137,3 +137,24 @@ def test_replay_regression_against_golden(tmp_path):
     for name in ('energy_traces.png', 'steps_per_input.png', 'budget_trust.png',
                  'overlays.png'):
         assert (out / name).stat().st_size > 1000, name
+
+
+def test_replay_waits_for_a_late_subscriber_by_default(tmp_path):
+    """No flag: the replay holds its first message until the (late) recorder has matched."""
+    summary = str(tmp_path / 'rec.json')
+    rep = subprocess.Popen([sys.executable, '-m', 'sage_irp_ros.tools.replay', BAG, '--rate',
+                            '8', '--topics', '/speech/text', '--quiet'], cwd=ROOT, env=_env(),
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    time.sleep(1.0)  # the recorder starts a second after the replay
+    rec = subprocess.Popen([sys.executable, '-m', 'sage_irp_ros.tools.record',
+                            str(tmp_path / 'late'), '/speech/text', '--summary-json', summary],
+                           cwd=ROOT, env=_env(), stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True)
+    try:
+        assert rep.wait(timeout=60) == 0, rep.communicate()[0]
+        time.sleep(0.5)
+    finally:
+        rec.send_signal(signal.SIGINT)
+        log = rec.communicate(timeout=20)[0]
+    with open(summary) as f:
+        assert json.load(f)['messages'] == {'/speech/text': 20}, log

@@ -11,6 +11,10 @@ Usage::
 
     sage_irp_replay data/sample_bag --rate 2 --topics /camera/image_raw /speech/text
     python -m sage_irp_ros.tools.replay BAG [--rate R] [--loop [N]] [--wait-subscribers S]
+
+By default it waits up to 5 s for a subscriber on every topic before playing (the first messages
+would otherwise be published before anyone matched and be lost); ``--wait-subscribers 0`` plays
+at once.
 """
 
 from __future__ import annotations
@@ -25,6 +29,9 @@ from typing import Callable, Dict, Optional, Sequence
 from rosbags.rosbag2 import Reader
 
 from sage_irp_ros.tools.bagio import message_class, rclpy_qos
+
+#: Default wait for subscribers before playing (messages sent before a match are lost).
+WAIT_SUBSCRIBERS_S = 5.0
 
 
 @dataclass
@@ -50,7 +57,7 @@ def bag_topics(path: str) -> Dict[str, str]:
 
 
 def replay(node, path: str, *, rate: float = 1.0, topics: Optional[Sequence[str]] = None,
-           loop: int = 1, reliable: bool = False, wait_subscribers_s: float = 0.0,
+           loop: int = 1, reliable: bool = False, wait_subscribers_s: float = WAIT_SUBSCRIBERS_S,
            ack_timeout_s: float = 5.0,
            progress: Optional[Callable[[str, int], None]] = None,
            should_stop: Optional[Callable[[], bool]] = None) -> ReplayStats:
@@ -85,6 +92,11 @@ def replay(node, path: str, *, rate: float = 1.0, topics: Optional[Sequence[str]
             while (time.monotonic() < end
                    and any(p.get_subscription_count() == 0 for p in pubs.values())):
                 time.sleep(0.02)
+            idle = sorted(t for t, p in pubs.items() if p.get_subscription_count() == 0)
+            if idle:
+                node.get_logger().warning(
+                    f'no subscriber after {wait_subscribers_s:g} s on {", ".join(idle)}: '
+                    'playing anyway')
         t_start = time.monotonic()
         n = 0
         while loop <= 0 or n < loop:
@@ -132,8 +144,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help='play N times; --loop alone repeats until interrupted')
     ap.add_argument('--reliable', action='store_true',
                     help='publish every topic reliable (default: the QoS stored in the bag)')
-    ap.add_argument('--wait-subscribers', type=float, default=0.0, metavar='S',
-                    help='wait up to S seconds for a subscriber on every topic before playing')
+    ap.add_argument('--wait-subscribers', type=float, default=WAIT_SUBSCRIBERS_S, metavar='S',
+                    help='wait up to S seconds for a subscriber on every topic before playing '
+                         f'(default {WAIT_SUBSCRIBERS_S:g}; 0: play at once, and messages '
+                         'published before a subscriber matched are lost)')
     ap.add_argument('--summary-json', default=None,
                     help='write what was published (messages, bytes per topic) to this file')
     ap.add_argument('--quiet', action='store_true', help='no progress output')

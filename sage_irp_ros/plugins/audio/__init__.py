@@ -1,0 +1,1 @@
+"""Audio plugin: microphone speech enhanced by mask refinement, recognised, handed to language."""

@@ -1,0 +1,160 @@
+"""Train the enhancer (:class:`~sage_irp_ros.plugins.audio.model.MaskRefiner`) on CPU in minutes.
+
+Speech: flite / espeak-ng voices reading the language corpus' training split
+(:mod:`~sage_irp_ros.plugins.audio.speech`); noise: white, pink, brown, mains hum, babble of
+other training utterances and alsa-utils' recorded ``Noise.wav`` at SNRs of
+:data:`~sage_irp_ros.plugins.audio.dsp.TRAIN_SNRS` (the benchmark's 0/5/10/20 dB and its noise
+types are held out), plus clean speech (20 % of the items). The network is unrolled for
+``--unroll`` steps with the same weights; the loss is the compressed-magnitude error of every
+step's estimate plus the error head's regression onto the true log-spectral distance (dB) of
+every step's input estimate (the energy of the plugin).
+
+    python -m sage_irp_ros.plugins.audio.train --seed 0 --minutes 5
+
+writes ``weights/enhancer.pt`` and ``weights/enhancer.json`` (seed, command, figures).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+
+from sage_irp_ros.plugins.audio.dsp import HOP, N_FFT, RATE, TRAIN_NOISES, TRAIN_SNRS, mix
+from sage_irp_ros.plugins.audio.model import MaskRefiner, log_power
+from sage_irp_ros.plugins.audio.speech import make_speech
+
+WEIGHTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'weights')
+CLEAN_FRACTION = 0.2
+#: Floor of the log-spectral distance: powers 40 dB under the clean utterance's peak are equal.
+LSD_FLOOR = 1e-4
+
+
+def stft(x: torch.Tensor) -> torch.Tensor:
+    """Complex STFT (B, F, T) of waveforms (B, N)."""
+    return torch.stft(x, N_FFT, HOP, window=torch.hann_window(N_FFT), return_complex=True,
+                      center=True)
+
+
+def lsd_db(est_mag: torch.Tensor, clean_mag: torch.Tensor) -> torch.Tensor:
+    """Per-frame log-spectral distance (dB RMS over bins) of an estimate to the clean speech."""
+    ref = clean_mag.square().amax(dim=(1, 2), keepdim=True).clamp_min(1e-12) * LSD_FLOOR
+    d = 10 * torch.log10(est_mag.square() + ref) - 10 * torch.log10(clean_mag.square() + ref)
+    return d.square().mean(dim=1).sqrt()
+
+
+def make_item(rng, utts, seg):
+    """One training pair (noisy, clean) of ``seg`` samples."""
+    s = utts[int(rng.integers(len(utts)))]
+    if s.size < seg:
+        off = int(rng.integers(0, seg - s.size + 1))
+        s = np.pad(s, (off, seg - s.size - off))
+    else:
+        off = int(rng.integers(0, s.size - seg + 1))
+        s = s[off:off + seg]
+    s = s * float(rng.uniform(0.1, 1.6))
+    if rng.random() < CLEAN_FRACTION:
+        return s.astype(np.float32), s.astype(np.float32)
+    kind = rng.choice(list(TRAIN_NOISES) + ['babble'])
+    if kind == 'babble':
+        n = sum(np.resize(utts[int(rng.integers(len(utts)))], seg) for _ in range(4))
+    else:
+        n = TRAIN_NOISES[kind](seg, rng)
+    noisy = mix(s, n, float(rng.choice(TRAIN_SNRS)) + float(rng.uniform(-1, 1)))
+    peak = float(np.abs(noisy).max())
+    if peak > 0.99:
+        noisy, s = noisy / peak * 0.99, s / peak * 0.99
+    return noisy.astype(np.float32), s.astype(np.float32)
+
+
+def run_steps(model, noisy, clean, unroll):
+    """Unroll the refiner; return (mask loss, error-head loss, final lsd)."""
+    X, S = stft(noisy), stft(clean)
+    xm, sm = X.abs(), S.abs()
+    scale = xm.amax(dim=(1, 2), keepdim=True).clamp_min(1e-8)
+    logx = log_power(xm)
+    mask = torch.ones_like(xm)
+    loss_m = loss_e = 0.0
+    for _ in range(unroll):
+        nxt, err = model(logx, mask)
+        true = lsd_db(mask.detach() * xm, sm)
+        loss_e = loss_e + (err - true).square().mean() / 25.0
+        loss_m = loss_m + ((nxt * xm / scale + 1e-8) ** 0.3
+                           - (sm / scale + 1e-8) ** 0.3).square().mean()
+        mask = nxt
+    err = model.error(logx, mask)
+    true = lsd_db(mask.detach() * xm, sm)
+    loss_e = loss_e + (err - true).square().mean() / 25.0
+    return loss_m / unroll, loss_e / (unroll + 1), true.mean().item()
+
+
+def main(argv=None) -> int:
+    """Train and write the weights with their seed and command."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument('--seed', type=int, default=0)
+    ap.add_argument('--minutes', type=float, default=5.0, help='training time budget')
+    ap.add_argument('--utterances', type=int, default=600)
+    ap.add_argument('--batch', type=int, default=16)
+    ap.add_argument('--seconds', type=float, default=2.5, help='segment length')
+    ap.add_argument('--unroll', type=int, default=4)
+    ap.add_argument('--hidden', type=int, default=96)
+    ap.add_argument('--lr', type=float, default=2e-3)
+    ap.add_argument('--out', default=WEIGHTS_DIR)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    torch.manual_seed(args.seed)
+    rng = np.random.default_rng(args.seed)
+    t0 = time.time()
+    data = make_speech(args.utterances, seed=args.seed)
+    utts = [x for _, _, x in data]
+    print(f'{len(utts)} utterances, {sum(u.size for u in utts) / RATE / 60:.1f} min of speech '
+          f'in {time.time() - t0:.0f} s', flush=True)
+    model = MaskRefiner(hidden=args.hidden)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
+    seg = int(args.seconds * RATE)
+    t_train = time.time()
+    budget = args.minutes * 60
+    it = 0
+    ema = None
+    while time.time() - t_train < budget:
+        frac = (time.time() - t_train) / budget
+        for g in opt.param_groups:
+            g['lr'] = args.lr * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0)))
+        pairs = [make_item(rng, utts, seg) for _ in range(args.batch)]
+        noisy = torch.from_numpy(np.stack([p[0] for p in pairs]))
+        clean = torch.from_numpy(np.stack([p[1] for p in pairs]))
+        lm, le, lsd = run_steps(model, noisy, clean, args.unroll)
+        loss = lm * 100 + le
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        it += 1
+        cur = (lm.item() * 100, le.item(), lsd)
+        ema = cur if ema is None else tuple(0.95 * a + 0.05 * b for a, b in zip(ema, cur))
+        if it % 50 == 0:
+            print(f'it {it} t {time.time() - t_train:.0f}s mask {ema[0]:.3f} err {ema[1]:.3f} '
+                  f'lsd {ema[2]:.2f} dB', flush=True)
+    os.makedirs(args.out, exist_ok=True)
+    torch.save(model.state_dict(), os.path.join(args.out, 'enhancer.pt'))
+    meta = {'seed': args.seed, 'command': 'python -m sage_irp_ros.plugins.audio.train '
+            + ' '.join(sys.argv[1:] if argv is None else argv),
+            'hidden': args.hidden, 'iterations': it, 'train_seconds': round(time.time() - t0),
+            'utterances': len(utts), 'final_loss_mask': round(ema[0], 4),
+            'final_loss_err': round(ema[1], 4), 'final_lsd_db': round(ema[2], 3),
+            'train_noises': sorted(TRAIN_NOISES) + ['babble'], 'train_snrs_db': TRAIN_SNRS,
+            'clean_fraction': CLEAN_FRACTION, 'torch': torch.__version__}
+    with open(os.path.join(args.out, 'enhancer.json'), 'w') as f:
+        json.dump(meta, f, indent=1)
+    print(json.dumps(meta))
+    return 0
+
+
+if __name__ == '__main__':
+    raise SystemExit(main())
