@@ -132,3 +132,30 @@ def test_a_second_sigint_during_shutdown_is_harmless(node_process):
         node.proc.send_signal(signal.SIGINT)
         assert node.stop(timeout=10) == 0, node.log()
         assert 'Traceback' not in node.log() and 'KeyboardInterrupt' not in node.log()
+
+
+def test_start_up_errors_are_one_line_naming_the_parameter(node_process, tmp_path):
+    garbage = tmp_path / 'garbage.pt'
+    garbage.write_bytes(b'not a checkpoint at all' * 10)
+    cases = [
+        ('sage_irp_ros.plugins.vision.node', {'model_path': str(garbage)}, 'model_path'),
+        ('sage_irp_ros.plugins.vision.node', {'model_path': str(tmp_path / 'none.pt')},
+         'model_path'),
+        ('sage_irp_ros.plugins.language.node', {'tokenizer_path': str(garbage)},
+         'tokenizer_path'),
+        ('sage_irp_ros.ros.orchestrator_node', {'period_s': -1.0}, 'period_s'),
+        (MODULE, {'input_qos_reliability': 'sometimes'}, 'input_qos_reliability'),
+    ]
+    procs = [(node_process(m, params), name) for m, params, name in cases]
+    for proc, name in procs:
+        assert proc.proc.wait(timeout=60) == 1, proc.log()
+        log = proc.log()
+        assert name in log and 'Traceback' not in log and 'weights_only' not in log, log
+        assert len([ln for ln in log.splitlines() if '[ERROR]' in ln]) <= 2, log
+
+
+def test_a_misspelled_parameter_is_named(node_process):
+    node = node_process(MODULE, {'deadline_msec': 5.0})
+    assert wait_for(lambda: 'ready' in node.log(), 15), node.log()
+    assert wait_for(lambda: 'deadline_msec' in node.log(), 5), node.log()
+    assert node.stop() == 0

@@ -33,6 +33,7 @@ from __future__ import annotations
 import collections
 import importlib
 import math
+import os
 import signal
 import threading
 import time
@@ -228,6 +229,22 @@ class IRPNodeHost(ManagedNode):
     def create_plugin(self) -> IRPPlugin:
         """Build the plugin on ``self.device`` at ``self.precision`` (called by configure)."""
         return self.spec.make_plugin(device=self.device, precision=self.precision)
+
+    def load_file_parameter(self, name: str, default: str, load: Callable[[str], Any]) -> Any:
+        """Load the file the parameter ``name`` names (``default`` when empty) with ``load``.
+
+        A missing or unreadable file fails with one line naming the parameter and the path.
+        """
+        path = self.get_parameter(name).value or default
+        if not os.path.isfile(path):
+            raise ValueError(f'{name}: no such file {path!r}')
+        try:
+            return load(path)
+        except Exception as exc:  # noqa: BLE001 - any loader error: say which parameter
+            # The loader's own text can be long advice that does not apply (torch suggests
+            # weights_only=False for a file that is simply not a checkpoint): name the error.
+            raise ValueError(f'{name}: cannot load {path!r} ({type(exc).__name__}): not a '
+                             'file this plugin can read') from None
 
     def decode(self, msg) -> Tuple[Any, Optional[Mapping[str, Any]]]:
         """Turn the input message into ``(x0, ctx)``; raise ``InputError`` when it is unusable.
@@ -750,7 +767,12 @@ def run_node(node_factory: Callable[[], Node], args=None) -> int:
     node = None
     code = 0
     try:
-        node = node_factory()
+        try:
+            node = node_factory()
+        except StartError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a bad parameter: one clear line, exit 1
+            raise StartError(f'could not start: {exc}') from None
         executor = SingleThreadedExecutor()
         executor.add_node(node)
         stop.spin(executor, rclpy.get_default_context())

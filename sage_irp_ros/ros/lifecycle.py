@@ -94,7 +94,24 @@ class ManagedNode(LifecycleNode):
 
     def on_configure(self, state) -> TransitionCallbackReturn:
         """Run ``configure_node``; undo with ``cleanup_node`` when it fails."""
-        return self._guarded('configure', self.configure_node, self.cleanup_node)
+        ret = self._guarded('configure', self.configure_node, self.cleanup_node)
+        if ret == SUCCESS:
+            self.warn_unknown_parameters()
+        return ret
+
+    def unknown_parameters(self) -> List[str]:
+        """Names a parameter file or ``-p`` sets for this node that it never declared."""
+        given = getattr(self, '_parameter_overrides', None) or {}
+        return sorted(n for n in given if not self.has_parameter(n)
+                      and not n.startswith('qos_overrides.'))
+
+    def warn_unknown_parameters(self) -> None:
+        """Log the parameters given to this node that it does not have (a misspelled key)."""
+        unknown = self.unknown_parameters()
+        if unknown:
+            self.get_logger().warning(
+                f'ignoring parameter(s) this node does not have: {", ".join(unknown)} '
+                '(misspelled? `ros2 param list` shows the real ones)')
 
     def on_activate(self, state) -> TransitionCallbackReturn:
         """Run ``activate_node``; undo with ``deactivate_node`` when it fails."""

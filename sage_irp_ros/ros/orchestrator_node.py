@@ -56,6 +56,8 @@ class OrchestratorNode(ManagedNode):
     def __init__(self, node_name: str = 'orchestrator_node', **kwargs):
         """Declare parameters; configure and activate at once unless ``autostart`` is false."""
         super().__init__(node_name, **kwargs)
+        self.alloc = None
+        self._pubs, self._active = [], []  # before anything can fail: tidying reads them
         p = self.declare_parameter
         p('period_s', 0.1, descriptor('Allocation cycle period, s', read_only=True,
                                        float_range=(0.001, 3600.0)))
@@ -80,8 +82,6 @@ class OrchestratorNode(ManagedNode):
         p('marker_frame', 'base_link', descriptor(
             'Frame of the irp/markers text (per-plugin trust, share, steps) for rviz',
             read_only=True))
-        self.alloc = None
-        self._pubs, self._active = [], []
         self.autostart()
 
     # ---------------------------------------------------------------------- lifecycle

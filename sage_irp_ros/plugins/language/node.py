@@ -13,6 +13,7 @@ from typing import Any, Mapping, Optional, Tuple
 import numpy as np
 from std_msgs.msg import Float32MultiArray, Header, String
 
+from sage_irp_ros.plugins.language.model import Vocab, load_checkpoint
 from sage_irp_ros.plugins.language.plugin import DEFAULT_TOKENIZER, DEFAULT_WEIGHTS, LanguageIRP
 from sage_irp_ros.ros import conversions
 from sage_irp_ros.ros.host import IRPNodeHost, descriptor, run_node
@@ -36,9 +37,10 @@ class LanguageIRPNode(IRPNodeHost):
 
     def create_plugin(self) -> LanguageIRP:
         """Load the model on ``self.device`` (fp32)."""
-        weights = self.get_parameter('model_path').value or DEFAULT_WEIGHTS
-        tokenizer = self.get_parameter('tokenizer_path').value or DEFAULT_TOKENIZER
-        return LanguageIRP.from_files(weights, tokenizer, device=self.device)
+        vocab = self.load_file_parameter('tokenizer_path', DEFAULT_TOKENIZER, Vocab.from_file)
+        net = self.load_file_parameter('model_path', DEFAULT_WEIGHTS,
+                                       lambda p: load_checkpoint(p)[0])
+        return LanguageIRP(net, vocab, device=self.device)
 
     def decode(self, msg) -> Tuple[Any, Optional[Mapping[str, Any]]]:
         """Check the text (non-empty, not oversize)."""

@@ -60,7 +60,9 @@ class VisionIRPNode(IRPNodeHost):
     def create_plugin(self) -> VisionIRP:
         """Load the model on the configured device and precision."""
         path = self.get_parameter('model_path').value or DEFAULT_WEIGHTS
-        plugin = VisionIRP.from_checkpoint(path, device=self.device, precision=self.precision)
+        plugin = self.load_file_parameter(
+            'model_path', DEFAULT_WEIGHTS,
+            lambda p: VisionIRP.from_checkpoint(p, device=self.device, precision=self.precision))
         names = [n for n in self.get_parameter('class_names').value if n]
         if names and len(names) != len(plugin.classes):
             raise ValueError(f'class_names has {len(names)} entries but the model has '
