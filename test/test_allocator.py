@@ -260,3 +260,14 @@ def test_saving_leaves_no_temp_file_behind(tmp_path):
     with pytest.raises(ValueError):
         book.save()
     assert sorted(os.listdir(tmp_path)) == ['trust.json']
+
+
+def test_heartbeats_keep_an_idle_plugin_allocated():
+    from sage_irp_ros.core.allocator import CycleAllocator
+    a = CycleAllocator(total=10.0, liveness_timeout=1.0)
+    a.heartbeat('/p', 'custom', now=0.0, least=3.0)
+    assert a.start_cycle(0.1)['/p'] >= 3.0          # joined before any run
+    for t in (0.9, 1.8, 2.7):                        # silent but alive
+        a.heartbeat('/p', 'custom', now=t)
+        assert '/p' in a.start_cycle(t + 0.05)
+    assert '/p' not in a.start_cycle(4.0)            # no heartbeat for 1.3 s: left

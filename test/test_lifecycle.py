@@ -232,3 +232,25 @@ def test_a_second_orchestrator_is_reported(ros, tmp_path):
     finally:
         a.destroy_node()
         b.destroy_node()
+
+
+def test_an_idle_plugin_stays_in_the_allocation_by_its_heartbeat(ros, tmp_path):
+    from sage_irp_ros.msg import BudgetGrant
+    from sage_irp_ros.ros.orchestrator_node import OrchestratorNode
+    grants = ros.collect(BudgetGrant, '/irp/budget', 100)
+    orch = managed(ros, OrchestratorNode, 'orch_hb', period_s=0.05, liveness_timeout_s=0.5,
+                   trust_file='')
+    plugin = ros.add_node(FixtureIRPNode('lc_idle', context=ros.context, parameter_overrides=[
+        Parameter('diagnostics_period_s', value=0.1)]))
+    try:
+        assert plugin.get_parameter('default_atp').value > 0  # bounded without a grant
+        assert orch.trigger_configure() == SUCCESS and orch.trigger_activate() == SUCCESS
+        # never ran an input: it joins by its heartbeat and is granted before its first input
+        assert wait_for(lambda: '/lc_idle' in orch.alloc.plugins, 5)
+        assert wait_for(lambda: any(g.plugin == '/lc_idle' and g.atp_granted > 0
+                                    for g in grants), 5)
+        time.sleep(1.0)  # twice the liveness timeout, still idle
+        assert '/lc_idle' in orch.alloc.plugins
+    finally:
+        plugin.destroy_node()
+        orch.destroy_node()

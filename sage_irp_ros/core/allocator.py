@@ -302,9 +302,10 @@ class PluginBook:
     """What the allocator knows of one plugin."""
 
     kind: str
-    last_seen: float
+    last_seen: float  # time of its latest run record
     need: float  # EMA of the ATP one run uses when it is not cut short by its budget
     least: float = 0.0  # ATP of one input and one step (run.atp_per_input + run.atp_per_step)
+    last_heard: float = -math.inf  # time of its latest heartbeat (its node's /diagnostics)
     runs_per_cycle: float = 1.0  # EMA of runs per cycle
     runs: int = 0
     errors: int = 0
@@ -368,7 +369,7 @@ class CycleAllocator:
     def start_cycle(self, now: float) -> Dict[str, float]:
         """Open the next cycle; return ``{name: grant}`` for every live plugin."""
         self.left = [n for n, b in self.plugins.items()
-                     if now - b.last_seen > self.liveness_timeout]
+                     if now - max(b.last_seen, b.last_heard) > self.liveness_timeout]
         for name in self.left:
             del self.plugins[name]
         for b in self.plugins.values():  # learn from the cycle that ends
@@ -389,6 +390,23 @@ class CycleAllocator:
             b.granted_total += b.granted
             grants[name] = b.granted
         return grants
+
+    def heartbeat(self, name: str, kind: str, now: float, least: float = 0.0) -> None:
+        """Note that plugin ``name`` is alive (its node reports), runs or not.
+
+        A plugin that has not run yet joins the allocation with its least useful grant
+        (``least``: the ATP of one input and one step, as its node reports its prices) as its
+        need, so its first input already runs on a grant; an idle plugin stays in it.
+        """
+        least = float(least) if math.isfinite(least) and least > 0 else 0.0
+        b = self.plugins.get(name)
+        if b is None:
+            b = self.plugins[name] = PluginBook(kind=kind, last_seen=-math.inf,
+                                                need=max(least, 1e-3))
+        b.last_heard = now
+        if least > 0:
+            b.least = max(b.least, least) if b.runs == 0 else b.least
+            b.need = max(b.need, b.least)
 
     def observe(self, name: str, kind: str, record: Mapping, now: float,
                 cycle: Optional[int] = None) -> Dict[str, float]:

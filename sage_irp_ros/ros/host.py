@@ -86,6 +86,12 @@ TELEMETRY_JSON_TOPIC = 'irp/telemetry_json'
 BUDGET_TOPIC = 'irp/budget'
 DIAGNOSTICS_TOPIC = '/diagnostics'
 TIMER_TRIGGER = 'timer'
+#: ATP per input without a current grant: bounded, so a plugin the orchestrator does not (or
+#: no longer) budget cannot run away with the machine (100 ms of compute per input).
+DEFAULT_ATP = 100.0
+#: A plugin node's /diagnostics status is named '<entity id>: irp host' (the orchestrator's
+#: heartbeat of it).
+HOST_STATUS_SUFFIX = ': irp host'
 
 _RELIABILITY = {
     'best_effort': ReliabilityPolicy.BEST_EFFORT,
@@ -300,9 +306,10 @@ class IRPNodeHost(ManagedNode):
         p('deadline_ms', 0.0, descriptor(
             'Wall-clock deadline per input from its arrival, ms; 0 = none',
             float_range=(0.0, 3.6e6)))
-        p('default_atp', 0.0, descriptor(
+        p('default_atp', DEFAULT_ATP, descriptor(
             'ATP per input when no orchestrator grant is current (1 ATP = 1 ms of measured '
-            'step cost); 0 = unlimited (max_steps still applies)', float_range=(0.0, 1e9)))
+            'compute: the input and its steps); 0 = unlimited (max_steps still applies)',
+            float_range=(0.0, 1e9)))
         p('grant_timeout_s', 2.0, descriptor(
             'A grant older than this is stale and the default budget applies',
             float_range=(0.01, 3600.0)))
@@ -707,9 +714,10 @@ class IRPNodeHost(ManagedNode):
         c['grant'] = 'none yet' if g is None else ('stale' if stale else f'cycle {g.cycle}')
         if self.last_transition_error:
             level, message = DiagnosticStatus.ERROR, self.last_transition_error
-        status = DiagnosticStatus(level=level, name=f'{self.entity_id}: irp host',
+        status = DiagnosticStatus(level=level, name=f'{self.entity_id}{HOST_STATUS_SUFFIX}',
                                   message=message, hardware_id=self.spec.kind)
         c['atp_per_step_ms'] = round(self.cost.per_step_ms, 6)
+        c['atp_per_input_ms'] = round(self.cost.per_input_ms, 6)
         c['last_halt_reason'] = last
         c['lifecycle_state'] = state
         c['device'] = self.device

@@ -30,6 +30,7 @@ from sage_irp_ros.ros.conversions import msg_to_record
 from sage_irp_ros.ros.host import (
     BUDGET_TOPIC,
     DIAGNOSTICS_TOPIC,
+    HOST_STATUS_SUFFIX,
     TELEMETRY_TOPIC,
     descriptor,
     run_node,
@@ -126,6 +127,8 @@ class OrchestratorNode(ManagedNode):
         qos = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
         self._active = [
             self.create_subscription(IRPTelemetry, TELEMETRY_TOPIC, self._on_telemetry, qos),
+            self.create_subscription(DiagnosticArray, DIAGNOSTICS_TOPIC, self._on_heartbeat,
+                                     QoSProfile(depth=50)),
             self.create_timer(self.get_parameter('period_s').value, self._on_cycle),
             self.create_timer(self.get_parameter('diagnostics_period_s').value,
                               self._publish_diagnostics)]
@@ -194,6 +197,26 @@ class OrchestratorNode(ManagedNode):
             self.get_logger().info(f'{name} ({msg.plugin}) joined the allocation')
         self._publish_grants(self.alloc.observe(name, msg.plugin, record, time.monotonic()))
         self._dirty = True
+
+    def _on_heartbeat(self, msg: DiagnosticArray) -> None:
+        """Every plugin node's /diagnostics is its heartbeat: alive plugins stay allocated."""
+        now = time.monotonic()
+        for st in msg.status:
+            if not st.name.endswith(HOST_STATUS_SUFFIX):
+                continue
+            values = {kv.key: kv.value for kv in st.values}
+            if values.get('lifecycle_state') != 'active':
+                continue
+            name = st.name[:-len(HOST_STATUS_SUFFIX)]
+            try:
+                least = float(values.get('atp_per_step_ms', 0)) + float(
+                    values.get('atp_per_input_ms', 0))
+            except ValueError:
+                least = 0.0
+            if name not in self.alloc.plugins:
+                self.get_logger().info(f'{name} ({st.hardware_id}) joined the allocation '
+                                       '(heartbeat)')
+            self.alloc.heartbeat(name, st.hardware_id, now, least)
 
     # ------------------------------------------------------------------------- health
 
