@@ -28,7 +28,7 @@ NPROC    := $(shell nproc 2>/dev/null || echo 2)
 # Debian packages the project needs (xmllint: package.xml checks in tests; wordnet-base and
 # fortunes: the language plugin's training and held-out text; flite: the speech of the sample
 # bag, tools/make_sample_bag.py).
-APT_PACKAGES := cmake g++ make libxml2-utils wordnet-base fortunes flite
+APT_PACKAGES := cmake g++ make libxml2-utils wordnet-base fortunes flite espeak-ng pocketsphinx-testdata alsa-utils
 
 # Stamp files: the venv's live in .venv, the build's in build/, so removing either resets them.
 REQ_STAMP     := $(VENV)/.requirements.stamp

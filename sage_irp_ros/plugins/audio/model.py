@@ -60,8 +60,10 @@ class MaskRefiner(nn.Module):
 
 
 def log_power(spec_mag: torch.Tensor) -> torch.Tensor:
-    """Normalised log-power of an STFT magnitude (B, F, T): 1 at the loudest bin of the
-    utterance, 0 at 40 dB below it, floored at 80 dB below (-1)."""
+    """Return the normalised log-power of an STFT magnitude (B, F, T).
+
+    1 at the loudest bin of the utterance, 0 at 40 dB below it, floored at 80 dB below (-1).
+    """
     p = spec_mag.square()
     ref = p.amax(dim=(1, 2), keepdim=True).clamp_min(1e-12)
     return torch.log10(p / ref + 1e-8) / 4.0 + 1.0

@@ -103,8 +103,9 @@ class AudioIRP(IRPPlugin):
                            center=True)
             mag = X.abs().unsqueeze(0)
             logx = log_power(mag)
+        enhance = bool((ctx or {}).get('enhance', True))
         return IRPState(payload=torch.ones_like(mag),
-                        meta={'X': X, 'logx': logx, 'n': x.size})
+                        meta={'X': X, 'logx': logx, 'n': x.size, 'enhance': enhance})
 
     def _trunk(self, state: IRPState) -> torch.Tensor:
         h = state.meta.get('_h')
@@ -132,7 +133,9 @@ class AudioIRP(IRPPlugin):
         return new
 
     def halt(self, state: IRPState, energies: list) -> Optional[str]:
-        """``confident`` once the predicted error is under ``halt_db``."""
+        """``confident`` once the predicted error is under ``halt_db`` (or enhancement is off)."""
+        if not state.meta.get('enhance', True):
+            return HALT_CONFIDENT
         return HALT_CONFIDENT if energies and energies[-1] <= self.halt_db else None
 
     def result(self, state: IRPState) -> Enhanced:
@@ -145,7 +148,7 @@ class AudioIRP(IRPPlugin):
                         mask_mean=float(state.payload.mean()), steps=state.step_idx)
 
     def energy_scale(self, e0: float) -> float:
-        """The slope rule is relative to E_0 (dB), at least 1 dB."""
+        """Make the slope rule relative to E_0 (dB), at least 1 dB."""
         return max(abs(e0), 1.0)
 
 

@@ -70,17 +70,17 @@ class Recogniser:
 
 
 def text_of(words: List[Word]) -> str:
-    """The transcript as a string."""
+    """Return the transcript as a string."""
     return ' '.join(w.word for w in words)
 
 
 def masked_text(words: List[Word], threshold: float, mask: str = '[MASK]') -> str:
-    """The transcript with every word under ``threshold`` confidence replaced by ``mask``."""
+    """Return the transcript, every word under ``threshold`` confidence as ``mask``."""
     return ' '.join(w.word if w.confidence >= threshold else mask for w in words)
 
 
 def recogniser_or_none(**kwargs) -> Optional[Recogniser]:
-    """A recogniser, or None when pocketsphinx is not installed."""
+    """Return a recogniser, or None when pocketsphinx is not installed."""
     try:
         return Recogniser(**kwargs)
     except ImportError:

@@ -22,7 +22,7 @@ ESPEAK_VOICES = ('en-us', 'en-gb', 'en-us+f3', 'en-gb+m3', 'en-us+f5')
 
 
 def have_tts() -> bool:
-    """True when flite (and espeak-ng) can be run."""
+    """Return True when flite (and espeak-ng) can be run."""
     return shutil.which('flite') is not None
 
 
@@ -44,7 +44,7 @@ def say(text: str, voice: str, tmpdir: str, rate_wpm: int = 160) -> np.ndarray:
 
 
 def voices() -> List[str]:
-    """The voices available on this machine."""
+    """Return the voices available on this machine."""
     out = [f'flite:{v}' for v in FLITE_VOICES]
     if shutil.which('espeak-ng'):
         out += [f'espeak:{v}' for v in ESPEAK_VOICES]

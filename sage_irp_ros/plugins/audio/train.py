@@ -137,7 +137,8 @@ def main(argv=None) -> int:
         opt.step()
         it += 1
         cur = (lm.item() * 100, le.item(), lsd)
-        ema = cur if ema is None else tuple(0.95 * a + 0.05 * b for a, b in zip(ema, cur))
+        ema = cur if ema is None else tuple(0.95 * a + 0.05 * b
+                                            for a, b in zip(ema, cur, strict=True))
         if it % 50 == 0:
             print(f'it {it} t {time.time() - t_train:.0f}s mask {ema[0]:.3f} err {ema[1]:.3f} '
                   f'lsd {ema[2]:.2f} dB', flush=True)

@@ -1,0 +1,140 @@
+"""Audio plugin without ROS: conversion, VAD segmentation, the enhancement IRP, recognition."""
+
+import json
+import os
+import shutil
+import tempfile
+
+import numpy as np
+import pytest
+
+from sage_irp_ros.core.loop import refine
+from sage_irp_ros.plugins.audio import dsp
+from sage_irp_ros.plugins.audio.dsp import RATE, AudioFormatError, mix, to_mono_16k
+
+pytestmark = pytest.mark.usefixtures('one_torch_thread')
+
+TESTDATA = '/usr/share/pocketsphinx/test/data'
+needs_flite = pytest.mark.skipif(shutil.which('flite') is None, reason='flite not installed')
+
+
+def flite(text, voice='slt'):
+    from sage_irp_ros.plugins.audio.speech import say
+    with tempfile.TemporaryDirectory() as tmp:
+        return say(text, f'flite:{voice}', tmp)
+
+
+@pytest.fixture(scope='module')
+def plugin():
+    from sage_irp_ros.plugins.audio.plugin import load_default
+    return load_default()
+
+
+@pytest.fixture(scope='module')
+def human():
+    """Held-out human speech (never trained on): a pocketsphinx-testdata recording."""
+    path = os.path.join(TESTDATA, 'librivox', 'sense_and_sensibility_01_austen_64kb-0880.wav')
+    if not os.path.exists(path):
+        pytest.skip('pocketsphinx-testdata not installed')
+    return dsp.read_wav(path)
+
+
+def test_conversion_downmixes_and_resamples():
+    t = np.arange(48000) / 48000
+    tone = np.sin(2 * np.pi * 440 * t)
+    stereo = np.stack([tone, tone], axis=1).ravel()
+    x = to_mono_16k((stereo * 16000).astype(np.int16), 48000, 2)
+    assert x.dtype == np.float32 and abs(x.size - 16000) <= 1
+    spec = np.abs(np.fft.rfft(x))
+    assert abs(np.argmax(spec) * RATE / x.size - 440) < 2
+    for args, text in [((np.zeros(3, np.int16), 16000, 2), 'multiple of 2'),
+                       ((np.zeros(4, np.int16), 0, 1), 'sample rate'),
+                       ((np.zeros(4, np.int16), 16000, 0), 'channel count'),
+                       ((np.array([np.nan, 0.0], np.float32), 16000, 1), 'not finite')]:
+        with pytest.raises(AudioFormatError, match=text):
+            to_mono_16k(*args)
+
+
+def test_mix_hits_the_snr():
+    rng = np.random.default_rng(0)
+    s = np.sin(np.arange(16000) * 0.05).astype(np.float32)
+    n = dsp.white(16000, rng)
+    y = mix(s, n, 5.0)
+    snr = 10 * np.log10(dsp.active_power(s) / np.mean((y - s) ** 2))
+    assert snr == pytest.approx(5.0, abs=0.1)
+
+
+@needs_flite
+def test_vad_finds_the_utterance_and_silence_costs_almost_nothing():
+    from sage_irp_ros.plugins.audio.vad import Segmenter, segment_all
+    sp = flite('go forward two meters')
+    x = np.concatenate([np.zeros(RATE), sp, np.zeros(RATE)])
+    utts = segment_all(x, chunk=777)
+    assert len(utts) == 1 and utts[0].cut == 'silence'
+    start = utts[0].start_sample / RATE
+    assert 0.6 < start < 1.3 and abs(utts[0].seconds - sp.size / RATE) < 0.8
+    seg = Segmenter()
+    assert seg.feed(np.zeros(5 * RATE, np.float32)) == []
+    assert seg.windows_run == 0 and seg.windows_gated > 100  # digital silence: no network run
+    # the stream stops mid-utterance: flush hands over what there is
+    seg = Segmenter()
+    seg.feed(np.concatenate([np.zeros(RATE // 2), sp[:sp.size // 2 + 10]]).astype(np.float32))
+    assert seg.in_speech
+    out = seg.flush()
+    assert len(out) == 1 and out[0].cut == 'flush' and not seg.in_speech
+
+
+def test_weights_are_committed_with_seed_and_command():
+    from sage_irp_ros.plugins.audio.plugin import DEFAULT_WEIGHTS
+    meta = json.load(open(os.path.splitext(DEFAULT_WEIGHTS)[0] + '.json'))
+    assert meta['seed'] == 0 and 'sage_irp_ros.plugins.audio.train' in meta['command']
+    assert os.path.getsize(DEFAULT_WEIGHTS) < 5e6
+
+
+def test_energy_tracks_the_error_on_held_out_speech_and_noise(plugin, human):
+    """Energy (predicted dB error) rises with the noise; held-out speech and noise type."""
+    rng = np.random.default_rng(1)
+    noise = dsp.engine(human.size, rng)
+    e = [plugin.energy(plugin.init_state(mix(human, noise, snr)))
+         for snr in (np.inf, 20, 10, 5, 0)]
+    assert all(a < b for a, b in zip(e, e[1:], strict=False)), e
+    assert e[0] <= plugin.halt_db
+
+
+def test_clean_halts_at_once_noisy_refines_and_gets_closer(plugin, human):
+    import torch
+
+    from sage_irp_ros.plugins.audio.train import lsd_db, stft
+    clean = refine(plugin, human, None, config=plugin.halt_config())
+    assert clean.trace.steps == 0 and clean.trace.halt_reason == 'confident'
+    assert np.allclose(clean.output.samples, human, atol=1e-3)
+    noisy = mix(human, dsp.engine(human.size, np.random.default_rng(2)), 5.0)
+    run = refine(plugin, noisy, None, config=plugin.halt_config())
+    assert run.trace.steps >= 1
+    assert run.trace.energies[-1] < run.trace.energies[0]
+
+    def lsd(y):
+        return lsd_db(stft(torch.from_numpy(y)[None]).abs(),
+                      stft(torch.from_numpy(human)[None]).abs()).mean().item()
+    assert lsd(run.output.samples) < lsd(noisy)
+
+
+def test_refuses_unusable_utterances(plugin):
+    with pytest.raises(ValueError, match='too short'):
+        plugin.init_state(np.zeros(100, np.float32))
+    with pytest.raises(ValueError, match='not finite'):
+        plugin.init_state(np.full(4000, np.nan, np.float32))
+
+
+def test_recogniser_words_timing_confidence_and_masking():
+    path = os.path.join(TESTDATA, 'cards', '001.wav')
+    if not os.path.exists(path):
+        pytest.skip('pocketsphinx-testdata not installed')
+    from sage_irp_ros.plugins.audio.recognize import Recogniser, masked_text, text_of
+    words = Recogniser()(dsp.read_wav(path))
+    assert 'clubs' in text_of(words)
+    assert all(0 <= w.start < w.end <= 1.2 and 0 <= w.confidence <= 1 for w in words)
+    assert [w.start for w in words] == sorted(w.start for w in words)
+    masked = masked_text(words, 1.01)
+    assert masked.split() == ['[MASK]'] * len(words)
+    assert masked_text(words, 0.0) == text_of(words)
