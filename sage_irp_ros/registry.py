@@ -321,6 +321,29 @@ BUILTIN: Tuple[PluginSpec, ...] = (
                       score='sage_irp_ros.plugins.control.demo:score',
                       plot_steps='sage_irp_ros.plugins.control.demo:plot_steps'),
         bench=('bench/control_bench.py',)),
+    PluginSpec(
+        name='audio', kind='audio',
+        description='microphone speech enhanced by mask refinement, recognised (pocketsphinx); '
+                    'low-confidence words masked for the language node',
+        node='sage_irp_ros.plugins.audio.node:AudioIRPNode',
+        executable='audio_irp_node', node_name='audio_irp_node',
+        plugin='sage_irp_ros.plugins.audio.plugin:load_default',
+        inputs=(Port('input', 'std_msgs/msg/Int16MultiArray', 'audio/raw', qos=QOS_SENSOR,
+                     trigger=TRIGGER_EACH, depth=100, required=False,
+                     description='microphone chunks, interleaved int16 at the sample_rate and '
+                                 'channels parameters'),
+                Port('stamped', 'sage_irp_ros/msg/AudioChunk', 'audio/stamped', qos=QOS_SENSOR,
+                     trigger=TRIGGER_EACH, depth=100, required=False,
+                     description='microphone chunks with their capture time, rate, channels '
+                                 'and encoding')),
+        outputs=(Port('output', 'sage_irp_ros/msg/Transcript', 'speech/transcript',
+                      description='words with confidence and timing, enhancement steps'),
+                 Port('text', _STRING, 'speech/transcript_text', description='the transcript'),
+                 Port('masked', _STRING, 'speech/text',
+                      description='the transcript, low-confidence words as [MASK] (the '
+                                  'language node\'s input)')),
+        devices=('cpu',), precisions=('fp32',),
+        bench=('bench/audio_bench.py',)),
 )
 
 _extra: Dict[str, PluginSpec] = {}

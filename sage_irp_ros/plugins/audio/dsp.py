@@ -33,8 +33,14 @@ class AudioFormatError(ValueError):
 def to_mono_16k(samples: np.ndarray, rate: int, channels: int) -> np.ndarray:
     """Interleaved int16 (or float) samples at ``rate`` with ``channels`` -> mono float32 16 kHz.
 
-    Channels are averaged (downmix); the rate is converted by polyphase resampling.
+    Channels are averaged (downmix); the rate is converted by polyphase resampling (a whole
+    recording; a stream of chunks uses :class:`StreamResampler`).
     """
+    return resample(downmix(samples, rate, channels), int(rate), RATE)
+
+
+def downmix(samples: np.ndarray, rate: int, channels: int) -> np.ndarray:
+    """Check the format and average the interleaved channels: mono float32 at ``rate``."""
     if not 1000 <= int(rate) <= 384000:
         raise AudioFormatError(f'sample rate {rate} Hz is outside 1000 .. 384000 Hz')
     if not 1 <= int(channels) <= 32:
@@ -50,7 +56,38 @@ def to_mono_16k(samples: np.ndarray, rate: int, channels: int) -> np.ndarray:
         raise AudioFormatError(f'{x.size} samples is not a multiple of {channels} channels')
     if channels > 1:
         x = x.reshape(-1, channels).mean(axis=1)
-    return resample(x, int(rate), RATE)
+    return x
+
+
+class StreamResampler:
+    """Polyphase resampling of a stream of chunks without edge clicks at chunk boundaries.
+
+    Each call resamples the new samples with ``pad`` samples of context on both sides (the last
+    ``pad`` input samples wait for the next chunk: a latency of ``pad / rate_in``).
+    """
+
+    def __init__(self, rate_in: int, rate_out: int = RATE):
+        f = Fraction(rate_out, rate_in).limit_denominator(1000)
+        self.up, self.down = f.numerator, f.denominator
+        self.rate_in = rate_in
+        k = int(math.ceil(40 * max(self.up, self.down) / (self.up * self.down))) + 4
+        self.pad = self.down * k
+        self._buf = np.zeros(self.pad, np.float32)  # emitted context, then waiting samples
+
+    def process(self, x: np.ndarray) -> np.ndarray:
+        """Return the resampled samples that are ready (mono float32)."""
+        if self.up == self.down:
+            return np.asarray(x, np.float32)
+        b = np.concatenate([self._buf, np.asarray(x, np.float32)])
+        m = ((b.size - 2 * self.pad) // self.down) * self.down
+        if m <= 0:
+            self._buf = b
+            return np.zeros(0, np.float32)
+        y = resample_poly(b[:m + 2 * self.pad], self.up, self.down)
+        lo = self.pad * self.up // self.down
+        out = y[lo:lo + m * self.up // self.down].astype(np.float32)
+        self._buf = b[m:]
+        return out
 
 
 def resample(x: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:
