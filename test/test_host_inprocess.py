@@ -187,3 +187,21 @@ def test_a_stale_grant_gives_way_to_any_orchestrator_and_is_reported(ros):
         assert node._grant.cycle == 5
     finally:
         node.destroy_node()
+
+
+def test_messages_lost_in_transport_are_counted(ros):
+    from types import SimpleNamespace
+
+    from diagnostic_msgs.msg import DiagnosticArray
+    node = make_node(ros, input_topic='/in6')
+    diags = ros.collect(DiagnosticArray, '/diagnostics')
+    try:
+        # what the middleware's message-lost event hands the subscription's callback
+        node._on_lost('input', SimpleNamespace(total_count=3, total_count_change=3))
+        node._on_lost('input', SimpleNamespace(total_count=3, total_count_change=0))
+        assert node.counters.lost_in_transport == 3
+        node._publish_diagnostics()
+        assert wait_for(lambda: any(kv.key == 'lost_in_transport' and kv.value == '3'
+                                    for a in diags for st in a.status for kv in st.values), 5)
+    finally:
+        node.destroy_node()

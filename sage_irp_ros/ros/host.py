@@ -105,6 +105,7 @@ class HostCounters:
 
     received: int = 0  # messages on inputs that trigger runs
     kept: int = 0  # messages on inputs that are only kept (a map, a pose)
+    lost_in_transport: int = 0  # messages the middleware reports lost before they arrived
     dropped_stale: int = 0
     bad_input: int = 0
     runs: int = 0
@@ -446,7 +447,8 @@ class IRPNodeHost(ManagedNode):
                 message_class(port.msg_type), topic,
                 lambda msg, name=port.name: self._on_input(name, msg), qos,
                 event_callbacks=SubscriptionEventCallbacks(
-                    incompatible_qos=self._on_incompatible_qos)))
+                    incompatible_qos=self._on_incompatible_qos,
+                    message_lost=lambda info, name=port.name: self._on_lost(name, info))))
             described.append(f'{self.resolve_topic_name(topic)} [{port.msg_type}, '
                              f'{qos.reliability.name.lower()}, depth {qos.depth}, '
                              f'trigger {port.trigger}]')
@@ -562,6 +564,17 @@ class IRPNodeHost(ManagedNode):
             if self._busy and self.get_parameter('preempt').value:
                 self._cancel.set()
             self._wake.notify()
+
+    def _on_lost(self, port: str, info) -> None:
+        """Count what the middleware lost before it reached this node (QoS message-lost)."""
+        n = int(getattr(info, 'total_count_change', 0) or 0)
+        if n <= 0:
+            return
+        with self._lock:
+            self.counters.lost_in_transport += n
+        self.get_logger().warning(
+            f'{n} message(s) lost in transport on {self.get_parameter(f"{port}_topic").value} '
+            f'({self.counters.lost_in_transport} so far)', throttle_duration_sec=5.0)
 
     def _on_run_timer(self) -> None:
         with self._lock:
