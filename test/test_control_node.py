@@ -46,6 +46,7 @@ def block_map():
 def node(ros):
     n = ros.add_node(ControlIRPNode(context=ros.context, parameter_overrides=[
         Parameter('preempt', value=True), Parameter('publish_iterates', value=True),
+        Parameter('default_atp', value=0.0),  # no orchestrator: unlimited runs
         Parameter('output_topic', value='control/plan'),
         Parameter('status_topic', value='control/plan_status'),
         Parameter('markers_topic', value='control/plan_markers')]))

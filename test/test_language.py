@@ -126,8 +126,8 @@ def test_zero_budget_leaves_masks(plugin):
 
 
 def test_too_long_input_is_rejected(plugin):
-    with pytest.raises(ValueError, match=f'at most {plugin.net.cfg.max_len} per utterance'):
-        plugin.init_state(' '.join(['word'] * (plugin.net.cfg.max_len + 1)))
+    with pytest.raises(ValueError, match=f'at most {plugin.MAX_TOKENS} per utterance'):
+        plugin.init_state(' '.join(['word'] * (plugin.MAX_TOKENS + 1)))
     with pytest.raises(ValueError):
         plugin.init_state(b'bytes [MASK]')
 
@@ -210,3 +210,24 @@ def test_adjacent_masks_come_back_as_separate_words(plugin):
     assert len(words) == 6 and '[MASK]' not in res.output  # three fills, three words
     res = refine(plugin, '[MASK][MASK]', None, config=plugin.halt_config())
     assert len(res.output.split(' ')) == 2
+
+
+def test_long_text_is_read_in_windows(plugin):
+    """Past the model's 32 positions: overlapping windows, every mask filled, the rest kept."""
+    rng = np.random.default_rng(3)
+    base = ('the robot moves the red box to the table near the door and then it goes back '
+            'to the kitchen where the cup is on the shelf').split()
+    toks = [base[i % len(base)] for i in range(110)]
+    masked_at = sorted(rng.choice(len(toks), 12, replace=False).tolist())
+    for i in masked_at:
+        toks[i] = '[MASK]'
+    text = ' '.join(toks)
+    state = plugin.init_state(text)
+    assert state.meta['win'].shape[0] > 1 and int(state.meta['sel'].sum()) == 12
+    res = refine(plugin, text, None, config=plugin.halt_config())
+    out = res.output.split(' ')
+    assert len(out) == len(toks) and '[MASK]' not in res.output
+    assert all(o == t for o, t in zip(out, toks, strict=True) if t != '[MASK]')
+    assert res.trace.steps == 2 and res.trace.energies[-1] < res.trace.energies[0]
+    m = plugin.meaning(res.state)
+    assert m.shape == (plugin.net.cfg.d_model,) and abs(float(np.linalg.norm(m)) - 1) < 1e-4

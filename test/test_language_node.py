@@ -14,6 +14,7 @@ MODULE = 'sage_irp_ros.plugins.language.node'
 
 def test_language_node_repairs_text_and_survives_bad_input(ros, node_process):
     node = node_process(MODULE, {'input_topic': '/text_in', 'output_topic': '/text_out',
+                                 'default_atp': 0.0,  # no orchestrator: unlimited runs
                                  'meaning_topic': '/meaning', 'max_input_chars': 200,
                                  'diagnostics_period_s': 0.2})
     texts = ros.collect(String, '/text_out')

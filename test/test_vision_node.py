@@ -23,6 +23,7 @@ MODULE = 'sage_irp_ros.plugins.vision.node'
 
 def test_vision_node_segments_camera_frames(ros, node_process):
     node = node_process(MODULE, {'input_topic': '/camera/image_raw', 'output_topic': '/mask',
+                                 'default_atp': 0.0,  # no orchestrator: unlimited runs
                                  'overlay_topic': '/overlay', 'confidence_topic': '/confidence',
                                  'diagnostics_period_s': 0.2})
     masks = ros.collect(Image, '/mask')

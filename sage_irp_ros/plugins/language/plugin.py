@@ -142,30 +142,55 @@ class LanguageIRP(IRPPlugin):
         """Return the adaptive rule: ``stable``, at most ``ADAPTIVE_MAX_STEPS`` passes."""
         return self.halt_config(self.ADAPTIVE_MAX_STEPS)
 
+    #: Longest utterance accepted, tokens. Longer than the model's ``max_len`` (32) it is read
+    #: in overlapping windows of ``max_len`` tokens (half a window apart); each mask is filled
+    #: in the window where it sits most centrally, and the meaning latent is the normalised
+    #: mean of the windows' latents.
+    MAX_TOKENS = 512
+
     # --- the contract -------------------------------------------------------------------
-    def _meaning(self, ids: torch.Tensor) -> torch.Tensor:
-        return MaskedLM.pooled(self.net.hidden(ids))[0]
+    def _windows(self, n_tokens: int) -> torch.Tensor:
+        """Return (W, n) token indices of the windows covering ``n_tokens`` tokens."""
+        n = self.net.cfg.max_len
+        if n_tokens <= n:
+            return torch.arange(n_tokens, device=self.device)[None]
+        starts = list(range(0, n_tokens - n + 1, n // 2))
+        if starts[-1] != n_tokens - n:
+            starts.append(n_tokens - n)
+        return torch.stack([torch.arange(a, a + n, device=self.device) for a in starts])
+
+    def _meaning(self, ids: torch.Tensor, win: torch.Tensor) -> torch.Tensor:
+        pooled = MaskedLM.pooled(self.net.hidden(ids[0][win]))
+        return pooled[0] if len(pooled) == 1 else torch.nn.functional.normalize(
+            pooled.mean(0), dim=-1)
 
     def init_state(self, x0: Any, ctx: Optional[Mapping[str, Any]] = None) -> IRPState:
         """Split the text into tokens; masks become ``[MASK]`` ids (``ctx`` is not read)."""
         if not isinstance(x0, str):
             raise ValueError(f'expected a str, got {type(x0).__name__}')
         spans = words(x0)
-        if len(spans) > self.net.cfg.max_len:
-            raise ValueError(f'{len(spans)} tokens (words and punctuation marks): the model '
-                             f'takes at most {self.net.cfg.max_len} per utterance')
+        if len(spans) > self.MAX_TOKENS:
+            raise ValueError(f'{len(spans)} tokens (words and punctuation marks): the plugin '
+                             f'takes at most {self.MAX_TOKENS} per utterance')
         masked = [i for i, (t, _, _) in enumerate(spans) if t == MASK_TEXT]
         meta = {'text': x0, 'spans': [(a, b) for _, a, b in spans], 'masked': masked,
                 'masked_set': frozenset(masked),
                 'nll': np.full(len(masked), self.log_v), 'filled': False, 'dmeaning': []}
         ids = torch.tensor([self.vocab.encode([t for t, _, _ in spans])], dtype=torch.long,
                            device=self.device)
-        meta['sel'] = torch.zeros(ids.shape, dtype=torch.bool,
-                                  device=self.device)  # masked positions, fixed
-        meta['sel'][0, masked] = True
+        # The windows the network reads (one: the whole text, when it fits) and, per window,
+        # the masked positions it fills: each mask in the window where it is most central, so
+        # the windows' fills in row-major order are the masks in text order. Fixed per input.
+        win = self._windows(len(spans))
+        centre = win.float().mean(1)
+        sel = torch.zeros(win.shape, dtype=torch.bool, device=self.device)
+        for p in masked:
+            w = int(torch.argmin((centre - p).abs()))
+            sel[w, p - int(win[w, 0])] = True
+        meta['win'], meta['sel'] = win, sel
         if masked:
             with torch.inference_mode():
-                meta['meaning'] = self._meaning(ids)
+                meta['meaning'] = self._meaning(ids, win)
         return IRPState(payload=ids, meta=meta)
 
     def energy(self, state: IRPState) -> float:
@@ -182,7 +207,8 @@ class LanguageIRP(IRPPlugin):
         of them (a kept guess may be corrected).
         """
         m = state.meta
-        ids, sel = state.payload, m['sel']
+        sel, win = m['sel'], m['win']
+        ids = state.payload[0][win]  # (W, n): the windows of the current hypothesis
         with torch.inference_mode():
             if not m['filled']:
                 h_all = self.net.hidden(ids)
@@ -194,9 +220,9 @@ class LanguageIRP(IRPPlugin):
                 h_all = self.net.hidden(inp, prev=m['prev'], guess=guess)
             logp = torch.log_softmax(self.net.logits(h_all[sel]) + self._ban, -1)
             best, tok = logp.max(-1)
-            new = ids.clone()
-            new[sel] = tok
-            meaning = self._meaning(new)
+            new = state.payload.clone()
+            new[0, m['masked']] = tok
+            meaning = self._meaning(new, win)
             dm = float(1.0 - torch.dot(meaning, m['meaning']).clamp(-1, 1))
             prev = self.net.recycled(h_all, sel, logp)
         return state.evolve(new, nll=(-best).cpu().numpy().astype(np.float64), prev=prev,
@@ -253,7 +279,8 @@ class LanguageIRP(IRPPlugin):
             if state.payload.shape[1] == 0:
                 return np.zeros(self.net.cfg.d_model, dtype=np.float32)
             with torch.inference_mode():
-                return self._meaning(state.payload).cpu().numpy().astype(np.float32)
+                return self._meaning(state.payload, state.meta['win']).cpu().numpy().astype(
+                    np.float32)
         return state.meta['meaning'].cpu().numpy().astype(np.float32)
 
 
