@@ -50,10 +50,16 @@ class Recogniser:
         if grammar:
             cfg['jsgf'] = grammar
         self.decoder = Decoder(cfg)
+        # pocketsphinx carries its cepstral mean from one utterance to the next; each utterance
+        # starts from the model's initial mean instead, so a transcript does not depend on what
+        # was heard before (deterministic node, order-independent benchmark).
+        self._cmn0 = self.decoder.get_cmn(False)
 
     def __call__(self, samples: np.ndarray) -> List[Word]:
         """Recognise one utterance (mono float32, 16 kHz)."""
         d = self.decoder
+        d.reinit_feat()  # the noise-removal estimate carries over too: a fresh front end
+        d.set_cmn(self._cmn0)
         d.start_utt()
         d.process_raw(to_int16(np.asarray(samples, np.float32)).tobytes(), full_utt=True)
         d.end_utt()

@@ -58,7 +58,7 @@ class Segmenter:
 
     def __init__(self, model=None, threshold: float = 0.5, min_silence_s: float = 0.4,
                  min_speech_s: float = 0.25, pad_s: float = 0.2, max_seconds: float = 20.0,
-                 gate_dbfs: float = -55.0):
+                 gate_dbfs: float = -55.0, floor_gate_db: float = 3.0):
         self.model = model if model is not None else load_silero()
         self.threshold = threshold
         self.min_silence = int(min_silence_s * RATE / WINDOW + 0.5)
@@ -66,6 +66,7 @@ class Segmenter:
         self.pad = int(pad_s * RATE)
         self.max_samples = int(max_seconds * RATE)
         self.gate = 10 ** (gate_dbfs / 20)
+        self.floor_gate = 10 ** (floor_gate_db / 20) if floor_gate_db > 0 else math.inf
         self.windows_run = 0
         self.windows_gated = 0
         self.reset()
@@ -79,6 +80,7 @@ class Segmenter:
         self._silent = 0
         self._in_speech = False
         self.position = 0                          # samples consumed by windows so far
+        self._floor = math.inf                     # background level (rms), min-tracking
         if hasattr(self.model, 'reset_states'):
             self.model.reset_states()
 
@@ -88,8 +90,17 @@ class Segmenter:
         return self._in_speech
 
     def prob(self, window: np.ndarray) -> float:
-        """Speech probability of one 512-sample window (0 under the level gate)."""
-        if math.sqrt(float(np.mean(np.square(window, dtype=np.float64)))) < self.gate:
+        """Speech probability of one 512-sample window (0 under the level gates).
+
+        Two gates spare the network: an absolute one (``gate_dbfs``) and, outside an utterance,
+        one ``floor_gate_db`` over the background level (tracked as a running minimum that
+        rises 1 dB per second), so a steady room noise costs a level check per window.
+        """
+        level = math.sqrt(float(np.mean(np.square(window, dtype=np.float64))))
+        self._floor = max(self.gate, min(level, self._floor * 1.0037
+                                         if math.isfinite(self._floor) else level))
+        if level < self.gate or (not self._in_speech
+                                 and level < self._floor * self.floor_gate):
             self.windows_gated += 1
             return 0.0
         import torch
