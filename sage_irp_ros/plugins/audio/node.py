@@ -87,8 +87,9 @@ class AudioIRPNode(IRPNodeHost):
                                       '(empty: the full language model)', read_only=True))
         p('grammar', '', descriptor('pocketsphinx JSGF grammar file (empty: the language model)',
                                     read_only=True))
-        p('fast_recognition', False, descriptor('Narrower pocketsphinx beams: about 2x faster, '
-                                                'a few WER points worse', read_only=True))
+        p('fast_recognition', False, descriptor('Narrower pocketsphinx beams: about 3x faster, '
+                                                'clearly worse WER (docs/AUDIO.md)',
+                                                read_only=True))
         p('enhance', True, descriptor('Enhance before recognition (false: recognise the input)'))
         self.clipped_chunks = 0
         self.utterances = 0
