@@ -118,8 +118,9 @@ def test_bad_input_is_refused_with_a_status_and_the_node_goes_on(ros, node, case
     # The node goes on: a good map and goal are answered.
     node._on_input('map', grid_msg(block_map()))
     node._on_input('input', pose(2.7, 1.5))
-    assert wait_for(lambda: paths, 10)
-    assert statuses[-1].feasible
+    # the path and its status travel on two topics: wait for both
+    assert wait_for(lambda: paths and len(statuses) >= 2 and statuses[-1].feasible, 10), \
+        [st.status for st in statuses]
 
 
 def test_odometry_start_source(ros):
