@@ -89,12 +89,8 @@ class StepCostMeter:
         """Fold one measured step time (ms) into the estimate; ignores non-finite values."""
         if not (self._learn and math.isfinite(step_ms) and step_ms >= 0):
             return
-        step_ms = max(step_ms, 1e-6)
         with self._lock:
-            if self._count == 0:
-                self._ms = step_ms
-            else:
-                self._ms += self._alpha * (step_ms - self._ms)
+            self._ms = self._fold(self._ms, self._count, max(step_ms, 1e-6))
             self._count += 1
 
     def update_input(self, input_ms: float) -> None:
@@ -106,11 +102,12 @@ class StepCostMeter:
         if not (self._learn and math.isfinite(input_ms) and input_ms >= 0):
             return
         with self._lock:
-            if self._input_count == 0:
-                self._input_ms = input_ms
-            else:
-                self._input_ms += self._alpha * (input_ms - self._input_ms)
+            self._input_ms = self._fold(self._input_ms, self._input_count, input_ms)
             self._input_count += 1
+
+    def _fold(self, price: float, count: int, measured: float) -> float:
+        """EMA step: the first measurement replaces the initial price, later ones blend in."""
+        return measured if count == 0 else price + self._alpha * (measured - price)
 
     def calibrate(self, plugin, x0, ctx=None, steps: int = 8, warmup: int = 2) -> float:
         """Time ``plugin`` on ``x0`` repeatedly; set both prices from it; return the step price.

@@ -13,7 +13,6 @@ Usage: ``sage_irp_all [--plugins vision,language] [--no-orchestrator] [--ros-arg
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
 from typing import List, Optional
 
@@ -64,8 +63,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, signal.SIG_IGN)  # tidying up is not to be interrupted
+        stop.ignore_further()
         for node in nodes:
             node.destroy_node()
         rclpy.try_shutdown()

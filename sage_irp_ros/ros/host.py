@@ -758,6 +758,11 @@ class StopOnSignal:
 
     def _handle(self, signum, frame) -> None:
         self.requested = True
+        self.ignore_further()
+
+    @staticmethod
+    def ignore_further() -> None:
+        """Ignore SIGINT and SIGTERM from now on (tidying up is not to be interrupted)."""
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, signal.SIG_IGN)
 
@@ -803,8 +808,7 @@ def run_node(node_factory: Callable[[], Node], args=None) -> int:
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, signal.SIG_IGN)  # tidying up is not to be interrupted
+        stop.ignore_further()
         if node is not None:
             node.destroy_node()
         rclpy.try_shutdown()

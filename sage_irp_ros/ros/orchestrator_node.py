@@ -58,7 +58,8 @@ class OrchestratorNode(ManagedNode):
         """Declare parameters; configure and activate at once unless ``autostart`` is false."""
         super().__init__(node_name, **kwargs)
         self.alloc = None
-        self._pubs, self._active = [], []  # before anything can fail: tidying reads them
+        # before anything can fail: tidying up reads them
+        self._pubs, self._subs, self._timers_active = [], [], []
         p = self.declare_parameter
         p('period_s', 0.1, descriptor('Allocation cycle period, s', read_only=True,
                                        float_range=(0.001, 3600.0)))
@@ -125,10 +126,11 @@ class OrchestratorNode(ManagedNode):
     def activate_node(self) -> None:
         """Read telemetry, start the cycle and diagnostics timers."""
         qos = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
-        self._active = [
+        self._subs = [
             self.create_subscription(IRPTelemetry, TELEMETRY_TOPIC, self._on_telemetry, qos),
             self.create_subscription(DiagnosticArray, DIAGNOSTICS_TOPIC, self._on_heartbeat,
-                                     QoSProfile(depth=50)),
+                                     QoSProfile(depth=50))]
+        self._timers_active = [
             self.create_timer(self.get_parameter('period_s').value, self._on_cycle),
             self.create_timer(self.get_parameter('diagnostics_period_s').value,
                               self._publish_diagnostics)]
@@ -139,13 +141,12 @@ class OrchestratorNode(ManagedNode):
             f'{self.resolve_topic_name(TELEMETRY_TOPIC)}')
 
     def deactivate_node(self) -> None:
-        """Stop the timers and the telemetry subscription; save trust."""
-        for entity in self._active:
-            if hasattr(entity, 'timer_period_ns'):
-                self.destroy_timer(entity)
-            else:
-                self.destroy_subscription(entity)
-        self._active = []
+        """Stop the timers and the subscriptions (telemetry, heartbeats); save trust."""
+        for timer in self._timers_active:
+            self.destroy_timer(timer)
+        for sub in self._subs:
+            self.destroy_subscription(sub)
+        self._timers_active, self._subs = [], []
         if self.alloc is not None:
             self._maybe_save(time.monotonic(), force=True)
 
