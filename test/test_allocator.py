@@ -271,3 +271,18 @@ def test_heartbeats_keep_an_idle_plugin_allocated():
         a.heartbeat('/p', 'custom', now=t)
         assert '/p' in a.start_cycle(t + 0.05)
     assert '/p' not in a.start_cycle(4.0)            # no heartbeat for 1.3 s: left
+
+
+def test_scarce_atp_goes_round_instead_of_starving_one_plugin():
+    from sage_irp_ros.core.allocator import CycleAllocator
+    a = CycleAllocator(total=10.0, liveness_timeout=100.0)
+    for name in ('/a', '/b'):  # equal trust; each needs 7 for an input and a step: one fits
+        a.heartbeat(name, 'custom', now=0.0, least=7.0)
+    granted = {'/a': 0, '/b': 0}
+    for c in range(6):
+        g = a.start_cycle(0.1 * c)
+        assert sum(g.values()) <= 10.0 + 1e-9
+        for n, v in g.items():
+            assert v == 0.0 or v >= 7.0 - 1e-9
+            granted[n] += v > 0
+    assert granted == {'/a': 3, '/b': 3}  # they take turns

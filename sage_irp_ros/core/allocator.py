@@ -75,8 +75,8 @@ def _water_fill(amount: float, weights: Mapping[str, float], caps: Mapping[str, 
 
 
 def allocate(total: float, plugins: Mapping[str, Tuple[float, float]],
-             floor: float = 0.05, least: Optional[Mapping[str, float]] = None
-             ) -> Dict[str, float]:
+             floor: float = 0.05, least: Optional[Mapping[str, float]] = None,
+             waited: Optional[Mapping[str, int]] = None) -> Dict[str, float]:
     """Split ``total`` ATP among ``plugins``: ``{name: (trust, demand)}`` -> ``{name: share}``.
 
     Plugins with zero demand get nothing (and are left out of the result). ``floor`` is the
@@ -99,9 +99,10 @@ def allocate(total: float, plugins: Mapping[str, Tuple[float, float]],
     per_floor = min(floor * total, total / len(names))
     given = {n: min(active[n][1], max(per_floor, least[n])) for n in names}
     raised = any(least[n] > per_floor for n in names)
-    if raised and sum(given.values()) > total:  # raised floors do not all fit: trusted first
+    if raised and sum(given.values()) > total:  # raised floors do not all fit: take turns
         room = total
-        for n in sorted(names, key=lambda n: (-active[n][0], n)):
+        waited = waited or {}
+        for n in sorted(names, key=lambda n: (-waited.get(n, 0), -active[n][0], n)):
             given[n] = given[n] if given[n] <= room else 0.0
             room -= given[n]
     rest = total - sum(given.values())
@@ -306,6 +307,7 @@ class PluginBook:
     need: float  # EMA of the ATP one run uses when it is not cut short by its budget
     least: float = 0.0  # ATP of one input and one step (run.atp_per_input + run.atp_per_step)
     last_heard: float = -math.inf  # time of its latest heartbeat (its node's /diagnostics)
+    waited: int = 0  # cycles in a row it was granted nothing
     runs_per_cycle: float = 1.0  # EMA of runs per cycle
     runs: int = 0
     errors: int = 0
@@ -380,13 +382,15 @@ class CycleAllocator:
         self.cycle += 1
         shares = allocate(self.total, {n: (self.trust.trust(n), b.demand(self.total))
                                        for n, b in self.plugins.items()}, self.floor,
-                          {n: b.least for n, b in self.plugins.items()})
+                          {n: b.least for n, b in self.plugins.items()},
+                          {n: b.waited for n, b in self.plugins.items()})
         if sum(shares.values()) > self.total * (1 + 1e-9) + 1e-9:
             self.overallocations += 1
         grants = {}
         for name, b in self.plugins.items():
             b.spent, b.runs_cycle, b.short_cycle, b.done = 0.0, 0, False, False
             b.granted = shares.get(name, 0.0)
+            b.waited = b.waited + 1 if b.granted <= 0 else 0
             b.granted_total += b.granted
             grants[name] = b.granted
         return grants
