@@ -168,6 +168,27 @@ class IRPPlugin(abc.ABC):
     def result(self, state: IRPState) -> Any:
         """Decode ``state`` into the task output."""
 
+    def experience(self, state: IRPState, output: Any) -> Optional[dict]:
+        """Return what memory should remember of a finished run, or None (the default).
+
+        Called by the node host after a run (not after one that ended in ``error``) when its
+        ``memory`` parameter is on. A plugin that is remembered returns a dict:
+
+        - ``'key'``: 1-D float32 numpy array, the embedding memory searches by (finite, not
+          all zeros; runs of similar inputs should have similar keys, by cosine);
+        - ``'latent'``: numpy array or torch tensor (any device), the run's final latent, what
+          a later warm start starts from (None: nothing to start from);
+        - ``'summary'``: a JSON-able dict describing the output.
+
+        Warm starts: the ``ctx`` of a run may carry ``'recall'``, a callable ``recall(key)``
+        returning the memory store's nearest record of this plugin (a ``MemoryRecord``: ``source``,
+        ``id``, ``similarity``, ``latent``, ``summary``, ``steps``, ...) or None. A plugin may
+        call it in ``init_state``; one that did sets ``state.meta['warm_start'] = {'used':
+        bool, 'similarity': float, 'source': 'prototype' | 'experience', 'id': int}``, and the
+        host copies it into the run's telemetry metadata.
+        """
+        return None
+
     def energy_scale(self, e0: float) -> float:
         """Return the scale that makes the slope threshold ``eps`` relative.
 
