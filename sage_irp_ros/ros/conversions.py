@@ -190,3 +190,78 @@ def msg_to_record(m) -> dict:
             'precision': m.precision,
         }
     return record
+
+
+def experience_to_msg(item: Mapping[str, Any], header: Header):
+    """Build an ``Experience`` message from an experience dict (``docs/MEMORY.md``).
+
+    The key and latent may be numpy arrays or torch tensors on any device (copied to the cpu
+    here); the latent travels as float32 with its shape and its dtype's name. ValueError when
+    the key or latent is unusable or the summary is not JSON-able.
+    """
+    from sage_irp_ros.msg import Experience
+    from sage_irp_ros.plugins.memory.experience import check_key, check_latent, summary_json
+    m = Experience()
+    m.header = header
+    m.plugin = str(item.get('plugin') or '')
+    m.entity_id = str(item.get('entity_id') or '')
+    m.key = check_key(item.get('key'))
+    latent = check_latent(item.get('latent'))
+    if latent is not None:
+        m.latent = np.ascontiguousarray(latent, dtype=np.float32).reshape(-1)
+        m.latent_shape = [int(s) for s in latent.shape]
+        m.latent_dtype = latent.dtype.name
+    m.summary_json = summary_json(item.get('summary'))
+    m.steps = int(item.get('steps') or 0)
+    energy = item.get('energy')
+    m.energy = float('nan') if energy is None else float(energy)
+    m.halt_reason = str(item.get('halt_reason') or '')
+    return m
+
+
+def experience_from_msg(m) -> dict:
+    """Decode an ``Experience`` message into an experience dict; :class:`InputError` if unusable.
+
+    Refused: no plugin name; a key that is empty, not finite or all zeros; a latent whose
+    number of values differs from its shape's product, with a dtype that is not a numeric
+    numpy dtype, or with non-finite values; a summary that is not JSON.
+    """
+    from sage_irp_ros.plugins.memory.experience import check_key, check_latent
+    if not m.plugin:
+        raise InputError('experience without a plugin name')
+    try:
+        key = check_key(np.frombuffer(m.key, dtype=np.float32) if len(m.key) else
+                        np.zeros(0, np.float32))
+    except ValueError as exc:
+        raise InputError(f'experience of {m.plugin}: {exc}') from None
+    shape = [int(s) for s in m.latent_shape]
+    n = len(m.latent)
+    latent = None
+    if n or shape:
+        want = math.prod(shape)
+        if want != n:
+            raise InputError(f'experience of {m.plugin}: latent holds {n} values but its shape '
+                             f'{shape} needs {want}')
+        try:
+            dtype = np.dtype(m.latent_dtype or 'float32')
+        except TypeError:
+            raise InputError(f'experience of {m.plugin}: unknown latent dtype '
+                             f'{m.latent_dtype!r}') from None
+        if dtype.kind not in 'biuf':
+            raise InputError(f'experience of {m.plugin}: latent dtype {dtype} is not numeric')
+        flat = np.frombuffer(m.latent, dtype=np.float32) if n else np.zeros(0, np.float32)
+        try:
+            latent = check_latent(flat.reshape(shape))
+        except ValueError as exc:
+            raise InputError(f'experience of {m.plugin}: {exc}') from None
+        if dtype != np.float32:
+            latent = latent.astype(dtype)
+    try:
+        summary = json.loads(m.summary_json) if m.summary_json else {}
+    except ValueError as exc:
+        raise InputError(f'experience of {m.plugin}: summary_json is not JSON ({exc})') from None
+    stamp = stamp_to_sec(m.header.stamp)
+    return {'plugin': m.plugin, 'entity_id': m.entity_id, 'key': key, 'latent': latent,
+            'summary': summary, 'steps': int(m.steps), 'energy': float(m.energy),
+            'halt_reason': m.halt_reason or None, 'stamp': stamp if stamp > 0 else None,
+            'frame_id': m.header.frame_id}

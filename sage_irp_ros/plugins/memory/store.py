@@ -59,6 +59,7 @@ import os
 import sqlite3
 import threading
 import time
+import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
@@ -152,6 +153,14 @@ _PROTO_EXTRA = ('centroid, members, mean_steps, mean_energy, scatter, medoid_sou
 
 class StoreClosedError(RuntimeError):
     """The store was closed."""
+
+
+class StoreUnavailableError(RuntimeError):
+    """A store opened read-only is missing, empty (not made yet) or damaged."""
+
+
+class StoreReadOnlyError(RuntimeError):
+    """A write was asked of a store opened read-only."""
 
 
 @dataclass
@@ -270,9 +279,26 @@ def _finite_or_none(v) -> Optional[float]:
     return v if np.isfinite(v) else None
 
 
+def to_array(value) -> Optional[np.ndarray]:
+    """Return ``value`` as a numpy array: torch tensors (any device) are copied to the cpu.
+
+    A torch dtype numpy lacks (bfloat16) becomes float32. None stays None. Torch is not
+    imported here: a tensor is recognised by its ``detach`` and ``cpu`` methods.
+    """
+    if value is None:
+        return None
+    if hasattr(value, 'detach') and hasattr(value, 'cpu'):
+        t = value.detach().cpu()
+        try:
+            return t.numpy()
+        except TypeError:  # a dtype numpy does not have
+            return t.float().numpy()
+    return np.asarray(value)
+
+
 def pack_key(key) -> Tuple[bytes, int]:
     """Return ``(bytes, dim)`` of a key: a non-empty, finite, non-zero 1-D vector, as float32."""
-    k = np.asarray(key, dtype=np.float32)
+    k = np.asarray(to_array(key), dtype=np.float32)
     if k.ndim != 1 or k.size == 0:
         raise ValueError(f'a key must be a non-empty 1-D vector, got shape {k.shape}')
     if not np.isfinite(k).all():
@@ -291,11 +317,12 @@ def pack_latent(latent, fp16: bool = True):
     """Return ``(bytes, dtype, stored dtype, shape JSON)`` of a latent array (all None for None).
 
     float32 arrays become float16 bytes when ``fp16`` and no finite value overflows float16;
-    every other dtype is kept as given. Object and structured dtypes are refused.
+    every other dtype is kept as given. Object and structured dtypes are refused. A torch
+    tensor is copied to the cpu first (:func:`to_array`).
     """
     if latent is None:
         return None, None, None, None
-    a = np.asarray(latent)
+    a = to_array(latent)
     if a.dtype.hasobject or a.dtype.fields is not None:
         raise ValueError(f'a latent must be a plain numeric array, got dtype {a.dtype}')
     stored = a
@@ -334,6 +361,11 @@ class ExperienceStore:
         Seconds a write waits for another process's write to finish.
     check:
         Run ``PRAGMA quick_check`` at open (reads the whole file once).
+    readonly:
+        Open an existing store for reading only (a plugin node's warm-start look-ups beside
+        the memory node that writes it; WAL lets them read while it writes): nothing is
+        created, written or set aside, ``nearest`` counts no hits, and a missing, empty or
+        damaged file raises :class:`StoreUnavailableError` instead.
 
     Attributes
     ----------
@@ -345,7 +377,8 @@ class ExperienceStore:
     """
 
     def __init__(self, path: str, max_rows: int = 100_000, max_bytes: int = 1 << 30, *,
-                 latent_fp16: bool = True, busy_timeout: float = 10.0, check: bool = True):
+                 latent_fp16: bool = True, busy_timeout: float = 10.0, check: bool = True,
+                 readonly: bool = False):
         path = os.fspath(path)
         if path == ':memory:' or path.startswith('file:'):
             raise ValueError('ExperienceStore needs a file path')
@@ -365,6 +398,10 @@ class ExperienceStore:
         self._cache: Dict[Tuple[str, str, int], Tuple[int, np.ndarray, np.ndarray]] = {}
         self._cache_lock = threading.Lock()
         self._closed = False
+        self.readonly = bool(readonly)
+        if self.readonly:
+            self._open_readonly(check)
+            return
         folder = os.path.dirname(self.path)
         if folder:
             os.makedirs(folder, exist_ok=True)
@@ -373,10 +410,33 @@ class ExperienceStore:
     # ------------------------------------------------------------------ opening
 
     def _connect(self) -> sqlite3.Connection:
+        if self.readonly:
+            uri = 'file:' + urllib.parse.quote(self.path) + '?mode=ro'
+            return sqlite3.connect(uri, uri=True, timeout=self.busy_timeout,
+                                   isolation_level=None, check_same_thread=False)
         conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None,
                                check_same_thread=False)
         conn.execute('PRAGMA synchronous=NORMAL')
         return conn
+
+    def _open_readonly(self, check: bool) -> None:
+        """Open an existing, usable store for reading; raise StoreUnavailableError if not."""
+        conn = None
+        try:
+            conn = self._connect()
+            problem = self._problem(conn, check)
+            if problem is None and conn.execute('PRAGMA user_version').fetchone()[0] == 0:
+                problem = 'no experience store there yet'
+        except sqlite3.DatabaseError as exc:
+            problem = ('no such file' if not os.path.exists(self.path) else str(exc))
+        if problem is not None:
+            if conn is not None:
+                conn.close()
+            raise StoreUnavailableError(f'experience store {self.path} cannot be read '
+                                        f'({problem})')
+        self._local.conn = conn
+        with self._conns_lock:
+            self._conns.append(conn)
 
     def _problem(self, conn: sqlite3.Connection, check: bool) -> Optional[str]:
         """Return why the open file is not a usable store (None: it is, or it is new)."""
@@ -480,6 +540,8 @@ class ExperienceStore:
     @contextlib.contextmanager
     def _write(self):
         """One write transaction (``BEGIN IMMEDIATE``): committed, or rolled back on any exit."""
+        if self.readonly:
+            raise StoreReadOnlyError(f'experience store {self.path} is open read-only')
         conn = self._conn()
         with self._wlock:
             conn.execute('BEGIN IMMEDIATE')
@@ -702,7 +764,7 @@ class ExperienceStore:
         Cosine similarity by brute force over the rows of the same key length, in both tables
         (``sources``): an experience is compared by its key, a prototype by its centroid; each
         record's ``source`` says which it is and ``similarity`` holds the score. ``touch``
-        counts a hit on the returned rows (a short write after the read).
+        counts a hit on the returned rows (a short write after the read; not on a read-only store).
         """
         kb, dim = pack_key(key)
         q = unpack_key(kb)
@@ -730,7 +792,7 @@ class ExperienceStore:
                     rec = self._record(source, row)
                     rec.similarity = -negsim
                     out.append(rec)
-        if touch and out:
+        if touch and out and not self.readonly:
             self.touch(out)
         return out
 

@@ -1,0 +1,103 @@
+"""Experiences: what a plugin node hands memory after a run, checked before it is stored.
+
+An experience is a dict: the plugin's own part (``IRPPlugin.experience``: ``key``, ``latent``,
+``summary``) plus what the node host adds (``plugin``, ``entity_id``, ``steps``, ``energy``,
+``halt_reason``, ``stamp``, ``frame_id``). It reaches the memory node by reference through the
+in-process mailbox (``sage_irp_ros.core.mailbox``) or as an ``Experience`` message
+(``sage_irp_ros.ros.conversions.experience_from_msg`` builds the same dict). No ROS here.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any, Dict, Mapping
+
+import numpy as np
+
+from sage_irp_ros.plugins.memory.store import to_array
+
+
+def json_default(obj):
+    """``json.dumps`` helper: numpy scalars and arrays as plain numbers and lists."""
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    raise TypeError(f'{type(obj).__name__} is not JSON serialisable')
+
+
+def summary_json(summary: Any) -> str:
+    """Return ``summary`` as compact JSON text; ValueError when JSON cannot carry it (NaN, ...)."""
+    try:
+        return json.dumps({} if summary is None else summary, default=json_default,
+                          allow_nan=False, separators=(',', ':'))
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f'summary is not JSON-able: {exc}') from None
+
+
+def check_key(key) -> np.ndarray:
+    """Return ``key`` as a 1-D float32 array; ValueError unless non-empty, finite, not all zero."""
+    try:
+        k = np.asarray(to_array(key), dtype=np.float32)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f'key is not a numeric vector: {exc}') from None
+    if k.ndim != 1 or k.size == 0:
+        raise ValueError(f'key must be a non-empty 1-D vector, got shape {tuple(k.shape)}')
+    bad = int(np.count_nonzero(~np.isfinite(k)))
+    if bad:
+        raise ValueError(f'key holds {bad} non-finite value(s)')
+    if not np.any(k):
+        raise ValueError('key is all zeros (similarity needs a direction)')
+    return k
+
+
+def check_latent(latent):
+    """Return ``latent`` as a numpy array (None stays None); ValueError unless numeric, finite."""
+    a = to_array(latent)
+    if a is None:
+        return None
+    if a.dtype.kind not in 'biuf':
+        raise ValueError(f'latent must be a numeric array, got dtype {a.dtype}')
+    if a.dtype.kind == 'f':
+        bad = int(np.count_nonzero(~np.isfinite(a)))
+        if bad:
+            raise ValueError(f'latent holds {bad} non-finite value(s)')
+    return a
+
+
+def check_experience(item: Mapping[str, Any]) -> Dict[str, Any]:
+    """Return the ``ExperienceStore.add`` arguments of an experience; ValueError if unusable.
+
+    Checks: ``plugin`` a non-empty string; ``key`` (:func:`check_key`); ``latent``
+    (:func:`check_latent`; a tensor on a GPU is copied to the cpu here); ``summary`` JSON-able;
+    ``steps`` an integer >= 0 or None; ``energy`` a number or None (not finite: stored as
+    unknown); ``halt_reason`` a string or None; ``stamp`` a finite number or None (now).
+    """
+    if not isinstance(item, Mapping):
+        raise ValueError(f'an experience is a dict, got {type(item).__name__}')
+    plugin = item.get('plugin')
+    if not isinstance(plugin, str) or not plugin:
+        raise ValueError(f'experience without a plugin name (plugin={plugin!r})')
+    key = check_key(item.get('key'))
+    latent = check_latent(item.get('latent'))
+    summary = item.get('summary')
+    summary_json(summary)
+    steps = item.get('steps')
+    if steps is not None and (int(steps) != steps or steps < 0):
+        raise ValueError(f'steps must be an integer >= 0, got {steps!r}')
+    energy = item.get('energy')
+    if energy is not None:
+        energy = float(energy)
+        energy = energy if math.isfinite(energy) else None
+    halt = item.get('halt_reason')
+    if halt is not None and not isinstance(halt, str):
+        raise ValueError(f'halt_reason must be a string, got {halt!r}')
+    stamp = item.get('stamp')
+    if stamp is not None:
+        stamp = float(stamp)
+        if not math.isfinite(stamp) or stamp <= 0:
+            stamp = None
+    return {'plugin': plugin, 'key': key, 'latent': latent, 'summary': summary,
+            'steps': None if steps is None else int(steps), 'energy': energy,
+            'halt_reason': halt or None, 'stamp': stamp}
