@@ -23,6 +23,11 @@ supplies the plugin and its message conversions (``create_plugin``, ``decode`` o
   default budget when no orchestrator speaks;
 - publishes telemetry as ``IRPTelemetry`` on ``irp/telemetry`` and schema-valid JSON on
   ``irp/telemetry_json``, and health on ``/diagnostics``;
+- with ``memory`` on (``mailbox`` in one process, ``topic`` across processes): hands what the
+  plugin's ``experience()`` returns after each run to the memory node (the in-process mailbox,
+  by reference, or ``irp/experience``), and gives each run ``ctx['recall']``, the nearest
+  record of the memory store (read-only, beside the memory node that writes it), for a warm
+  start; the run's telemetry says whether the plugin used one (``metadata.warm_start``);
 - logs and counts every bad input and plugin failure, and keeps running.
 
 No refinement logic lives here: the loop is :func:`sage_irp_ros.core.loop.refine`.
@@ -48,7 +53,11 @@ from rcl_interfaces.msg import (
     ParameterDescriptor,
     SetParametersResult,
 )
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.executors import (
+    ExternalShutdownException,
+    MultiThreadedExecutor,
+    SingleThreadedExecutor,
+)
 from rclpy.node import Node
 from rclpy.qos import (
     DurabilityPolicy,
@@ -71,9 +80,11 @@ from sage_irp_ros.core import (
     refine,
     validate_record,
 )
+from sage_irp_ros.core.loop import RefineResult
+from sage_irp_ros.core.mailbox import EXPERIENCE_CHANNEL, Mailbox, default_mailbox
 from sage_irp_ros.core.plugin import IRPPlugin
-from sage_irp_ros.msg import BudgetGrant, IRPTelemetry
-from sage_irp_ros.ros.conversions import InputError, record_to_msg
+from sage_irp_ros.msg import BudgetGrant, Experience, IRPTelemetry
+from sage_irp_ros.ros.conversions import InputError, experience_to_msg, record_to_msg
 from sage_irp_ros.ros.lifecycle import ManagedNode, StartError
 
 try:  # Iron and newer
@@ -92,6 +103,13 @@ DEFAULT_ATP = 100.0
 #: A plugin node's /diagnostics status is named '<entity id>: irp host' (the orchestrator's
 #: heartbeat of it).
 HOST_STATUS_SUFFIX = ': irp host'
+#: Experiences for a memory node in another process (``memory: topic``).
+EXPERIENCE_TOPIC = 'irp/experience'
+#: Values of the ``memory`` parameter.
+MEMORY_OFF, MEMORY_MAILBOX, MEMORY_TOPIC = 'off', 'mailbox', 'topic'
+MEMORY_MODES = (MEMORY_OFF, MEMORY_MAILBOX, MEMORY_TOPIC)
+#: Seconds between attempts to open the memory store for warm starts after one failed.
+RECALL_RETRY_S = 5.0
 
 _RELIABILITY = {
     'best_effort': ReliabilityPolicy.BEST_EFFORT,
@@ -114,6 +132,12 @@ class HostCounters:
     telemetry_rejected: int = 0
     grants: int = 0
     steps_total: int = 0
+    experiences_shared: int = 0  # experiences handed to memory (mailbox or topic)
+    experience_errors: int = 0  # experience() raised or returned something unusable
+    recalls: int = 0  # ctx['recall'] calls by the plugin
+    recall_hits: int = 0  # ... that returned a record
+    warm_starts: int = 0  # runs whose plugin says it used a recalled record
+    memory_unavailable: int = 0  # recalls without a usable store (missing, damaged): cold
 
 
 @dataclass
@@ -159,6 +183,25 @@ def descriptor(description: str, *, read_only: bool = False,
     return d
 
 
+def ros_home() -> str:
+    """Return ``$ROS_HOME`` (``~/.ros`` when unset)."""
+    return os.environ.get('ROS_HOME') or os.path.join(os.path.expanduser('~'), '.ros')
+
+
+def memory_store_path(value: str = '') -> str:
+    """Return the memory store's file for the ``memory_store`` parameter's ``value``.
+
+    Empty: ``$ROS_HOME/sage_irp/memory.db``; a folder (existing, or written with a trailing
+    ``/``): ``memory.db`` in it; anything else: that file.
+    """
+    value = os.path.expanduser(value or '')
+    if not value:
+        return os.path.join(ros_home(), 'sage_irp', 'memory.db')
+    if value.endswith(os.sep) or os.path.isdir(value):
+        return os.path.join(value, 'memory.db')
+    return value
+
+
 def message_class(msg_type: str):
     """Return the message class of ``'package/msg/Type'``."""
     package, kind, name = msg_type.split('/')
@@ -190,6 +233,8 @@ class IRPNodeHost(ManagedNode):
     plugin_name: str = ''
     #: Runs in a row that had ATP but could not pay one step before the price is re-measured.
     STARVED_RUNS = 3
+    #: Default of the ``default_atp`` parameter (ATP per run without a current grant).
+    DEFAULT_ATP: float = DEFAULT_ATP
 
     def __init__(self, node_name: Optional[str] = None, **kwargs: Any):
         """Declare parameters; configure and activate at once unless ``autostart`` is false."""
@@ -219,6 +264,15 @@ class IRPNodeHost(ManagedNode):
         self._priced_for: Optional[Tuple[str, str]] = None
         self.cost = StepCostMeter(initial_ms=1.0)
         self.entity_id = self.get_fully_qualified_name()
+        #: The in-process mailbox experiences go to with ``memory: mailbox``.
+        self.mailbox: Mailbox = default_mailbox()
+        self.memory_mode = MEMORY_OFF
+        self._experience_pub = None
+        self._memory_lock = threading.Lock()
+        self._reader = None  # read-only ExperienceStore for warm starts (cached)
+        self._reader_inode: Optional[int] = None
+        self._reader_retry_at = 0.0
+        self._memory_warned = False
         self._declare_host_parameters()
         self.declare_plugin_parameters()
         self.add_on_set_parameters_callback(self._on_set_parameters)
@@ -279,6 +333,31 @@ class IRPNodeHost(ManagedNode):
         """Extra telemetry metadata of one run (task quality when the node knows it)."""
         return {}
 
+    def take_input(self, port: str, msg) -> bool:
+        """Handle a message of an input port in the node itself; True: the host queues no run.
+
+        Called in the executor's thread for every message before the host keeps or queues it;
+        the default takes none. A node whose input is not refined (the memory node stores
+        experiences) takes it here and must return quickly.
+        """
+        return False
+
+    def run_refinement(self, x0: Any, ctx: Optional[Mapping[str, Any]], *, budget: Budget,
+                       deadline: Optional[float]) -> Optional[RefineResult]:
+        """Run one refinement of ``x0`` (in the worker thread); None: nothing ran.
+
+        The default is the core loop, :func:`sage_irp_ros.core.loop.refine`, with the node's
+        halting configuration, cost meter and cancel event. A node whose run is more than one
+        loop call (the memory node's sleep commits its result to a store) overrides it, calling
+        the loop with the same arguments.
+        """
+        return refine(self.plugin, x0, ctx, config=self._halt_config, budget=budget,
+                      cost=self.cost, cancel=self._cancel, deadline=deadline)
+
+    def diagnostic_values(self) -> Mapping[str, Any]:
+        """Extra key-values of the node's ``/diagnostics`` status (the node's own counters)."""
+        return {}
+
     def header_of(self, msg) -> Header:
         """Return the input's header, or one stamped now for header-less messages."""
         header = getattr(msg, 'header', None)
@@ -307,7 +386,7 @@ class IRPNodeHost(ManagedNode):
         p('deadline_ms', 0.0, descriptor(
             'Wall-clock deadline per input from its arrival, ms; 0 = none',
             float_range=(0.0, 3.6e6)))
-        p('default_atp', DEFAULT_ATP, descriptor(
+        p('default_atp', float(type(self).DEFAULT_ATP), descriptor(
             'ATP per input when no orchestrator grant is current (1 ATP = 1 ms of measured '
             'compute: the input and its steps); 0 = unlimited (max_steps still applies)',
             float_range=(0.0, 1e9)))
@@ -347,6 +426,14 @@ class IRPNodeHost(ManagedNode):
         p('diagnostics_period_s', 1.0, descriptor(
             'Period of /diagnostics status, s; 0 = off', read_only=True,
             float_range=(0.0, 3600.0)))
+        p('memory', MEMORY_OFF, descriptor(
+            'Experience memory: off; mailbox (one process, sage_irp_all: experiences handed to '
+            'the memory node by reference); topic (published on irp/experience for a memory '
+            'node in another process). When on, runs may warm-start from the memory store',
+            read_only=True))
+        p('memory_store', '', descriptor(
+            'The memory store (SQLite file, or a folder for memory.db) that warm starts read '
+            'and the memory node writes; empty = $ROS_HOME/sage_irp/memory.db', read_only=True))
 
     def _read_halt_config(self, overrides: Mapping[str, Any]) -> HaltConfig:
         def get(name):
@@ -411,6 +498,10 @@ class IRPNodeHost(ManagedNode):
         self.device, self.precision = device, precision
         for port in self.spec.inputs:
             self.input_qos(port.name)  # refuse a bad reliability value here, clearly
+        mode = self.get_parameter('memory').value
+        if mode not in MEMORY_MODES:
+            raise ValueError(f'memory must be one of {", ".join(MEMORY_MODES)}, got {mode!r}')
+        self.memory_mode = mode
         self.plugin = self.create_plugin()
         self._declare_halt_parameters(self.plugin.halt_config())
         self._halt_config = self._read_halt_config({})
@@ -422,6 +513,11 @@ class IRPNodeHost(ManagedNode):
         self._telemetry_pub = self.create_publisher(IRPTelemetry, TELEMETRY_TOPIC, depth)
         self._telemetry_json_pub = self.create_publisher(String, TELEMETRY_JSON_TOPIC, depth)
         self._pubs += [self._telemetry_pub, self._telemetry_json_pub]
+        if self.memory_mode == MEMORY_TOPIC:
+            self._experience_pub = self.create_publisher(
+                Experience, EXPERIENCE_TOPIC, QoSProfile(
+                    depth=max(depth, 50), reliability=ReliabilityPolicy.RELIABLE))
+            self._pubs.append(self._experience_pub)
         for port in self.spec.outputs:
             self.outputs[port.name] = self.create_output_publisher(
                 message_class(port.msg_type), self.get_parameter(f'{port.name}_topic').value)
@@ -489,8 +585,10 @@ class IRPNodeHost(ManagedNode):
         for pub in self._pubs:
             self.destroy_publisher(pub)
         self._pubs = []
+        self._experience_pub = None
         self.outputs = {}
         self.plugin = None
+        self._close_reader()
         release_device_memory(self.device)
 
     # -------------------------------------------------------------------------- budget
@@ -543,6 +641,8 @@ class IRPNodeHost(ManagedNode):
     # -------------------------------------------------------------------------- inputs
 
     def _on_input(self, port: str, msg) -> None:
+        if self.take_input(port, msg):
+            return
         trigger = self._triggers[port]
         now = time.perf_counter()
         with self._lock:
@@ -626,14 +726,19 @@ class IRPNodeHost(ManagedNode):
             self._bad_input(inputs, str(exc))
             return
         header = self.header_of(inputs.msg)
+        run_ctx = ctx
+        if self.memory_mode != MEMORY_OFF:  # a warm start may be asked for in init_state
+            run_ctx = dict(ctx or {})
+            run_ctx['recall'] = self._recall
         budget, grant = self._budget_for_run()
         dl_ms = self.get_parameter('deadline_ms').value
         deadline = inputs.received + dl_ms * 1e-3 if dl_ms > 0 else None
         try:
-            result = refine(plugin, x0, ctx, config=self._halt_config, budget=budget,
-                            cost=self.cost, cancel=self._cancel, deadline=deadline)
+            result = self.run_refinement(x0, run_ctx, budget=budget, deadline=deadline)
         except ValueError as exc:  # init_state refused the input
             self._bad_input(inputs, str(exc))
+            return
+        if result is None:
             return
         trace = result.trace
         self._watch_price(trace, budget, x0, ctx)
@@ -648,6 +753,9 @@ class IRPNodeHost(ManagedNode):
             self.get_logger().error(f'refinement ended in error: {trace.error}')
         metadata = {'input_stamp': header.stamp.sec + header.stamp.nanosec * 1e-9,
                     'trigger': inputs.trigger}
+        warm = self._warm_start_metadata(result.state)
+        if warm is not None:
+            metadata['warm_start'] = warm
         if result.output is not None:
             try:
                 self.publish_output(result.output, header, result, x0)
@@ -667,6 +775,141 @@ class IRPNodeHost(ManagedNode):
         self.publish_telemetry(make_record(
             plugin.kind, trace, entity_id=self.entity_id, metadata=metadata,
             memory_mb=process_memory_mb(), run=run), header)
+        if (self.memory_mode != MEMORY_OFF and result.output is not None
+                and trace.halt_reason != HALT_ERROR):
+            self._share_experience(plugin, result, header)
+
+    # ------------------------------------------------------------------------ memory
+
+    def _warm_start_metadata(self, state) -> Optional[Dict[str, Any]]:
+        """Return the run's ``state.meta['warm_start']`` as telemetry metadata (None: none)."""
+        meta = getattr(state, 'meta', None)
+        ws = meta.get('warm_start') if isinstance(meta, Mapping) else None
+        if not isinstance(ws, Mapping):
+            return None
+        out: Dict[str, Any] = {'used': bool(ws.get('used', False))}
+        for name, kind in (('similarity', float), ('source', str), ('id', int)):
+            value = ws.get(name)
+            if value is None:
+                continue
+            try:
+                value = kind(value)
+            except (TypeError, ValueError):
+                continue
+            if kind is float:
+                value = round(value, 6) if math.isfinite(value) else None
+            out[name] = value
+        if out['used']:
+            with self._lock:
+                self.counters.warm_starts += 1
+        return out
+
+    def _share_experience(self, plugin: IRPPlugin, result: RefineResult, header: Header) -> None:
+        """Hand the plugin's ``experience()`` of a finished run to memory (mailbox or topic)."""
+        try:
+            exp = plugin.experience(result.state, result.output)
+            if exp is None:
+                return
+            if not isinstance(exp, Mapping) or 'key' not in exp:
+                raise ValueError('experience() must return None or a dict with a key, got '
+                                 f'{type(exp).__name__}')
+            trace = result.trace
+            item = dict(exp)
+            now = self.get_clock().now()
+            item.update(plugin=self.spec.name, entity_id=self.entity_id, steps=trace.steps,
+                        energy=trace.energy, halt_reason=trace.halt_reason,
+                        stamp=now.nanoseconds * 1e-9, frame_id=header.frame_id)
+            if self.memory_mode == MEMORY_MAILBOX:
+                self.mailbox.post(EXPERIENCE_CHANNEL, item)
+            elif self._experience_pub is not None:
+                self._experience_pub.publish(experience_to_msg(
+                    item, Header(stamp=now.to_msg(), frame_id=header.frame_id)))
+            else:
+                return
+        except Exception as exc:  # noqa: BLE001 - memory must never cost the node a run
+            with self._lock:
+                self.counters.experience_errors += 1
+            self.get_logger().error(f'experience not shared: {exc}',
+                                    throttle_duration_sec=5.0)
+            return
+        with self._lock:
+            self.counters.experiences_shared += 1
+
+    def _recall(self, key) -> Any:
+        """``ctx['recall']``: the memory store's nearest record of this plugin to ``key``, or None.
+
+        Never raises: a missing or damaged store, or a key the store cannot search by, is
+        logged (once per outage), counted, and the run starts cold.
+        """
+        with self._lock:
+            self.counters.recalls += 1
+        store = self._memory_reader()
+        if store is None:
+            return None
+        try:
+            hits = store.nearest(self.spec.name, key, k=1, touch=False)
+        except ValueError as exc:  # the plugin's key (NaN, all zeros, not 1-D)
+            with self._lock:
+                self.counters.experience_errors += 1
+            self.get_logger().error(f'recall refused the key: {exc}', throttle_duration_sec=5.0)
+            return None
+        except Exception as exc:  # noqa: BLE001 - a store damaged under us: run cold
+            self._memory_failed(f'reading it failed ({type(exc).__name__}: {exc})')
+            self._close_reader()
+            return None
+        if not hits:
+            return None
+        with self._lock:
+            self.counters.recall_hits += 1
+        return hits[0]
+
+    def _memory_reader(self):
+        """Return the cached read-only store (reopened when the memory node replaced the file)."""
+        from sage_irp_ros.plugins.memory.store import ExperienceStore
+        path = memory_store_path(self.get_parameter('memory_store').value)
+        with self._memory_lock:
+            if self._reader is not None:
+                try:
+                    inode = os.stat(path).st_ino
+                except OSError:
+                    inode = None
+                if inode == self._reader_inode:
+                    return self._reader
+                self._reader.close()  # set aside or removed: read the new file
+                self._reader = None
+            if time.monotonic() < self._reader_retry_at:
+                with self._lock:
+                    self.counters.memory_unavailable += 1
+                return None
+            try:
+                store = ExperienceStore(path, readonly=True, check=False)
+                inode = os.stat(path).st_ino
+            except Exception as exc:  # noqa: BLE001 - missing, empty, damaged, locked
+                self._reader_retry_at = time.monotonic() + RECALL_RETRY_S
+                unavailable = str(exc)
+            else:
+                self._reader, self._reader_inode = store, inode
+                if self._memory_warned:
+                    self.get_logger().info(f'memory store {path} readable again: warm starts on')
+                self._memory_warned = False
+                return store
+        self._memory_failed(unavailable)
+        return None
+
+    def _memory_failed(self, text: str) -> None:
+        with self._lock:
+            self.counters.memory_unavailable += 1
+        with self._memory_lock:
+            warned, self._memory_warned = self._memory_warned, True
+        if not warned:
+            self.get_logger().warning(f'memory store unavailable: {text}; runs start cold '
+                                      f'(trying again every {RECALL_RETRY_S:.0f} s)')
+
+    def _close_reader(self) -> None:
+        with self._memory_lock:
+            reader, self._reader = self._reader, None
+        if reader is not None:
+            reader.close()
 
     def _watch_price(self, trace, budget: Budget, x0, ctx) -> None:
         """Re-measure the step price when grants keep failing to pay for a single step.
@@ -735,6 +978,8 @@ class IRPNodeHost(ManagedNode):
         c['lifecycle_state'] = state
         c['device'] = self.device
         c['precision'] = self.precision
+        c['memory'] = self.memory_mode
+        c.update(self.diagnostic_values())
         status.values = [KeyValue(key=k, value=str(v)) for k, v in c.items()]
         arr = DiagnosticArray(status=[status])
         arr.header.stamp = self.get_clock().now().to_msg()
@@ -782,11 +1027,12 @@ def init_without_signal_handlers(args=None) -> None:
     rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
 
 
-def run_node(node_factory: Callable[[], Node], args=None) -> int:
+def run_node(node_factory: Callable[[], Node], args=None, threads: int = 1) -> int:
     """Run a node until SIGINT, SIGTERM or external shutdown; clean up; return an exit code.
 
     A node that cannot start (its model does not load, a bad parameter) logs why and the
-    process exits with 1.
+    process exits with 1. ``threads`` > 1 serves it with a multi-threaded executor (a node
+    whose service waits for its worker).
     """
     init_without_signal_handlers(args)
     stop = StopOnSignal()
@@ -799,7 +1045,8 @@ def run_node(node_factory: Callable[[], Node], args=None) -> int:
             raise
         except Exception as exc:  # noqa: BLE001 - a bad parameter: one clear line, exit 1
             raise StartError(f'could not start: {exc}') from None
-        executor = SingleThreadedExecutor()
+        executor = (SingleThreadedExecutor() if threads <= 1
+                    else MultiThreadedExecutor(num_threads=threads))
         executor.add_node(node)
         stop.spin(executor, rclpy.get_default_context())
     except StartError as exc:
