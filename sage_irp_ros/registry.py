@@ -169,6 +169,9 @@ class PluginSpec:
         ``workload(cycles) -> (plugin, HaltConfig, items, metric)``; None: not in it.
     fixture:
         True for test fixtures (not robot features: left out of the demo and defaults).
+    priority:
+        Factor of the plugin's trust in the orchestrator's allocation (> 0, default 1): below
+        1 it yields ATP to the others (memory's sleep, 0.25); its floor is still guaranteed.
 
     """
 
@@ -187,6 +190,7 @@ class PluginSpec:
     bench: Optional[Tuple[str, ...]] = None
     workload: Optional[str] = None
     fixture: bool = False
+    priority: float = 1.0
 
     def __post_init__(self):
         """Check names: unique port names, at least one triggering input, known devices."""
@@ -202,6 +206,8 @@ class PluginSpec:
             raise ValueError(f'plugin {self.name}: devices must include cpu and be cpu/cuda')
         if set(self.precisions) - {'fp32', 'fp16'} or 'fp32' not in self.precisions:
             raise ValueError(f'plugin {self.name}: precisions must include fp32')
+        if not (self.priority > 0 and self.priority < float('inf')):
+            raise ValueError(f'plugin {self.name}: priority must be finite and > 0')
 
     def port(self, name: str) -> Port:
         """Return the input or output port called ``name``."""
@@ -344,6 +350,18 @@ BUILTIN: Tuple[PluginSpec, ...] = (
                                   'language node\'s input)')),
         devices=('cpu',), precisions=('fp32',),
         bench=('bench/audio_bench.py',)),
+    PluginSpec(
+        name='memory', kind='memory',
+        description='experiences of the other plugins stored (SQLite), consolidated while idle '
+                    '(sleep, a refinement), recalled for their warm starts',
+        node='sage_irp_ros.plugins.memory.node:MemoryIRPNode',
+        executable='memory_irp_node', node_name='memory_irp_node',
+        plugin='sage_irp_ros.plugins.memory.sleep:make_plugin',
+        inputs=(Port('input', 'sage_irp_ros/msg/Experience', 'irp/experience',
+                     trigger=TRIGGER_EACH, depth=100, required=False,
+                     description='experiences of plugin nodes in other processes (memory: '
+                                 'topic); in one process they come through the mailbox'),),
+        priority=0.25),
 )
 
 _extra: Dict[str, PluginSpec] = {}
@@ -411,6 +429,15 @@ def get(name: str) -> PluginSpec:
     if name not in table:
         raise KeyError(f'unknown plugin {name!r}; registered: {", ".join(sorted(table))}')
     return table[name]
+
+
+def kind_priorities() -> Dict[str, float]:
+    """Return ``{kind: priority}`` of the plugins whose priority is not 1 (the orchestrator's)."""
+    out: Dict[str, float] = {}
+    for s in specs():
+        if s.priority != 1.0:
+            out.setdefault(s.kind, s.priority)
+    return out
 
 
 def parse_list(text: str) -> List[str]:

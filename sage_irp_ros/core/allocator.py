@@ -349,18 +349,25 @@ class CycleAllocator:
 
     def __init__(self, total: float, floor: float = 0.05, headroom: float = 1.5,
                  liveness_timeout: float = 2.0, trust: Optional[TrustBook] = None,
-                 first_cycle: int = 1):
+                 first_cycle: int = 1, priorities: Optional[Mapping[str, float]] = None):
         """Configure the total ATP per cycle, floor, demand headroom and liveness timeout.
 
         Cycles are numbered from ``first_cycle`` on. The node starts them at the wall-clock
         time in ms, so cycle numbers keep increasing across a restart of the orchestrator and
         plugins, which ignore grants of older cycles, accept the new ones at once.
+        ``priorities`` maps a plugin kind to a factor of its trust in the allocation's and the
+        re-grants' weights (default 1; the registry's ``PluginSpec.priority``): below 1 it
+        yields to the others (memory's sleep), its floor still guaranteed.
         """
         self.total = float(total)
         self.floor = float(floor)
         self.headroom = float(headroom)
         self.liveness_timeout = float(liveness_timeout)
         self.trust = trust if trust is not None else TrustBook()
+        self.priorities = {str(k): float(v) for k, v in (priorities or {}).items()}
+        bad = {k: v for k, v in self.priorities.items() if not (math.isfinite(v) and v > 0)}
+        if bad:
+            raise ValueError(f'priorities must be finite and > 0, got {bad}')
         self.plugins: Dict[str, PluginBook] = {}
         self.cycle = int(first_cycle) - 1  # the cycle under way; start_cycle opens the next
         self._first_cycle = int(first_cycle)
@@ -380,7 +387,7 @@ class CycleAllocator:
             if b.short_cycle:
                 b.need = min(b.need * self.headroom, self.total)
         self.cycle += 1
-        shares = allocate(self.total, {n: (self.trust.trust(n), b.demand(self.total))
+        shares = allocate(self.total, {n: (self.weight(n), b.demand(self.total))
                                        for n, b in self.plugins.items()}, self.floor,
                           {n: b.least for n, b in self.plugins.items()},
                           {n: b.waited for n, b in self.plugins.items()})
@@ -394,6 +401,11 @@ class CycleAllocator:
             b.granted_total += b.granted
             grants[name] = b.granted
         return grants
+
+    def weight(self, name: str) -> float:
+        """Return the trust of plugin ``name`` times the priority of its kind."""
+        b = self.plugins.get(name)
+        return self.trust.trust(name) * self.priorities.get(b.kind if b else '', 1.0)
 
     def heartbeat(self, name: str, kind: str, now: float, least: float = 0.0) -> None:
         """Note that plugin ``name`` is alive (its node reports), runs or not.
@@ -464,7 +476,7 @@ class CycleAllocator:
             return {}
         if reason not in _FINISHED or b.done:
             return {}
-        running = {n: (self.trust.trust(n), o.wants(self.total, self.headroom))
+        running = {n: (self.weight(n), o.wants(self.total, self.headroom))
                    for n, o in self.plugins.items() if n != name and not o.done}
         ups = {n: v for n, v in regrant(b.spare(), running).items() if v > 0}
         if not ups:

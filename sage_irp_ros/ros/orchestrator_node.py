@@ -24,6 +24,7 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from visualization_msgs.msg import Marker, MarkerArray
 
+from sage_irp_ros import registry
 from sage_irp_ros.core.allocator import CycleAllocator, TrustBook
 from sage_irp_ros.msg import BudgetGrant, IRPTelemetry
 from sage_irp_ros.ros.conversions import msg_to_record
@@ -112,7 +113,7 @@ class OrchestratorNode(ManagedNode):
             total=self.get_parameter('total_atp').value, floor=self.get_parameter('floor').value,
             headroom=self.get_parameter('demand_headroom').value,
             liveness_timeout=self.get_parameter('liveness_timeout_s').value, trust=self.trust,
-            first_cycle=time.time_ns() // 10 ** 6)
+            first_cycle=time.time_ns() // 10 ** 6, priorities=registry.kind_priorities())
         self.overhead_ms = 0.0  # EMA of the CPU time of a cycle (allocation + publishing)
         self._dirty = False
         self._last_save = 0.0
