@@ -22,6 +22,8 @@ PACKAGE = 'sage_irp_ros'
 ORCHESTRATOR = ('orchestrator_node', 'orchestrator_node')  # (executable, node name)
 COMPOSED = 'sage_irp_all'
 MANAGER = ('sage_irp_lifecycle_manager', 'sage_irp_lifecycle_manager')
+#: The plugin whose presence turns the others' ``memory`` on (mailbox composed, else topic).
+MEMORY_PLUGIN = 'memory'
 
 
 @dataclass
@@ -78,6 +80,11 @@ def plan(plugins: str, *, config: str, device: str = 'cpu', precision: str = 'fp
         spec = registry.get(name)
         dev, prec = settings[name]
         overrides[spec.node_name] = {'device': dev, 'precision': prec}
+    if MEMORY_PLUGIN in names:  # the others remember: in process, or on irp/experience
+        for name in names:
+            if name != MEMORY_PLUGIN:
+                overrides[registry.get(name).node_name]['memory'] = (
+                    'mailbox' if composed else 'topic')
     if orchestrator:
         overrides.setdefault(ORCHESTRATOR[1], {})
     if managed:

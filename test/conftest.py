@@ -22,10 +22,12 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
 # Isolate this test process's DDS traffic before rclpy is imported anywhere: a domain of its
-# own, localhost discovery only, logs in a temporary folder.
+# own, localhost discovery only, logs in a temporary folder; ROS_HOME (the default trust file
+# and memory store live under it) in a temporary folder too, not the user's ~/.ros.
 os.environ['ROS_DOMAIN_ID'] = str(1 + os.getpid() % 100)
 os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
 os.environ.setdefault('ROS_LOG_DIR', tempfile.mkdtemp(prefix='sage_irp_roslog_'))
+os.environ.setdefault('ROS_HOME', tempfile.mkdtemp(prefix='sage_irp_roshome_'))
 os.environ.pop('ROS_LOCALHOST_ONLY', None)
 
 

@@ -7,7 +7,14 @@ The plugins are the registry's (:mod:`sage_irp_ros.registry`). A node that canno
 model does not load, a bad parameter) is logged and left out; the others run on. The process
 exits with 1 only when no node could start.
 
-Usage: ``sage_irp_all [--plugins vision,language] [--no-orchestrator] [--ros-args ...]``
+With the memory plugin among them, the other plugin nodes hand their experiences to it through
+the in-process mailbox (by reference: tensors stay where they are) and read their warm starts
+from its store: ``--memory`` (default ``auto``: ``mailbox`` when the memory plugin runs here,
+else the nodes' own ``memory`` parameter) overrides the ``memory`` parameter of every plugin
+node in the process.
+
+Usage: ``sage_irp_all [--plugins vision,language,memory] [--no-orchestrator]
+[--memory auto|off|mailbox|topic] [--ros-args ...]``
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from typing import List, Optional
 import rclpy
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
+from rclpy.parameter import Parameter
 
 from sage_irp_ros import registry
 from sage_irp_ros.ros.host import StopOnSignal, init_without_signal_handlers
@@ -35,6 +43,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                         help='run the plugin nodes on their default budgets')
     parser.add_argument('--threads', type=int, default=0,
                         help='executor threads (0 = one per node plus one)')
+    parser.add_argument('--memory', default='auto', choices=('auto', 'off', 'mailbox', 'topic'),
+                        help="the plugin nodes' memory parameter (auto: mailbox when the "
+                             'memory plugin runs in this process, else as configured)')
     opts = parser.parse_args(ros_args[1:])
     try:
         names = registry.parse_list(opts.plugins)
@@ -46,17 +57,25 @@ def main(argv: Optional[List[str]] = None) -> int:
     factories = [] if opts.no_orchestrator else [
         ('orchestrator', 'sage_irp_ros.ros.orchestrator_node:OrchestratorNode')]
     factories += [(n, registry.get(n).node) for n in names]
+    memory = opts.memory
+    if memory == 'auto':
+        memory = 'mailbox' if 'memory' in names else ''
     nodes: List[Node] = []
     try:
         for name, target in factories:
+            kwargs = {}
+            if memory and name not in ('orchestrator', 'memory'):
+                kwargs['parameter_overrides'] = [Parameter('memory', value=memory)]
             try:
-                nodes.append(registry.load(target)())
+                nodes.append(registry.load(target)(**kwargs))
             except Exception as exc:  # noqa: BLE001 - one node's failure must not stop the rest
                 log.error(f'{name}: could not start ({exc}); the other nodes run on')
         if not nodes:
             log.error('no node could start')
             return 1
-        executor = MultiThreadedExecutor(num_threads=opts.threads or len(nodes) + 1)
+        # one thread per node and one spare (and one for memory's ~/sleep call: it waits)
+        spare = 2 if 'memory' in names else 1
+        executor = MultiThreadedExecutor(num_threads=opts.threads or len(nodes) + spare)
         for node in nodes:
             executor.add_node(node)
         stop.spin(executor, rclpy.get_default_context())

@@ -539,3 +539,10 @@ def consolidate(store: ExperienceStore, plugin_name: str, *,
         report.compact_seconds = time.perf_counter() - t
     report.bytes_after = store.stats()['bytes_used']
     return done('committed')
+
+
+def make_plugin(device: str = 'cpu', precision: str = 'fp32') -> SleepIRP:
+    """Build the sleep refiner with its defaults (numpy: cpu and fp32, as its registry entry)."""
+    if device != 'cpu' or precision != 'fp32':
+        raise ValueError(f'sleep runs on cpu in fp32; got {device!r}, {precision!r}')
+    return SleepIRP()
