@@ -3,10 +3,12 @@ the read-only store, the Experience message, the registry entry and the orchestr
 """
 
 import json
+import time
 
 import numpy as np
 import pytest
 from conftest import wait_for
+from rclpy.lifecycle import TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from std_msgs.msg import Float32MultiArray, String
 
@@ -16,6 +18,8 @@ from sage_irp_ros.core.mailbox import EXPERIENCE_CHANNEL, Mailbox
 from sage_irp_ros.msg import Experience
 from sage_irp_ros.plugins.fixture import SmoothingFixture
 from sage_irp_ros.plugins.fixture.node import FixtureIRPNode
+from sage_irp_ros.plugins.memory.node import MemoryIRPNode
+from sage_irp_ros.plugins.memory.sleep import SleepInput, SleepIRP
 from sage_irp_ros.plugins.memory.store import (
     ExperienceStore,
     StoreReadOnlyError,
@@ -245,3 +249,63 @@ def test_launching_memory_turns_the_others_memory_on(tmp_path):
     assert p.overrides['vision_irp_node']['memory'] == 'mailbox'
     p = launch_plan.plan('vision', config='cfg.yaml', overrides_path=ov)
     assert 'memory' not in p.overrides['vision_irp_node']
+
+
+class SlowSleep(SleepIRP):
+    """Test fixture: each sleep step takes 0.2 s (time to deactivate the node under it)."""
+
+    def step(self, state, schedule):
+        time.sleep(0.2)
+        return super().step(state, schedule)
+
+
+class SlowMemoryNode(MemoryIRPNode):
+    """Test fixture node around :class:`SlowSleep`."""
+
+    def create_plugin(self):
+        return SlowSleep(eps=0.0, max_steps=50)
+
+    def example_input(self):
+        return SleepInput(keys=np.eye(4)[[0, 1, 2, 3] * 5] + 0.01), None
+
+
+def fill(store, n_places=5, visits=8, seed=0):
+    rng = np.random.default_rng(seed)
+    places = rng.standard_normal((n_places, 16))
+    for i in range(n_places * visits):
+        store.add('vision', places[i % n_places] + 0.05 * rng.standard_normal(16),
+                  np.full(8, i % n_places, np.float32), {'p': i % n_places})
+
+
+def test_a_sleep_interrupted_by_deactivate_or_budget_leaves_the_store(ros, tmp_path):
+    db = tmp_path / 'memory.db'
+    with ExperienceStore(db) as store:
+        fill(store)
+    node = make_node(ros, tmp_path, SlowMemoryNode, idle_sleep_s=0.0)
+    try:
+        job = node.request_sleep()
+        assert wait_for(lambda: node._busy, 10)
+        time.sleep(0.3)  # a step or two under way
+        assert node.trigger_deactivate() == TransitionCallbackReturn.SUCCESS
+        assert job.done.wait(10) and job.cut_short and not job.committed
+        assert job.reports[0].halt_reason == 'manual' and 'nothing written' in job.summary()
+        assert node.memory_counters.sleeps_interrupted == 1
+        with ExperienceStore(db, readonly=True) as store:
+            assert store.count() == 40 and store.count(source='prototype') == 0
+        # a budget too small for the sleep: halted by budget, nothing written
+        assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS
+        node.set_parameters([Parameter('default_atp', value=1e-3)])
+        job = node.request_sleep()
+        assert job.done.wait(20) and job.reports[0].halt_reason == 'budget'
+        assert not job.committed and job.cut_short
+        with ExperienceStore(db, readonly=True) as store:
+            assert store.count() == 40
+        # with the default budget again it completes
+        node.set_parameters([Parameter('default_atp', value=0.0)])
+        node.set_parameters([Parameter('max_steps', value=3)])
+        job = node.request_sleep()
+        assert job.done.wait(20) and job.committed, job.summary()
+        with ExperienceStore(db, readonly=True) as store:
+            assert store.count(source='prototype') == 5
+    finally:
+        node.destroy_node()

@@ -36,7 +36,7 @@ import numpy as np
 from rclpy.callback_groups import ReentrantCallbackGroup
 from std_srvs.srv import Trigger
 
-from sage_irp_ros.core import RefineResult
+from sage_irp_ros.core import HALT_BUDGET, HALT_MANUAL, HALT_TIMEOUT, RefineResult
 from sage_irp_ros.core.mailbox import EXPERIENCE_CHANNEL
 from sage_irp_ros.msg import Experience
 from sage_irp_ros.plugins.memory.experience import check_experience
@@ -61,6 +61,8 @@ from sage_irp_ros.ros.host import (
 SLEEP_SERVICE, SLEEP_IDLE = 'service', 'idle'
 #: Experiences stored per write transaction at most.
 WRITE_BATCH = 256
+#: Halting reasons of a sleep run stopped from outside (nothing is written then).
+CUT_SHORT = (HALT_MANUAL, HALT_BUDGET, HALT_TIMEOUT)
 
 
 @dataclass
@@ -99,6 +101,12 @@ class SleepJob:
     def committed(self) -> bool:
         """Whether any plugin's prototypes were written."""
         return any(r.committed for r in self.reports)
+
+    @property
+    def cut_short(self) -> bool:
+        """Whether it was interrupted, or a run stopped (budget, deadline, cancel) unwritten."""
+        return self.interrupted or any(
+            r.halt_reason in CUT_SHORT and not r.committed for r in self.reports)
 
     def summary(self) -> str:
         """Return one line: prototypes, rows before / after, steps, halts, seconds, per plugin."""
@@ -409,9 +417,7 @@ class MemoryIRPNode(IRPNodeHost):
         except Exception:  # noqa: BLE001 - the answer goes out anyway
             job.rows_after = None
         job.seconds = time.perf_counter() - job.started
-        cut = job.interrupted or any(
-            r.halt_reason in ('manual', 'budget', 'timeout') and not r.committed
-            for r in job.reports)
+        cut = job.cut_short
         with self._wcond:
             self.memory_counters.sleeps += 1
             self.memory_counters.sleeps_committed += job.committed
@@ -460,7 +466,7 @@ class MemoryIRPNode(IRPNodeHost):
             response.message = (f'sleep still running after {timeout:.0f} s (it goes on; see '
                                 'the log and telemetry)')
             return response
-        response.success = not job.interrupted and not job.errors
+        response.success = not job.cut_short and not job.errors
         response.message = job.summary()
         return response
 
