@@ -60,7 +60,7 @@ def test_weights_load_offline_and_are_small():
     p = load_default()
     assert p.unknown is not None and math.isfinite(p.unknown_threshold)
     assert p.kind == 'vision'
-    assert p.classes == ('background', 'disk', 'rectangle', 'triangle')
+    assert p.classes == scenes.classes_for(p.cfg.task) and len(p.classes) == 4
     assert p.cfg.steps_max >= 4
 
 
@@ -112,11 +112,12 @@ def test_quality_floor_and_early_halting(held_out_runs):
 
 def test_refinement_matters_on_hard(held_out_runs):
     r = held_out_runs['hard']
-    # issue #3 floor: all steps >= step 0 + 5 points on the hard split (measured 7.9)
+    # issue #3 floor: all steps >= step 0 + 5 points on the hard split
     assert r['full']['miou'] - r['step0']['miou'] >= 0.05
-    # issue #11 asks for the halting step >= step 1 + 10 points; the committed model does not
-    # reach it (measured +0.16 points, docs/VISION.md): guard only that halting is no worse
-    assert r['early']['miou'] >= r['step1']['miou'] - 0.005
+    # issue #11 floor: the halting step >= step 1 + 10 points on the hard split (hard frames
+    # need their steps: the evidence of a tag must travel along its object)
+    assert r['early']['miou'] - r['step1']['miou'] >= 0.10, (r['early']['miou'],
+                                                              r['step1']['miou'])
 
 
 def test_later_steps_never_make_it_worse(plugin):
@@ -134,7 +135,9 @@ def test_letterbox_keeps_the_aspect_ratio(plugin):
     assert letterbox_box(640, 480, 64) == (0, 8, 64, 48)
     assert letterbox_box(64, 64, 64) == (0, 0, 64, 64)
     st = plugin.init_state(np.zeros((480, 640, 3), np.uint8))
-    assert st.meta['box'] == (0, 0, 48, 64) and tuple(st.payload.shape[-2:]) == (12, 16)
+    stride = plugin.cfg.latent_stride
+    assert st.meta['box'] == (0, 0, 48, 64)
+    assert tuple(st.payload.shape[-2:]) == (48 // stride, 64 // stride)
     assert tuple(plugin.init_state(np.zeros((600, 100, 3), np.uint8)).meta['box']) == (
         0, 0, 64, 11)  # 64 x 10.7 -> 11 columns, padded to 12
     # 4:3 crops of held-out scenes, shown as 640x480 camera frames (10x nearest upscaling):
@@ -161,10 +164,10 @@ def test_letterbox_keeps_the_aspect_ratio(plugin):
 def test_unknown_flag_separates_ood_sets(plugin):
     # On a smaller held-out sample than the benchmark: at most 5 % of in-distribution frames
     # flagged (threshold from validation); issue #11 floor AUROC >= 0.9 where the committed
-    # detector reaches it (photos, blurred); low contrast (0.89 in the benchmark) and unseen
-    # shapes (0.70) fall short and are guarded at their measured level (docs/VISION.md)
+    # detector reaches it (photos, blurred, low contrast); unseen tags fall short and are
+    # guarded at their measured level (docs/VISION.md)
     n = 60
-    floors = {'photos': 0.9, 'blurred': 0.9, 'low_contrast': 0.85, 'unseen_shapes': 0.6}
+    floors = {'photos': 0.9, 'blurred': 0.9, 'low_contrast': 0.9, 'unseen_shapes': 0.55}
 
     def assess(imgs):
         return [plugin.assess(refine(plugin, img, None, config=plugin.halt_config()).state)
@@ -183,7 +186,7 @@ def test_unknown_flag_separates_ood_sets(plugin):
 
 
 def test_any_input_size_and_probabilities(plugin):
-    img, _, _ = scenes.make_scene(scenes.EASY_SEED0)
+    img, _, _ = scenes.make_scene(scenes.EASY_SEED0, task=plugin.cfg.task)
     for h, w in ((64, 64), (100, 37), (480, 640), (17, 17), (1, 300)):
         x = np.ascontiguousarray(
             torch.nn.functional.interpolate(
@@ -206,7 +209,7 @@ def test_any_input_size_and_probabilities(plugin):
 
 
 def test_energy_falls_and_decoding_is_lazy(plugin):
-    imgs, _ = scenes.held_out('hard', 4)
+    imgs, _ = scenes.held_out('hard', 4, plugin.cfg.task)
     for img in imgs:
         res = refine(plugin, img, {'confident': False}, config=plugin.no_halt_config())
         e = res.trace.energies
@@ -215,7 +218,12 @@ def test_energy_falls_and_decoding_is_lazy(plugin):
     st = plugin.init_state(imgs[0])
     assert st.meta['logits'] is None and st.meta['E'] is None  # nothing decoded yet
     e = plugin.energy(st)
-    assert st.meta['E'] == e and st.meta['logits'] is not None  # decoded once, cached
+    assert st.meta['E'] == e  # cached
+    if hasattr(plugin.net, 'decode_coarse'):
+        # the energy reads the coarse decoding; the full one waits for the result
+        assert st.meta['logits'] is None
+        plugin.result(st)
+    assert st.meta['logits'] is not None and plugin.energy(st) == e  # decoded once, cached
     from sage_irp_ros.core.plugin import Schedule
     st2 = plugin.step(st, Schedule(0, 1, 1, 1.0))
     assert st2.meta['logits'] is None and st2.meta['E'] is None  # a step does not decode
@@ -229,7 +237,7 @@ def test_fp16_refused_on_cpu(plugin):
 
 
 def test_reentrant_concurrent_equals_sequential(plugin):
-    imgs, _ = scenes.held_out('hard', 2)
+    imgs, _ = scenes.held_out('hard', 2, plugin.cfg.task)
     cfg = plugin.halt_config()
     seq = [refine(plugin, img, None, config=cfg) for img in imgs]
     got = [None, None]
@@ -266,3 +274,56 @@ def test_quick_training_produces_loadable_checkpoint(tmp_path):
     assert meta['quick'] and meta['seed'] == 1
     res = refine(p, np.zeros((30, 40, 3), np.uint8), None, config=p.halt_config())
     assert res.output.shape == (30, 40)
+
+
+def test_memory_warm_start_helps_the_same_place_and_ignores_others(plugin, tmp_path):
+    # Memory (issue #14): a run's experience, recalled by a later view of the same place (new
+    # noise, shifted view), starts the refinement closer to the answer; a hint about another
+    # place is ignored, so the run equals the cold one. Validation seeds (MEMORY_VAL_SEED0).
+    if plugin.cfg.refiner != 'propagate':
+        pytest.skip('only the propagate model is remembered')
+    from sage_irp_ros.plugins.memory.store import ExperienceStore
+    store = ExperienceStore(str(tmp_path / 'memory.db'))
+    cfg = plugin.halt_config()
+    places = [(scenes.MEMORY_VAL_SEED0 + 900 + i, 0.6 + 0.04 * i) for i in range(10)]
+    for s, d in places:
+        res = refine(plugin, scenes.revisit(s, d, 0)[0], None, config=cfg)
+        ex = plugin.experience(res.state, res.output)
+        assert ex['key'].dtype == np.float32 and abs(np.linalg.norm(ex['key']) - 1) < 1e-4
+        assert tuple(ex['latent'].shape) == tuple(res.state.payload.shape)
+        store.add('vision', ex['key'], ex['latent'].numpy(), dict(ex['summary'], place=s),
+                  steps=res.trace.steps, energy=res.trace.energies[-1],
+                  halt_reason=res.trace.halt_reason)
+
+    def recall(key):
+        rec = store.nearest('vision', key, k=1, touch=False)
+        return rec[0] if rec else None
+
+    cold_steps, warm_steps = [], []
+    acc_cold, acc_warm = IoUAccumulator(4), IoUAccumulator(4)
+    for s, d in places:
+        img, gt = scenes.revisit(s, d, 1)
+        cold = refine(plugin, img, None, config=cfg)
+        warm = refine(plugin, img, {'recall': recall}, config=cfg)
+        ws = warm.state.meta['warm_start']
+        assert ws['used'], ws
+        cold_steps.append(cold.trace.steps)
+        warm_steps.append(warm.trace.steps)
+        acc_cold.add(cold.output, gt)
+        acc_warm.add(warm.output, gt)
+    assert np.mean(warm_steps) < 0.6 * np.mean(cold_steps), (cold_steps, warm_steps)
+    assert acc_warm.miou() >= acc_cold.miou() - 0.01, (acc_cold.miou(), acc_warm.miou())
+    # places never stored: the nearest record is another place's; it must not be used
+    for i in range(8):
+        img, _ = scenes.revisit(scenes.MEMORY_VAL_SEED0 + 950 + i, 0.5, 0)
+        cold = refine(plugin, img, None, config=cfg)
+        warm = refine(plugin, img, {'recall': recall}, config=cfg)
+        assert not warm.state.meta['warm_start']['used'], warm.state.meta['warm_start']
+        assert np.array_equal(cold.output, warm.output)
+        assert warm.trace.steps == cold.trace.steps
+    # a hint of the wrong shape is refused, not an error
+    rec = recall(plugin.memory_key(*[refine(plugin, img, None, config=cfg).state.meta[k]
+                                      for k in ('inject', 'box')]))
+    rec.similarity, rec.latent = 1.0, np.zeros((1, 16, 8, 8), np.float32)
+    z, info = plugin.warm_start(plugin.init_state(img).payload, rec)
+    assert not info['used'] and 'shape' in info['why']

@@ -21,6 +21,16 @@ from sage_irp_ros.ros.conversions import rgb_to_image
 MODULE = 'sage_irp_ros.plugins.vision.node'
 
 
+def vision_task() -> str:
+    """Return the scene task of the committed vision weights (from their JSON record)."""
+    import json
+    import os
+
+    from sage_irp_ros.plugins.vision.plugin import DEFAULT_WEIGHTS
+    with open(os.path.splitext(DEFAULT_WEIGHTS)[0] + '.json', encoding='utf-8') as f:
+        return json.load(f)['config'].get('task', 'shapes')
+
+
 def test_vision_node_segments_camera_frames(ros, node_process):
     node = node_process(MODULE, {'input_topic': '/camera/image_raw', 'output_topic': '/mask',
                                  'default_atp': 0.0,  # no orchestrator: unlimited runs
@@ -37,7 +47,7 @@ def test_vision_node_segments_camera_frames(ros, node_process):
     assert wait_for(lambda: ros.node.count_subscribers('/overlay') >= 1, 5)
     time.sleep(1.0)  # let the node see the overlay subscriber
 
-    images, gts = held_out('easy', 3)
+    images, gts = held_out('easy', 3, vision_task())
     correct = total = 0
     for k, (img, gt) in enumerate(zip(images, gts, strict=True)):
         # Send 2x upscaled frames as bgr8: the node must resize and answer at the input size.

@@ -142,8 +142,8 @@ def workload(cycles: int) -> Tuple[object, object, list, Callable]:
     from sage_irp_ros.plugins.vision.plugin import load_default
     from sage_irp_ros.plugins.vision.scenes import held_out
     vision = load_default()
-    imgs_e, gts_e = held_out('easy', (cycles + 1) // 2)
-    imgs_h, gts_h = held_out('hard', (cycles + 1) // 2)
+    imgs_e, gts_e = held_out('easy', (cycles + 1) // 2, vision.cfg.task)
+    imgs_h, gts_h = held_out('hard', (cycles + 1) // 2, vision.cfg.task)
     items = []
     for i in range(cycles):
         imgs, gts = (imgs_e, gts_e) if i % 2 == 0 else (imgs_h, gts_h)

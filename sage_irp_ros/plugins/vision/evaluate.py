@@ -73,7 +73,8 @@ def per_step_outputs(net, images: np.ndarray, steps: int, uncertain_p: float,
 
     Returns ``pred`` (steps+1, N, S, S) uint8 class ids, ``energy`` (steps+1, N) mean entropy
     in nats and ``uncertain`` (steps+1, N) fraction of pixels with max probability below
-    ``uncertain_p``: the same statistics the plugin computes, for halting simulation.
+    ``uncertain_p``: the same statistics the plugin computes (from the coarse decoding for a
+    net that has one), for halting simulation.
     """
     preds, ents, uncs = [], [], []
     for i in range(0, len(images), batch):
@@ -82,15 +83,20 @@ def per_step_outputs(net, images: np.ndarray, steps: int, uncertain_p: float,
         if x.shape[-1] != size or x.shape[-2] != size:
             x = torch.nn.functional.interpolate(x, size=(size, size), mode='bilinear',
                                                 align_corners=False, antialias=True)
-        outs = net(x, steps)
+        z, inject, skip = net.encode(x)
+        coarse = hasattr(net, 'decode_coarse')  # the plugin's energy reads the coarse decoding
         p, e, u = [], [], []
-        for logits in outs:
+        for t in range(steps + 1):
+            if t:
+                z = net.step(z, inject)
+            full = net.decode(z, skip)
+            logits = net.decode_coarse(z, skip) if coarse else full
             logp = torch.log_softmax(logits.float(), 1)
             prob = logp.exp()
             e.append((-(prob * logp).sum(1)).mean((1, 2)))
             maxp = prob.max(1).values
             u.append((maxp < uncertain_p).float().mean((1, 2)))
-            p.append(logits.argmax(1).to(torch.uint8))
+            p.append(full.argmax(1).to(torch.uint8))
         preds.append(torch.stack(p).numpy())
         ents.append(torch.stack(e).numpy())
         uncs.append(torch.stack(u).numpy())
@@ -191,13 +197,15 @@ def halting_features(net, images: np.ndarray, confident_frac: Optional[float], e
             if t:
                 z = net.step(z, inject)
             logits = net.decode(z, skip)
-            logp = torch.log_softmax(logits.float(), 1)
-            prob = logp.exp()
-            maxp = prob.max(1).values
+            prob = torch.softmax(logits.float(), 1)
             zs.append(z)
-            ents.append((-(prob * logp).sum(1)).mean((1, 2)))
-            uncs.append((maxp < uncertain_p).float().mean((1, 2)))
-            confs.append(maxp.mean((1, 2)))
+            # halting statistics as the plugin computes them (coarse decoding when there)
+            logp = torch.log_softmax((net.decode_coarse(z, skip) if hasattr(net, 'decode_coarse')
+                                      else logits).float(), 1)
+            p = logp.exp()
+            ents.append((-(p * logp).sum(1)).mean((1, 2)))
+            uncs.append((p.max(1).values < uncertain_p).float().mean((1, 2)))
+            confs.append(prob.max(1).values.mean((1, 2)))
             preds.append(logits.argmax(1).to(torch.uint8))
         E, U = torch.stack(ents).numpy(), torch.stack(uncs).numpy()
         steps = simulate_halting(E, U, sm, confident_frac, eps_abs, K)

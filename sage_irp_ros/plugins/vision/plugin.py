@@ -11,8 +11,14 @@ import torch
 import torch.nn.functional as F
 
 from sage_irp_ros.core.loop import HaltConfig
-from sage_irp_ros.core.plugin import HALT_CONFIDENT, IRPPlugin, IRPState, Schedule
-from sage_irp_ros.plugins.vision.model import VisionConfig, VisionIRPNet, load_checkpoint
+from sage_irp_ros.core.plugin import (
+    HALT_CONFIDENT,
+    HALT_STABLE,
+    IRPPlugin,
+    IRPState,
+    Schedule,
+)
+from sage_irp_ros.plugins.vision.model import VisionConfig, load_checkpoint
 from sage_irp_ros.plugins.vision.unknown import UnknownDetector, content_cells, frame_features
 
 WEIGHTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'weights')
@@ -26,18 +32,22 @@ class VisionIRP(IRPPlugin):
 
     Four invariants:
 
-    - **state space**: the payload is a latent ``z`` of shape (1, latent_channels=32, 16, 16) (the
-      model input, 64x64, at stride 4) on the plugin's device; ``state.meta`` holds the
-      encoder's injection features and the decoder's per-frame skip terms (computed once by
-      ``init_state``), the decoded logits of the current ``z`` (1, C, 64, 64), its energy and
-      uncertain fraction, and the input size. Step ``t`` maps ``z_t`` to
-      ``z_{t+1} = z_t + f(z_t, e)`` with one weight-tied residual block ``f`` (steps are
-      iterations of the same map).
+    - **state space**: the payload is a latent ``z`` on the plugin's device: (1, 16, H/2, W/2)
+      non-negative class evidence for the committed ``propagate`` model (``PropagationNet``;
+      the model input is the letterboxed frame, 64 px on its longer side), (1, 32, H/4, W/4)
+      for the older residual refiners (``VisionIRPNet``). ``state.meta`` holds the encoder's
+      injection features (for ``propagate``: the features and the learnt affinities) and the
+      decoder's per-frame skip terms (computed once by ``init_state``), the decoded logits of
+      the current ``z``, its energy and uncertain fraction, and the input size. Step ``t``
+      maps ``z_t`` to ``z_{t+1}`` with one weight-tied map (steps are iterations of the same
+      map): for ``propagate``, evidence moves to neighbours through the affinities (at most 2
+      cells a step) and a learnt residual corrects it.
     - **noise / uncertainty model**: the image is a scene seen through sensor noise, optical
-      blur, low contrast and occluders (``scenes.py``); the per-pixel class posterior is the
-      softmax of the decoded logits, and its spread is the plugin's uncertainty. The encoder
-      sees only a local window (23 px), so ``z_0`` is uncertain wherever a class needs the
-      shape's outline; refinement spreads that context.
+      blur and low contrast (``scenes.py``); the per-pixel class posterior is the softmax of
+      the decoded logits, and its spread is the plugin's uncertainty. In the ``tags`` task an
+      object's class is printed on a small tag somewhere on it: at ``z_0`` only the pixels
+      near a tag know their class, and each step carries the evidence further across the
+      object, so an object far from its tag stays uncertain until the evidence arrives.
     - **energy**: the mean over the 64x64 model-resolution pixels of the entropy of the decoded
       class distribution, in **nats** per pixel, in ``[0, ln C]``; lower is better (a confident
       segmentation). It is computed inside ``step`` from the logits the step decodes anyway
@@ -56,11 +66,13 @@ class VisionIRP(IRPPlugin):
     """
 
     kind = 'vision'
-    version = 'vision-irp-2'
+    version = 'vision-irp-3'
 
-    def __init__(self, net: VisionIRPNet, device: str = 'cpu', precision: str = 'fp32',
+    def __init__(self, net: torch.nn.Module, device: str = 'cpu', precision: str = 'fp32',
                  confident: bool = True, confident_frac: Optional[float] = None,
-                 unknown: Optional[UnknownDetector] = None, pad: str = 'stride'):
+                 unknown: Optional[UnknownDetector] = None, pad: str = 'stride',
+                 recall_similarity: float = 0.8, recall_agreement: float = 0.5,
+                 recall_energy_tol: Optional[float] = None):
         """Wrap a trained ``net`` on ``device`` ('cpu', 'cuda', 'cuda:1', ...) at ``precision``.
 
         ``precision`` is 'fp32' or 'fp16'; fp16 is accepted on CUDA only (CPU half-precision
@@ -71,7 +83,10 @@ class VisionIRP(IRPPlugin):
         the fitted unknown detector (``unknown.py``; stored in the checkpoint); without one
         :meth:`assess` flags nothing. ``pad``: how a letterboxed frame is padded, 'stride' (to a
         multiple of 4 only: a 640x480 frame becomes a 64x48 input; the default, better on
-        validation) or 'square' (to input_size x input_size).
+        validation) or 'square' (to input_size x input_size). ``recall_similarity`` and
+        ``recall_agreement``: when a remembered latent is good enough to start from (see
+        :meth:`warm_start`); ``recall_energy_tol``: how close to the remembered final energy a
+        warm start must be to stop at step 0 (:meth:`halt`; None: never).
         """
         if precision not in PRECISIONS:
             raise ValueError(f'precision must be one of {PRECISIONS}, got {precision!r}')
@@ -95,6 +110,10 @@ class VisionIRP(IRPPlugin):
         if pad not in ('stride', 'square'):
             raise ValueError(f"pad must be 'stride' or 'square', got {pad!r}")
         self.pad = pad
+        self.recall_similarity = float(recall_similarity)
+        self.recall_agreement = float(recall_agreement)
+        self.recall_energy_tol = (None if recall_energy_tol is None
+                                  else float(recall_energy_tol))
 
     # --- construction -------------------------------------------------------------------
     @classmethod
@@ -193,10 +212,98 @@ class VisionIRP(IRPPlugin):
         x, hw, box = self._to_input(x0)
         with torch.inference_mode():
             z, inject, skip = self.net.encode(x)
-        confident = self.confident and bool((ctx or {}).get('confident', True))
-        return IRPState(payload=z, meta={'inject': inject, 'skip': skip, 'logits': None,
-                                         'E': None, 'uncertain': None, 'hw': hw, 'box': box,
-                                         'confident_rule': confident})
+        ctx = ctx or {}
+        confident = self.confident and bool(ctx.get('confident', True))
+        meta = {'inject': inject, 'skip': skip, 'logits': None, 'E': None, 'uncertain': None,
+                'hw': hw, 'box': box, 'confident_rule': confident, 'key': None}
+        recall = ctx.get('recall')
+        if recall is not None and self.cfg.refiner == 'propagate':
+            meta['key'] = self.memory_key(inject, box)
+            z, meta['warm_start'] = self.warm_start(z, recall(meta['key']))
+        return IRPState(payload=z, meta=meta)
+
+    # --- memory: key, experience, warm start ----------------------------------------------
+    def memory_key(self, inject: torch.Tensor, box: Box) -> np.ndarray:
+        """Return the frame's key for memory: where what is, coarsely (1-D float32, unit norm).
+
+        The encoder features of the frame's content, average-pooled to a 4x4 grid, centred
+        (the mean of each channel over the grid removed, so only the layout remains) and
+        normalised: a view of the same place with new noise or a shift of a few pixels keeps
+        nearly the same key; another place does not.
+        """
+        c = self.cfg.latent_channels
+        stride = self.cfg.latent_stride
+        top, left, bh, bw = box
+        with torch.inference_mode():
+            e = inject[:, :c, top // stride:-(-(top + bh) // stride),
+                       left // stride:-(-(left + bw) // stride)].float()
+            g = F.adaptive_avg_pool2d(e, 4)[0]
+            g = g - g.mean((1, 2), keepdim=True)
+            k = g.reshape(-1)
+            k = k / k.norm().clamp_min(1e-12)
+        return k.cpu().numpy().astype(np.float32)
+
+    def warm_start(self, z0: torch.Tensor, record: Any) -> Tuple[torch.Tensor, dict]:
+        """Start from a remembered final latent when it fits this frame; else ``z0``.
+
+        A record (``MemoryRecord`` of the memory store: ``latent``, ``similarity``,
+        ``source``, ``id``) is used when (1) its key similarity is at least
+        ``recall_similarity``, (2) its latent has this frame's shape, and (3) after aligning
+        it to this frame (the shift of up to 2 latent cells, 4 pixels, that best matches the
+        evidence the encoder already sees), it **agrees** with that evidence: the cosine
+        between the two over the cells where this frame has evidence is at least
+        ``recall_agreement``. A hint about another place, or with other classes where this
+        frame can see its tags, is ignored. The start is then ``max(z0, aligned hint)``: the
+        encoder's own evidence is never lost. Returns the latent and the ``warm_start``
+        record for telemetry (``used``, ``similarity``, ``source``, ``id``, and why not).
+        """
+        info = {'used': False}
+        if record is None:
+            info['why'] = 'no memory'
+            return z0, info
+        info.update(similarity=float(record.similarity), source=str(record.source),
+                    id=int(record.id))
+        if getattr(record, 'energy', None) is not None:
+            info['energy'] = float(record.energy)
+        if record.similarity < self.recall_similarity:
+            info['why'] = 'not similar enough'
+            return z0, info
+        lat = record.latent
+        if lat is None:
+            info['why'] = 'no latent'
+            return z0, info
+        hint = torch.as_tensor(np.asarray(lat) if not isinstance(lat, torch.Tensor) else lat)
+        hint = hint.to(device=z0.device, dtype=z0.dtype).reshape(-1, *hint.shape[-3:])
+        if tuple(hint.shape[1:]) != tuple(z0.shape[1:]):
+            info['why'] = f'shape {tuple(hint.shape[1:])} != {tuple(z0.shape[1:])}'
+            return z0, info
+        with torch.inference_mode():
+            aligned, shift, agree = _align(z0, hint[:1], 2)
+        info.update(shift=list(shift), agreement=agree)
+        if agree < self.recall_agreement:
+            info['why'] = 'disagrees with the evidence seen'
+            return z0, info
+        info['used'] = True
+        return torch.maximum(z0, aligned), info
+
+    def experience(self, state: IRPState, output: Any) -> Optional[dict]:
+        """Return what memory keeps of a run: the frame's key, the refined latent, a summary.
+
+        Only the ``propagate`` model is remembered (its latent is class evidence that a later
+        view of the same place can start from).
+        """
+        if self.cfg.refiner != 'propagate':
+            return None
+        m = state.meta
+        key = m.get('key')
+        if key is None:
+            key = self.memory_key(m['inject'], m['box'])
+        present = sorted(int(c) for c in np.unique(output)) if output is not None else []
+        return {'key': key, 'latent': state.payload,
+                'summary': {'hw': list(m['hw']), 'box': list(m['box']),
+                            'classes_present': [self.classes[c] for c in present
+                                                if c < len(self.classes)],
+                            'warm_start': bool(m.get('warm_start', {}).get('used', False))}}
 
     def _logits(self, state: IRPState) -> torch.Tensor:
         m = state.meta
@@ -209,10 +316,19 @@ class VisionIRP(IRPPlugin):
         m = state.meta
         if m['E'] is None:
             with torch.inference_mode():
-                m['E'], m['uncertain'] = self._stats(self._logits(state))
+                if hasattr(self.net, 'decode_coarse'):  # energy at the latent's resolution
+                    logits = self.net.decode_coarse(state.payload, m['skip'])
+                else:
+                    logits = self._logits(state)
+                m['E'], m['uncertain'] = self._stats(logits)
 
     def energy(self, state: IRPState) -> float:
-        """Mean per-pixel entropy of the decoded class distribution (nats), cached per state."""
+        """Mean per-pixel entropy of the decoded class distribution (nats), cached per state.
+
+        For the ``propagate`` model the distribution is decoded at the latent's resolution
+        (``PropagationNet.decode_coarse``, a third of a full decoding), for the older models at
+        the model input's.
+        """
         self._ensure_stats(state)
         return state.meta['E']
 
@@ -223,11 +339,23 @@ class VisionIRP(IRPPlugin):
         return state.evolve(z, logits=None, E=None, uncertain=None, assess=None)
 
     def halt(self, state: IRPState, energies: list) -> Optional[str]:
-        """'confident' when the fraction of uncertain pixels is below ``confident_frac``."""
+        """Return 'confident', 'stable' or None.
+
+        'confident' when the fraction of uncertain pixels is below ``confident_frac``;
+        'stable' at step 0 of a warm start whose energy is already no higher than the energy
+        the remembered run halted at (``recall_energy_tol`` relative): memory says that, at
+        this energy, refining this place had converged.
+        """
         if state.meta['confident_rule']:
             self._ensure_stats(state)
             if state.meta['uncertain'] < self.confident_frac:
                 return HALT_CONFIDENT
+        ws = state.meta.get('warm_start')
+        if (self.recall_energy_tol is not None and state.step_idx == 0 and ws
+                and ws.get('used') and ws.get('energy') is not None):
+            self._ensure_stats(state)
+            if state.meta['E'] <= ws['energy'] * (1.0 + self.recall_energy_tol):
+                return HALT_STABLE
         return None
 
     def energy_scale(self, e0: float) -> float:
@@ -290,6 +418,31 @@ class VisionIRP(IRPPlugin):
         m['assess'] = {'confidence': conf, 'unknown_score': score, 'unknown_threshold': thr,
                        'unknown': unknown}
         return m['assess']
+
+
+def _align(z0: torch.Tensor, hint: torch.Tensor, max_shift: int):
+    """Shift ``hint`` (1, C, H, W) by up to ``max_shift`` cells to best match ``z0``.
+
+    Returns ``(shifted hint, (dy, dx), agreement)``: the agreement is the cosine between
+    ``z0`` and the shifted hint over the cells where ``z0`` has evidence (its channel sum is
+    above a tenth of its maximum); 0 when ``z0`` has none.
+    """
+    p = max_shift
+    H, W = z0.shape[-2:]
+    z = z0.float()
+    s = z.sum(1, keepdim=True)
+    mask = (s > 0.1 * s.max().clamp_min(1e-12)).float()
+    a = z * mask                                             # (1, C, H, W)
+    padded = F.pad(hint.float(), (p, p, p, p))               # (1, C, H+2p, W+2p)
+    # all (2p+1)^2 shifts at once: correlation with the masked evidence, and the masked
+    # hint's norm per shift (out[i, j] is the shift dy = p - i, dx = p - j)
+    dot = F.conv2d(padded, a)[0, 0]
+    nrm = F.conv2d((padded * padded).sum(1, keepdim=True), mask)[0, 0].clamp_min(0).sqrt()
+    cos = dot / (nrm * a.norm()).clamp_min(1e-12)
+    i = int(torch.argmax(cos))
+    r, c = divmod(i, cos.shape[1])
+    shifted = padded[:, :, r:r + H, c:c + W].to(hint.dtype)
+    return shifted, (p - r, p - c), max(float(cos[r, c]), 0.0)
 
 
 def letterbox_box(h: int, w: int, size: int) -> Tuple[int, int, int, int]:

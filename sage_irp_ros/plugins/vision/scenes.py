@@ -71,13 +71,15 @@ class Knobs:
 
 #: Scene generators: 'shapes' (the committed model's task) and 'sizes' (difficulty = shape size,
 #: the redesign tried for issue #11, docs/VISION.md).
-TASKS = ('shapes', 'sizes')
+TASKS = ('shapes', 'sizes', 'tags')
 
 
 def knobs_for(d: float, rng: np.random.Generator, task: str = 'shapes') -> Knobs:
     """Draw the knobs of a scene of difficulty ``d`` in [0, 1] for ``task``."""
     if task == 'sizes':
         return _knobs_sizes(d, rng)
+    if task == 'tags':
+        return _knobs_tags(d, rng)
     if task != 'shapes':
         raise ValueError(f'unknown task {task!r}; expected one of {TASKS}')
     d = float(np.clip(d, 0.0, 1.0))
@@ -169,15 +171,158 @@ def _shape_pixels(kind: str, rng: np.random.Generator, cy: float, cx: float, r: 
     raise ValueError(f'unknown shape {kind!r}')
 
 
+def _knobs_tags(d: float, rng: np.random.Generator) -> Knobs:
+    """Draw the knobs of the 'tags' task: difficulty is mostly how far objects extend.
+
+    ``size_lo``..``size_hi`` is the object's length in pixels at 64x64, and its tag may sit
+    anywhere on it, so long objects have pixels far from their tag.
+    Noise, blur and contrast loss grow a little with ``d`` (ranges the out-of-distribution sets
+    leave, ``ood_set``); easy scenes hold more, smaller objects.
+    """
+    d = float(np.clip(d, 0.0, 1.0))
+    noise = rng.uniform(0.0, 0.015) + d * rng.uniform(0.0, 0.04)
+    blur = rng.uniform(0.0, 0.3) + d * rng.uniform(0.0, 0.4)
+    contrast = 1.0 - d * rng.uniform(0.0, 0.3)
+    length = 10.0 + 48.0 * d
+    count = int(rng.integers(2, 6)) if d < 0.35 else int(rng.integers(1, 4))
+    return Knobs(noise, blur, contrast, 0, count, 0.85 * length, 1.1 * length)
+
+
+#: Tag patterns of the 'tags' task (8x8, 1 = light ink, 0 = dark ink), class id = index + 1.
+#: All are unchanged (up to inverting a checker) by the flips and 90-degree rotations of
+#: training augmentation.
+_I, _J = np.mgrid[0:8, 0:8]
+_CENTRE = (_I >= 2) & (_I < 6) & (_J >= 2) & (_J < 6)
+TAG_PATTERNS = {
+    'dot': (~_CENTRE).astype(np.float32),                       # light, dark centre
+    'frame': _CENTRE.astype(np.float32),                        # dark, light centre
+    'checker': (((_I // 2) + (_J // 2)) % 2).astype(np.float32),
+}
+#: Patterns never drawn by the training generator (the ``unseen_tags`` OOD set).
+UNSEEN_TAG_PATTERNS = {
+    'stripes': ((_I // 2) % 2).astype(np.float32),
+    'cross': (~(((_I >= 3) & (_I < 5)) | ((_J >= 3) & (_J < 5)))).astype(np.float32),
+    'half': (_J < 4).astype(np.float32),
+}
+TAG_CLASSES = ('background',) + tuple(TAG_PATTERNS)
+OBJECT_KINDS = ('blob', 'bar', 'elbow', 'snake')
+
+
+def classes_for(task: str) -> Tuple[str, ...]:
+    """Class names of a task's class ids (0 = background)."""
+    if task not in TASKS:
+        raise ValueError(f'unknown task {task!r}; expected one of {TASKS}')
+    return TAG_CLASSES if task == 'tags' else CLASSES
+
+
+def _thick_polyline(ys, xs, width: float, shape) -> np.ndarray:
+    """Boolean mask of a polyline of the given width (segments as rotated rectangles + joints)."""
+    m = np.zeros(shape, bool)
+    for (y0, x0, y1, x1) in zip(ys[:-1], xs[:-1], ys[1:], xs[1:], strict=True):
+        L = max(np.hypot(y1 - y0, x1 - x0), 1e-6)
+        ny, nx = (x1 - x0) / L * width / 2, -(y1 - y0) / L * width / 2
+        rr, cc = draw.polygon([y0 - ny, y0 + ny, y1 + ny, y1 - ny],
+                              [x0 - nx, x0 + nx, x1 + nx, x1 - nx], shape=shape)
+        m[rr, cc] = True
+    for (y, x) in zip(ys[1:-1], xs[1:-1], strict=True):
+        m[draw.disk((y, x), width / 2, shape=shape)] = True
+    return m
+
+
+def _tag_object(kind: str, rng: np.random.Generator, length: float, width: float,
+                shape) -> np.ndarray:
+    """Mask of one object of the 'tags' task: ``length`` is its extent along its skeleton."""
+    H, W = shape
+    cy, cx = rng.uniform(0.15 * H, 0.85 * H), rng.uniform(0.15 * W, 0.85 * W)
+    th = rng.uniform(0, 2 * np.pi)
+    if kind == 'blob':
+        m = np.zeros(shape, bool)
+        rr, cc = draw.ellipse(cy, cx, max(length / 2, width / 2),
+                              width / 2 * rng.uniform(1.0, 1.4), shape=shape, rotation=th)
+        m[rr, cc] = True
+        return m
+    if kind == 'bar':
+        pts = [(-length / 2, 0.0), (length / 2, 0.0)]
+    elif kind == 'elbow':
+        a = rng.uniform(0.35, 0.65) * length
+        pts = [(-a / 2, 0.0), (a / 2, 0.0), (a / 2, (length - a) * rng.choice([-1, 1]))]
+    else:  # snake: three segments with random turns
+        seg = length / 3
+        pts, ang, p = [(0.0, 0.0)], 0.0, np.zeros(2)
+        for _ in range(3):
+            p = p + seg * np.array([np.cos(ang), np.sin(ang)])
+            pts.append((float(p[0]), float(p[1])))
+            ang += rng.uniform(0.6, 1.6) * rng.choice([-1, 1])
+        c = np.mean(pts, 0)
+        pts = [(u - c[0], v - c[1]) for u, v in pts]
+    ct, st = np.cos(th), np.sin(th)
+    ys = [cy + u * st + v * ct for u, v in pts]
+    xs = [cx + u * ct - v * st for u, v in pts]
+    return _thick_polyline(ys, xs, width, shape)
+
+
+def _render_tags(rng: np.random.Generator, k: Knobs, s: float, img: np.ndarray,
+                 cls: np.ndarray, bg_mean: np.ndarray, fg_pattern: np.ndarray,
+                 patterns) -> None:
+    """Draw the objects of a 'tags' scene, each carrying one tag, into ``img`` and ``cls``.
+
+    Objects never touch (a 2-pixel gap), so every object pixel is connected to its own tag
+    inside the object; an object whose tag does not fit is dropped. ``patterns``: a dict of
+    name -> (class id, 8x8 pattern); ``s`` the scale (pixels per pixel of a 64x64 scene).
+    """
+    occupied = np.zeros(cls.shape, bool)
+    tag = int(round(8 * s))
+    names = list(patterns)
+    for _ in range(k.count):
+        name = names[int(rng.integers(0, len(names)))]
+        cid, pat = patterns[name]
+        length = rng.uniform(k.size_lo, k.size_hi) * s
+        width = rng.uniform(11.0, 14.0) * s
+        kind = OBJECT_KINDS[int(rng.integers(0, len(OBJECT_KINDS)))]
+        for _attempt in range(25):
+            m = _tag_object(kind, rng, length, width, cls.shape)
+            if m.sum() < tag * tag * 1.5 or (m & ndimage.binary_dilation(occupied,
+                                                                          iterations=2)).any():
+                continue
+            # tag centres: object pixels whose tag square lies in the object
+            inner = ndimage.binary_erosion(m, structure=np.ones((tag, tag), bool),
+                                           border_value=0)
+            ys, xs = np.nonzero(inner)
+            if len(ys) == 0:
+                continue
+            j = int(rng.integers(0, len(ys)))
+            ty, tx = ys[j] - tag // 2, xs[j] - tag // 2
+            break
+        else:
+            continue
+        col = rng.uniform(0.0, 1.0, 3)
+        diff = col - bg_mean
+        if np.abs(diff).max() < 0.35:
+            diff = diff / (np.abs(diff).max() + 1e-6) * 0.35
+        fg = bg_mean + k.contrast * diff
+        img[m] = fg[None, :] + fg_pattern[m]
+        pick = np.arange(tag) * 8 // tag  # nearest-neighbour resize of the 8x8 pattern
+        ink = pat[pick][:, pick]
+        light = bg_mean + k.contrast * (0.92 - bg_mean)
+        dark = bg_mean + k.contrast * (0.06 - bg_mean)
+        img[ty:ty + tag, tx:tx + tag] = (dark[None, None, :] * (1 - ink[..., None])
+                                         + light[None, None, :] * ink[..., None])
+        cls[m] = cid
+        occupied |= m
+
+
 def make_scene(seed: int, difficulty: float = None, size: int = SIZE, *, task: str = 'shapes',
-               blur: float = None, contrast: float = None, shapes: Tuple[str, ...] = None
+               blur: float = None, contrast: float = None, shapes: Tuple[str, ...] = None,
+               noise_seed: int = None, scale: float = None
                ) -> Tuple[np.ndarray, np.ndarray, Knobs]:
     """Render scene ``seed``: ``(image (size, size, 3) uint8, classes (size, size) uint8, knobs)``.
 
     With ``difficulty`` None it is drawn uniformly from [0, 1] by the seed's generator.
     ``blur`` / ``contrast`` override the drawn knob (the OOD sets); ``shapes`` draws the
     shapes from these names instead of the three classes (their class id is then 255: no
-    class of the model).
+    class of the model). ``noise_seed`` draws the sensor noise from its own generator (the
+    same scene seen again with new noise: :func:`revisit`). ``scale``: object size in pixels
+    per pixel of a 64x64 scene (default ``size / 64``; the 'tags' task only).
     """
     rng = np.random.default_rng(int(seed))
     d = rng.uniform(0.0, 1.0) if difficulty is None else float(difficulty)
@@ -192,8 +337,12 @@ def make_scene(seed: int, difficulty: float = None, size: int = SIZE, *, task: s
     fg_pattern = _texture(rng, size, np.full(3, -0.08), np.full(3, 0.08))
     bg_mean = img.reshape(-1, 3).mean(0)
     cls = np.zeros((size, size), np.uint8)
-    s = size / 64.0
-    for _ in range(k.count):
+    s = size / 64.0 if scale is None or task != 'tags' else float(scale)
+    if task == 'tags':
+        pats = ({n: (255, p) for n, p in UNSEEN_TAG_PATTERNS.items()} if shapes is not None
+                else {n: (i + 1, p) for i, (n, p) in enumerate(TAG_PATTERNS.items())})
+        _render_tags(rng, k, s, img, cls, bg_mean, fg_pattern, pats)
+    for _ in range(0 if task == 'tags' else k.count):
         c = int(rng.integers(1, 4))
         if task == 'shapes':
             cy, cx = rng.uniform(8 * s, size - 8 * s, 2)
@@ -241,9 +390,27 @@ def make_scene(seed: int, difficulty: float = None, size: int = SIZE, *, task: s
         cls[rr, cc] = 0
     if k.blur > 0.05:
         img = ndimage.gaussian_filter(img, sigma=(k.blur * s, k.blur * s, 0))
-    img = img + rng.standard_normal(img.shape).astype(np.float32) * k.noise
+    nrng = rng if noise_seed is None else np.random.default_rng([int(seed), int(noise_seed)])
+    img = img + nrng.standard_normal(img.shape).astype(np.float32) * k.noise
     img = np.clip(img * 255.0 + 0.5, 0, 255).astype(np.uint8)
     return img, cls, k
+
+
+def revisit(seed: int, difficulty: float, visit: int, task: str = 'tags', max_shift: int = 3,
+            size: int = SIZE) -> Tuple[np.ndarray, np.ndarray]:
+    """Scene ``seed`` seen again: visit ``visit`` has its own sensor noise and view shift.
+
+    The place is rendered once on a canvas ``2 * max_shift`` pixels larger (same content for
+    every visit) and each visit crops a ``size`` window shifted by up to ``max_shift`` pixels
+    in each direction, with new noise: a robot coming back to a place. Returns ``(image,
+    class map)``.
+    """
+    big = size + 2 * max_shift
+    img, cls, _ = make_scene(seed, difficulty, big, task=task, noise_seed=1000 + int(visit),
+                             scale=size / 64.0)
+    dy, dx = np.random.default_rng([int(seed), int(visit), 3]).integers(0, 2 * max_shift + 1, 2)
+    return (np.ascontiguousarray(img[dy:dy + size, dx:dx + size]),
+            np.ascontiguousarray(cls[dy:dy + size, dx:dx + size]))
 
 
 def make_batch(seeds: Iterable[int], difficulties=None, size: int = SIZE, task: str = 'shapes'
@@ -293,6 +460,10 @@ OOD_SETS = ('photos', 'blurred', 'low_contrast', 'unseen_shapes')
 #: First seed of each OOD set: held-out (bench, tests) and validation (calibration checks).
 OOD_HELD_OUT_SEED0 = 7_000_000
 OOD_VAL_SEED0 = 2_000_000
+#: Streams of recurring places for the memory plugin (``revisit``): held-out (benchmark) and
+#: validation (warm-start thresholds) seeds.
+MEMORY_HELD_OUT_SEED0 = 8_000_000
+MEMORY_VAL_SEED0 = 1_500_000
 OOD_BLUR = (1.8, 3.0)          # training blur sigma is at most 1.2 ('shapes'; 'sizes': 0.7)
 OOD_CONTRAST = (0.12, 0.3)     # training contrast is at least 0.45 ('shapes'; 'sizes': 0.7)
 

@@ -51,6 +51,7 @@ from sage_irp_ros.plugins.vision.evaluate import (
 from sage_irp_ros.plugins.vision.model import (
     VisionConfig,
     VisionIRPNet,
+    build_net,
     save_checkpoint,
     write_json,
 )
@@ -203,33 +204,39 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument('--out', default=DEFAULT_OUT, help='checkpoint path (a .json goes alongside)')
     ap.add_argument('--seed', type=int, default=0)
     ap.add_argument('--threads', type=int, default=1, help='torch CPU threads')
-    ap.add_argument('--iters', type=int, default=1000)
-    ap.add_argument('--batch', type=int, default=32)
-    ap.add_argument('--n-train', type=int, default=12000)
+    ap.add_argument('--iters', type=int, default=2600)
+    ap.add_argument('--batch', type=int, default=8)
+    ap.add_argument('--n-train', type=int, default=8000)
     ap.add_argument('--n-val', type=int, default=300)
     ap.add_argument('--n-heldout', type=int, default=200,
                     help='held-out scenes per split for the record (0: none, for pilots)')
-    ap.add_argument('--lr', type=float, default=3e-3)
+    ap.add_argument('--lr', type=float, default=4e-3)
     ap.add_argument('--difficulty-power', type=float, default=1.0,
                     help='training difficulty d = u ** p with u ~ U(0, 1) (p < 1 draws more hard '
                          'scenes); 1 keeps the generator default (d drawn from the seed)')
-    ap.add_argument('--steps-max', type=int, default=8)
-    ap.add_argument('--channels', type=int, default=32, help='latent channels')
+    ap.add_argument('--steps-max', type=int, default=16)
+    ap.add_argument('--channels', type=int, default=16, help='latent channels')
     ap.add_argument('--skip-channels', type=int, default=16)
     ap.add_argument('--enc-dilated', action='store_true', help='extra dilated encoder conv')
     ap.add_argument('--norm-all', action='store_true', help='GroupNorm after every encoder stage')
-    ap.add_argument('--latent-stride', type=int, default=4, choices=(2, 4),
+    ap.add_argument('--latent-stride', type=int, default=2, choices=(2, 4),
                     help='4: 16x16 latent, 2: 32x32 latent')
-    ap.add_argument('--task', default='shapes', choices=scenes.TASKS,
-                    help="scene generator: 'shapes' (committed model) or 'sizes' (difficulty = "
-                         'shape size)')
-    ap.add_argument('--refiner', default='dilated', choices=('dilated', 'conv2', 'local'),
+    ap.add_argument('--task', default='tags', choices=scenes.TASKS,
+                    help="scene generator: 'tags' (committed model: an object's class is on a "
+                         "tag somewhere on it), 'shapes' or 'sizes' (earlier tries)")
+    ap.add_argument('--refiner', default='propagate',
+                    choices=('dilated', 'conv2', 'local', 'propagate'),
                     help="the step's second conv: 'local' 1x1 (reach +4 px a step), "
                          "'conv2' 3x3 (+8 px), 'dilated' 3x3 dilation 2 (+12 px)")
-    ap.add_argument('--ref-hidden', type=int, default=0, help='hidden channels of the step')
-    ap.add_argument('--t-min', type=int, default=1,
-                    help='unrolled steps per batch T ~ U{t_min..steps_max}')
-    ap.add_argument('--max-minutes', type=float, default=11.0,
+    ap.add_argument('--ref-hidden', type=int, default=32, help='hidden channels of the step')
+    ap.add_argument('--reach', type=int, default=2, choices=(1, 2),
+                    help="'propagate': cells evidence may move per step")
+    ap.add_argument('--t-min', type=int, default=2,
+                    help='unrolled steps per batch T ~ U{t_min..t_max}')
+    ap.add_argument('--t-max', type=int, default=20,
+                    help='most unrolled steps per batch (0: steps_max; more than steps_max '
+                         'trains the steps after the cap not to drift)')
+    ap.add_argument('--max-minutes', type=float, default=24.0,
                     help='wall-clock cap: training stops early (recorded) so that the whole '
                          'run, evaluation included, ends within about this time')
     ap.add_argument('--tol', type=float, default=0.004,
@@ -258,8 +265,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     cfg = VisionConfig(steps_max=args.steps_max, latent_channels=args.channels,
                        skip_channels=args.skip_channels, latent_stride=args.latent_stride,
                        enc_dilated=args.enc_dilated, norm_all=args.norm_all,
-                       refiner=args.refiner, ref_hidden=args.ref_hidden, task=args.task)
-    net = VisionIRPNet(cfg)
+                       refiner=args.refiner, ref_hidden=args.ref_hidden, task=args.task,
+                       reach=args.reach)
+    cfg.classes = scenes.classes_for(args.task)
+    net = build_net(cfg)
     print(f'[train] {sum(p.numel() for p in net.parameters())} parameters, '
           f'{args.threads} threads, seed {args.seed}', flush=True)
     tseeds = scenes.train_seeds(0, args.n_train)
@@ -302,7 +311,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             g['lr'] = args.lr * min((it + 1) / warm, 0.5 * (1 + math.cos(math.pi * frac)))
         idx = torch.from_numpy(rng.integers(0, args.n_train, args.batch))
         x, y = _augment(X[idx].float() / 255.0, Y[idx], rng)
-        T = int(rng.integers(min(args.t_min, cfg.steps_max), cfg.steps_max + 1))
+        t_max = args.t_max or cfg.steps_max
+        T = int(rng.integers(min(args.t_min, t_max), t_max + 1))
         loss = deep_supervision_loss(net(x, T), y, cw)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -343,13 +353,14 @@ def main(argv: Optional[List[str]] = None) -> int:
         'torch': torch.__version__, 'threads': args.threads,
         'train_seconds': round(t_train, 1), 'total_seconds': round(time.perf_counter() - t0, 1),
         'recipe': {
-            'data': data_desc.format(args.n_train - 1) + ', 64x64, random flips/rot90 per batch',
+            'data': data_desc.format(args.n_train - 1) + f', task {cfg.task!r}, 64x64, random '
+                                                          'flips/rot90 per batch',
             'iters': args.iters, 'iters_done': iters_done, 'wall_capped': capped,
             'batch': args.batch, 'lr': args.lr,
             'optimizer': 'Adam, linear warm-up 5 %, cosine decay, grad-norm clip 1.0',
             'loss': 'sum_t w_t * CE(decode(z_t), y; class weights '
                     f'{list(CLASS_WEIGHTS)}), w_t ~ 1 + t/T normalised, '
-                    f'T ~ U{{{args.t_min}..steps_max}} per batch',
+                    f'T ~ U{{{args.t_min}..{args.t_max or "steps_max"}}} per batch',
             'halting_tuning': f'validation seeds {scenes.VAL_SEED0}..'
                               f'{scenes.VAL_SEED0 + args.n_val - 1}, tol {args.tol}',
         },
