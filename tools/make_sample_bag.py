@@ -11,14 +11,18 @@ Writes
 - ``data/sample_bag/``: a rosbag2 bag (metadata version 9, mcap storage) of 6.4 s:
 
   * ``/camera/image_raw`` (``sensor_msgs/msg/Image``, rgb8 128x128, 10 Hz, sensor-data QoS):
-    60 procedural scenes whose difficulty ramps from 0 (clean) to 1 (noisy, blurred, low
-    contrast, occluded), upscaled 2x from 64x64 (nearest), then 4 photos from
+    60 procedural scenes of the committed vision model's task (``scenes.make_scene``, task
+    from ``weights/vision_irp.json``) whose difficulty ramps from 0 to 1, upscaled 2x from
+    64x64 (nearest), then 4 photos from
     ``skimage.data`` (astronaut, coffee, chelsea, rocket) resized to 128x128;
   * ``/speech/text`` (``std_msgs/msg/String``, reliable): 20 held-out sentences of the language
     corpus with 30 % of their words span-masked (``[MASK]`` per lost word), one every 0.32 s;
   * ``/audio/raw`` (``std_msgs/msg/Int16MultiArray``, best effort): microphone audio, 16 kHz
     mono PCM16, 100 ms (1600 samples) per message: the first utterances' original text
     spoken by Debian ``flite`` (voice slt), then silence.
+
+  ``--replace-camera`` rewrites only the camera frames and their truth (after the vision
+  model is retrained for another task), copying every other message unchanged.
 
 - ``data/sample_bag_truth.json``: per frame its stamp and source (scene seed and difficulty,
   or photo name), per utterance its stamp, masked text, original tokens and masked positions,
@@ -71,7 +75,7 @@ from std_msgs.msg import Header, Int16MultiArray, MultiArrayDimension, String  #
 
 from sage_irp_ros.plugins.language.corpus import detokenize, load_sentences  # noqa: E402
 from sage_irp_ros.plugins.language.evaluate import mask_sentence  # noqa: E402
-from sage_irp_ros.plugins.vision.scenes import CLASSES, make_scene  # noqa: E402
+from sage_irp_ros.plugins.vision.scenes import make_scene  # noqa: E402
 from sage_irp_ros.tools.bagio import bag_qos, make_typestore  # noqa: E402
 
 T0_NS = 1_700_000_000 * 10 ** 9     # stamp of the bag's start (fixed: deterministic)
@@ -99,14 +103,25 @@ def _stamp(ns: int):
     return Time(sec=ns // 10 ** 9, nanosec=ns % 10 ** 9)
 
 
-def frames():
+def vision_task():
+    """Return ``(task, classes)`` of the committed vision model (its weights' record).
+
+    The bag's scenes are of the task the model was trained for.
+    """
+    path = os.path.join(ROOT, 'sage_irp_ros', 'plugins', 'vision', 'weights', 'vision_irp.json')
+    with open(path, encoding='utf-8') as f:
+        cfg = json.load(f)['config']
+    return cfg.get('task', 'shapes'), tuple(cfg['classes'])
+
+
+def frames(task: str = 'shapes'):
     """Yield ``(image (128,128,3) uint8, class map or None, info dict)`` for every frame."""
     for i in range(N_SCENES):
         d = i / (N_SCENES - 1)
-        img, cls, _ = make_scene(SCENE_SEED0 + i, d)
+        img, cls, _ = make_scene(SCENE_SEED0 + i, d, task=task)
         big = np.kron(img, np.ones((UPSCALE, UPSCALE, 1), np.uint8))
         big_cls = np.kron(cls, np.ones((UPSCALE, UPSCALE), np.uint8))
-        yield big, big_cls, {'kind': 'scene', 'seed': SCENE_SEED0 + i,
+        yield big, big_cls, {'kind': 'scene', 'seed': SCENE_SEED0 + i, 'task': task,
                              'difficulty': round(d, 6)}
     from skimage import data
     from skimage.transform import resize
@@ -119,6 +134,22 @@ def frames():
         small = resize(crop, (size, size), order=1, anti_aliasing=True, preserve_range=True)
         yield np.clip(small + 0.5, 0, 255).astype(np.uint8), None, {'kind': 'photo',
                                                                     'name': name}
+
+
+def camera_messages(task: str):
+    """Camera frames of ``task``: ``(messages, frame info, class maps, scene stamps)``."""
+    messages, frame_info, class_maps, scene_stamps = [], [], [], []
+    for i, (img, cls, info) in enumerate(frames(task)):
+        t = T0_NS + i * FRAME_PERIOD_NS
+        msg = Image(header=Header(stamp=_stamp(t), frame_id=FRAME_ID), height=img.shape[0],
+                    width=img.shape[1], encoding='rgb8', is_bigendian=0, step=img.shape[1] * 3,
+                    data=img.tobytes())
+        messages.append((t, TOPIC_IMAGE, serialize_message(msg)))
+        frame_info.append(dict(info, index=i, stamp_ns=t))
+        if cls is not None:
+            class_maps.append(cls)
+            scene_stamps.append(t)
+    return messages, frame_info, class_maps, scene_stamps
 
 
 def utterances():
@@ -169,9 +200,14 @@ def main(argv=None) -> int:
                     help='also write the control topics (/map, /start_pose, /goal_pose)')
     ap.add_argument('--add-control', action='store_true',
                     help='only add the control topics to the existing bag (copied unchanged)')
+    ap.add_argument('--replace-camera', action='store_true',
+                    help="only rewrite the camera frames (and their truth) for the committed "
+                         "vision model's task; every other message is copied unchanged")
     args = ap.parse_args(argv)
     if args.add_control:
         return add_control(args.out)
+    if args.replace_camera:
+        return replace_camera(args.out)
     bag = os.path.join(args.out, 'sample_bag')
     if os.path.exists(bag):
         if not args.force:
@@ -181,18 +217,8 @@ def main(argv=None) -> int:
     os.makedirs(args.out, exist_ok=True)
 
     store = make_typestore()
-    messages = []  # (time ns, topic, cdr bytes)
-    frame_info, class_maps, scene_stamps = [], [], []
-    for i, (img, cls, info) in enumerate(frames()):
-        t = T0_NS + i * FRAME_PERIOD_NS
-        msg = Image(header=Header(stamp=_stamp(t), frame_id=FRAME_ID), height=img.shape[0],
-                    width=img.shape[1], encoding='rgb8', is_bigendian=0, step=img.shape[1] * 3,
-                    data=img.tobytes())
-        messages.append((t, TOPIC_IMAGE, serialize_message(msg)))
-        frame_info.append(dict(info, index=i, stamp_ns=t))
-        if cls is not None:
-            class_maps.append(cls)
-            scene_stamps.append(t)
+    task, classes = vision_task()
+    messages, frame_info, class_maps, scene_stamps = camera_messages(task)
     duration_ns = len(frame_info) * FRAME_PERIOD_NS
 
     utt_info = []
@@ -238,7 +264,7 @@ def main(argv=None) -> int:
         'start_ns': T0_NS,
         'duration_s': duration_ns * 1e-9,
         'topics': dict(types),
-        'classes': list(CLASSES),
+        'classes': list(classes),
         'frames': frame_info,
         'utterances': utt_info,
         'mask_rate': MASK_RATE,
@@ -386,6 +412,57 @@ def add_control(out: str) -> int:
         f.write('\n')
     print(f'{bag}: added {len(cmsgs)} control messages '
           f'({[g["expect"] for g in control["goals"]]})')
+    return 0
+
+
+def replace_camera(out: str) -> int:
+    """Rewrite ``out/sample_bag``'s camera frames for the committed vision model's task.
+
+    Same stamps and count; every other message is copied with its raw bytes, timestamp and
+    connection QoS. The truth's ``classes``, ``frames`` and the class maps are rewritten.
+    """
+    from rosbags.rosbag2 import Reader
+    bag = os.path.join(out, 'sample_bag')
+    truth_path = os.path.join(out, 'sample_bag_truth.json')
+    with open(truth_path, encoding='utf-8') as f:
+        truth = json.load(f)
+    task, classes = vision_task()
+    cam, frame_info, class_maps, scene_stamps = camera_messages(task)
+    store = make_typestore()
+    tmp = tempfile.mkdtemp(prefix='sample_bag_', dir=out)
+    new = os.path.join(tmp, 'sample_bag')
+    with Reader(bag) as reader, Writer(new, version=9,
+                                       storage_plugin=StoragePlugin.MCAP) as writer:
+        writer.set_custom_data('sage_irp_ros.sample_bag',
+                               'made by tools/make_sample_bag.py (camera frames: '
+                               f'--replace-camera, task {task}); truth: '
+                               'sample_bag_truth.json/.npz')
+        conns, cam_conn = {}, None
+        for c in reader.connections:
+            conns[c.id] = writer.add_connection(c.topic, c.msgtype, typestore=store,
+                                                offered_qos_profiles=c.ext.offered_qos_profiles)
+            if c.topic == TOPIC_IMAGE:
+                cam_conn = conns[c.id]
+        if cam_conn is None:
+            raise SystemExit(f'{bag} has no {TOPIC_IMAGE}')
+        merged = [(t, conns[c.id], bytes(data)) for c, t, data in reader.messages()
+                  if c.topic != TOPIC_IMAGE]
+        merged += [(t, cam_conn, data) for t, _topic, data in cam]
+        merged.sort(key=lambda m: m[0])
+        for t, conn, data in merged:
+            writer.write(conn, t, data)
+    shutil.rmtree(bag)
+    shutil.move(new, bag)
+    shutil.rmtree(tmp)
+    truth['classes'] = list(classes)
+    truth['frames'] = frame_info
+    with open(truth_path, 'w', encoding='utf-8') as f:
+        json.dump(truth, f, indent=1)
+        f.write('\n')
+    np.savez_compressed(os.path.join(out, 'sample_bag_truth.npz'),
+                        stamps_ns=np.array(scene_stamps, np.int64),
+                        class_maps=np.stack(class_maps))
+    print(f'{bag}: {len(cam)} camera frames rewritten for task {task!r} ({classes})')
     return 0
 
 
