@@ -5,7 +5,8 @@
 #   make test    setup, then the whole pytest suite under test/
 #   make bench   setup, then the benchmarks (out/bench/{vision,language,orchestrator}.json)
 #   make demo    replay data/sample_bag through the nodes, record and score the outputs into
-#                out/demo/ (`python -m sage_irp_ros.demo`, docs/DEMO.md)
+#                out/demo/ (`python -m sage_irp_ros.demo`, docs/DEMO.md); then places that
+#                recur, a sleep and the days after it (`python -m sage_irp_ros.plugins.memory.demo`)
 #   make clean   remove build outputs and caches (`make distclean` also removes .venv)
 #
 # How the package is found: the ROS 2 wheels install into the venv as an ament prefix
@@ -121,6 +122,7 @@ bench: setup
 # --- Demo: the sample bag through the nodes; exit status 0 only when every stage worked.
 demo: setup
 	$(RUN_ENV) $(VPY) -m sage_irp_ros.demo
+	$(RUN_ENV) $(VPY) -m sage_irp_ros.plugins.memory.demo
 
 clean:
 	rm -rf build install log out .pytest_cache .ruff_cache .hypothesis *.egg-info $(INSTALL_STAMP)

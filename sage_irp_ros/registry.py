@@ -361,6 +361,7 @@ BUILTIN: Tuple[PluginSpec, ...] = (
                      trigger=TRIGGER_EACH, depth=100, required=False,
                      description='experiences of plugin nodes in other processes (memory: '
                                  'topic); in one process they come through the mailbox'),),
+        bench=('bench/memory_bench.py',),
         priority=0.25),
 )
 

@@ -307,6 +307,7 @@ def test_memory_warm_start_helps_the_same_place_and_ignores_others(plugin, tmp_p
         warm = refine(plugin, img, {'recall': recall}, config=cfg)
         ws = warm.state.meta['warm_start']
         assert ws['used'], ws
+        assert plugin.experience(warm.state, warm.output) is None  # not remembered again
         cold_steps.append(cold.trace.steps)
         warm_steps.append(warm.trace.steps)
         acc_cold.add(cold.output, gt)

@@ -219,7 +219,7 @@ class VisionIRP(IRPPlugin):
         recall = ctx.get('recall')
         if recall is not None and self.cfg.refiner == 'propagate':
             meta['key'] = self.memory_key(inject, box)
-            z, meta['warm_start'] = self.warm_start(z, recall(meta['key']))
+            z, meta['warm_start'] = self.warm_start(z, recall(meta['key']), skip)
         return IRPState(payload=z, meta=meta)
 
     # --- memory: key, experience, warm start ----------------------------------------------
@@ -243,7 +243,8 @@ class VisionIRP(IRPPlugin):
             k = k / k.norm().clamp_min(1e-12)
         return k.cpu().numpy().astype(np.float32)
 
-    def warm_start(self, z0: torch.Tensor, record: Any) -> Tuple[torch.Tensor, dict]:
+    def warm_start(self, z0: torch.Tensor, record: Any, skip: Any = None
+                   ) -> Tuple[torch.Tensor, dict]:
         """Start from a remembered final latent when it fits this frame; else ``z0``.
 
         A record (``MemoryRecord`` of the memory store: ``latent``, ``similarity``,
@@ -254,8 +255,11 @@ class VisionIRP(IRPPlugin):
         between the two over the cells where this frame has evidence is at least
         ``recall_agreement``. A hint about another place, or with other classes where this
         frame can see its tags, is ignored. The start is then ``max(z0, aligned hint)``: the
-        encoder's own evidence is never lost. Returns the latent and the ``warm_start``
-        record for telemetry (``used``, ``similarity``, ``source``, ``id``, and why not).
+        encoder's own evidence is never lost. (Weighting the hint by this frame's "object"
+        probability, ``skip`` given, and searching 3 cells were tried on validation streams:
+        fewer steps saved, no better mIoU; ``skip`` is accepted and unused.) Returns the latent
+        and the ``warm_start`` record for telemetry (``used``, ``similarity``, ``source``,
+        ``id``, and why not).
         """
         info = {'used': False}
         if record is None:
@@ -279,10 +283,10 @@ class VisionIRP(IRPPlugin):
             return z0, info
         with torch.inference_mode():
             aligned, shift, agree = _align(z0, hint[:1], 2)
-        info.update(shift=list(shift), agreement=agree)
-        if agree < self.recall_agreement:
-            info['why'] = 'disagrees with the evidence seen'
-            return z0, info
+            info.update(shift=list(shift), agreement=agree)
+            if agree < self.recall_agreement:
+                info['why'] = 'disagrees with the evidence seen'
+                return z0, info
         info['used'] = True
         return torch.maximum(z0, aligned), info
 
@@ -290,11 +294,16 @@ class VisionIRP(IRPPlugin):
         """Return what memory keeps of a run: the frame's key, the refined latent, a summary.
 
         Only the ``propagate`` model is remembered (its latent is class evidence that a later
-        view of the same place can start from).
+        view of the same place can start from), and only runs that started cold: a run that
+        started from memory is not stored again, so an error in a remembered latent cannot
+        compound from memory to memory (measured: day-1 runs that stored their warm-started
+        results lost 1.6 mIoU points on the next day's visits, ``memory/demo.py``).
         """
         if self.cfg.refiner != 'propagate':
             return None
         m = state.meta
+        if m.get('warm_start', {}).get('used'):
+            return None
         key = m.get('key')
         if key is None:
             key = self.memory_key(m['inject'], m['box'])
