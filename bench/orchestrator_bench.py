@@ -13,9 +13,12 @@ inputs:
 - ``equal``: ``T / n`` per plugin per cycle (n plugins), no re-grant;
 - ``unlimited``: no budget at all (every plugin runs until its own halting rule or max_steps).
 
-ATP is charged as a node charges it (``refine`` with a ``StepCostMeter``): a per-input price
-(encoding, initial energy, halting checks and decoding of one input: what a run costs beyond its
-steps) when a run starts, and a price per step before each step. The prices are measured once at
+ATP is charged as a node charges it (``refine`` with a ``StepCostMeter`` and ``skip_unpaid``, as
+the node host calls it): a per-input price (encoding, initial energy, halting checks and decoding
+of one input: what a run costs beyond its steps) when a run starts, and a price per step before
+each step. An input whose grant cannot pay the whole per-input price (a zero grant: the plugin
+sits the cycle out) is not run, as in a node: it is counted in ``dropped_no_budget`` and scores
+as no answer (below). The prices are measured once at
 start-up, the same for the three policies: ``StepCostMeter.calibrate`` on the first input, then
 ``--warmup-cycles`` concurrent cycles without budget in which the meters learn from the runs as
 a node's meter does (the calibration times each call alone; the runs share the cores with each
@@ -34,7 +37,9 @@ Quality (each workload's metric, reported per plugin kind): vision mIoU over all
 (``plugins/vision/evaluate.py``), language token accuracy over the masked positions; combined
 score = mean over the plugins that are not test fixtures of quality relative to the unlimited
 policy (1.0 = nothing lost). The fixture's quality (fraction of noise removed) is reported, not
-combined: it is a test fixture.
+combined: it is a test fixture. An input dropped for want of budget has no answer and scores 0:
+a plugin's quality is its metric over the inputs it answered times the fraction it answered
+(``answered``; ``quality_answered`` is the metric over the answered inputs alone).
 
 Deadline misses: cycles whose wall time (the three concurrent runs, encoding and decoding
 included) exceeded ``--period-ms``.
@@ -98,9 +103,13 @@ def run_policy(policy, wls, meters, total, cycles, period_ms):
     alloc = CycleAllocator(total=total, floor=0.05, liveness_timeout=1e9,
                            trust=TrustBook(alpha=0.2)) if policy == 'trust' else None
     pool = ThreadPoolExecutor(len(wls))
+    dropped = {w.name: 0 for w in wls}
     for c in range(cycles):
         t_cpu = time.thread_time()
         if policy == 'trust':
+            for w in wls:  # every node's /diagnostics is its heartbeat, with its prices
+                m = meters[w.name]
+                alloc.heartbeat(w.name, w.kind, float(c), m.per_input_ms + m.per_step_ms)
             grants = alloc.start_cycle(now=float(c)) if c else {w.name: total / len(wls)
                                                                for w in wls}
         elif policy == 'equal':
@@ -116,13 +125,17 @@ def run_policy(policy, wls, meters, total, cycles, period_ms):
         # The three plugins refine concurrently (threads; torch releases the GIL); as each run
         # ends, its record is folded in and any re-grant tops up the runs still going.
         futures = {pool.submit(refine, w.plugin, w.items[c][0], None, config=w.config,
-                               budget=budgets[w.name], cost=meters[w.name]): w.name
+                               budget=budgets[w.name], cost=meters[w.name],
+                               skip_unpaid=True): w.name
                    for w in wls}
         for fut in as_completed(futures):
             name = futures[fut]
             w = by_name[name]
             r = fut.result()
             results[name].append((r, w.items[c][1]))
+            if r is None:  # its grant could not pay the input: not run, no answer, no record
+                dropped[name] += 1
+                continue
             spent[name] += r.trace.atp_spent
             run_ms[name] += r.trace.time_ms
             halts[name][r.trace.halt_reason] = halts[name].get(r.trace.halt_reason, 0) + 1
@@ -153,7 +166,18 @@ def run_policy(policy, wls, meters, total, cycles, period_ms):
         assert len(results[w.name]) == cycles
     atp_over_wall = {n: spent[n] / run_ms[n] if run_ms[n] > 0 else None for n in spent}
     return (results, spent, halts, misses, over, overhead, trust_hist, share_hist, walls,
-            atp_over_wall)
+            atp_over_wall, dropped)
+
+
+def quality_of(w, rs):
+    """``w``'s metric over the inputs it answered x the fraction answered (a dropped input: 0);
+    return ``(quality, metric over the answered inputs or None, fraction answered)``."""
+    done = [(r, t) for r, t in rs if r is not None]
+    if not done:
+        return 0.0, None, 0.0
+    q = float(w.metric([r for r, _ in done], [t for _, t in done]))
+    frac = len(done) / len(rs)
+    return q * frac, q, frac
 
 
 def main():
@@ -214,15 +238,16 @@ def main():
     q_unl = {}
     for policy in ('unlimited', 'trust', 'equal'):
         (results, spent, halts, misses, over, overhead, trust_hist, share_hist, walls,
-         atp_over_wall) = runs[policy]
-        quality = {}
+         atp_over_wall, dropped) = runs[policy]
+        quality, quality_answered, answered = {}, {}, {}
         for w in wls:
-            rs = results[w.name]
-            quality[w.kind] = w.metric([r for r, _ in rs], [t for _, t in rs])
+            quality[w.kind], quality_answered[w.kind], answered[w.kind] = quality_of(
+                w, results[w.name])
         if policy == 'unlimited':
             q_unl = dict(quality)
         combined = float(np.mean([quality[w.kind] / q_unl[w.kind] for w in real]))
-        p = {'quality': quality, 'combined': combined,
+        p = {'quality': quality, 'combined': combined, 'quality_answered': quality_answered,
+             'answered': answered, 'dropped_no_budget': dropped,
              'atp_spent': sum(spent.values()), 'atp_spent_per_plugin': spent,
              'atp_over_wall': atp_over_wall, 'prices_end_ms': end_prices[policy],
              'halt_reasons': halts, 'deadline_misses': misses, 'overallocations': over,
@@ -250,6 +275,7 @@ def main():
                                   combined=pol['unlimited']['combined']),
         'atp_spent': {k: pol[k]['atp_spent'] for k in pol},
         'atp_over_wall': {k: pol[k]['atp_over_wall'] for k in pol},
+        'dropped_no_budget': {k: pol[k]['dropped_no_budget'] for k in pol},
         'deadline_misses': {k: pol[k]['deadline_misses'] for k in pol},
         'overallocations': pol['trust']['overallocations'] + pol['equal']['overallocations'],
         'overhead_ms_per_cycle': pol['trust']['overhead_ms_per_cycle_mean'],

@@ -201,3 +201,57 @@ def test_meter_copy_keeps_prices_and_goes_on_as_an_ema():
     fixed.update(100.0)
     fixed.update_input(100.0)
     assert (fixed.per_step_ms, fixed.per_input_ms) == (4.0, 10.0)
+
+
+class CountingInit(SmoothingFixture):
+    """Test fixture: counts the inputs it was asked to encode."""
+
+    def __init__(self):
+        super().__init__()
+        self.encoded = 0
+
+    def init_state(self, x0, ctx=None):
+        self.encoded += 1
+        return super().init_state(x0, ctx)
+
+
+def test_try_charge_input_pays_the_whole_price_or_nothing():
+    b = Budget(10.0, step_cap=1)
+    assert b.try_charge_input(4.0) and b.spent == 4.0
+    assert b.steps_affordable(1.0) == 1  # not a step
+    assert not b.try_charge_input(7.0) and b.spent == 4.0  # 6 left: nothing charged
+    assert b.try_charge_input(6.0) and b.remaining == 0.0
+    assert not b.try_charge_input(0.0)  # nothing left: not even a free input
+    assert not Budget(0.0).try_charge_input(0.0)
+    u = Budget()
+    assert u.try_charge_input(5.0) and u.spent == 5.0
+    for bad in (-1.0, math.nan, math.inf):
+        with pytest.raises(ValueError):
+            b.try_charge_input(bad)
+
+
+@pytest.mark.parametrize('granted', [0.0, 2.9])
+def test_an_input_its_grant_cannot_pay_is_not_run_at_all(granted):
+    """Issue #11: a run on a zero (or too small) grant must not encode and answer for free."""
+    plugin = CountingInit()
+    budget = Budget(granted)
+    cost = StepCostMeter(1.0, learn=False, per_input_ms=3.0)
+    assert refine(plugin, [0.0, 1.0, 0.0, 1.0], budget=budget, cost=cost,
+                  skip_unpaid=True) is None
+    assert plugin.encoded == 0 and budget.spent == 0.0
+    # Without skip_unpaid the run starts anyway (tools, evaluation), paying what it can.
+    r = refine(plugin, [0.0, 1.0, 0.0, 1.0], budget=budget, cost=cost)
+    assert plugin.encoded == 1 and r.trace.atp_input == pytest.approx(granted)
+
+
+def test_a_paid_input_is_charged_its_whole_price():
+    plugin = CountingInit()
+    budget = Budget(5.0)
+    cost = StepCostMeter(1.0, learn=False, per_input_ms=3.0)
+    r = refine(plugin, [0.0, 1.0, 0.0, 1.0], budget=budget, cost=cost,
+               config=HaltConfig(eps=0.0, max_steps=10), skip_unpaid=True)
+    assert plugin.encoded == 1 and r.trace.atp_input == 3.0
+    assert r.trace.steps == 2 and r.trace.atp_spent == pytest.approx(5.0) == budget.spent
+    # The account is spent: the next input on it is dropped, not answered on credit.
+    assert refine(plugin, [0.0, 1.0], budget=budget, cost=cost, skip_unpaid=True) is None
+    assert plugin.encoded == 1

@@ -159,9 +159,38 @@ def test_a_zero_grant_re_measures_a_price_too_high_too(ros):
         node._on_grant(BudgetGrant(plugin=node.entity_id, cycle=1, atp_granted=0.0))
         for i in range(3):
             node._on_input('input', Float32MultiArray(data=[float(i), 1.0, 2.0, 0.5]))
-            assert wait_for(lambda i=i: node.counters.runs == i + 1, 10)
-        assert node.counters.steps_total == 0
+            assert wait_for(lambda i=i: node.counters.dropped_no_budget == i + 1, 10)
+        assert node.counters.runs == 0  # dropped, not run on a grant of nothing
         assert node.cost.per_step_ms < 100  # re-measured after the third
+    finally:
+        node.destroy_node()
+
+
+def test_inputs_on_a_zero_grant_are_dropped_counted_and_charged_nothing(ros):
+    """Issue #11: a plugin sitting a cycle out must not encode and answer its input for free."""
+    from diagnostic_msgs.msg import DiagnosticArray
+
+    from sage_irp_ros.msg import BudgetGrant
+    node = make_node(ros, input_topic='/in7')
+    outs = ros.collect(Float32MultiArray, node.get_parameter('output_topic').value)
+    diags = ros.collect(DiagnosticArray, '/diagnostics')
+    try:
+        calls = []
+        init = node.plugin.init_state
+        node.plugin.init_state = lambda x0, ctx=None: calls.append(1) or init(x0, ctx)
+        node._on_grant(BudgetGrant(plugin=node.entity_id, cycle=1, atp_granted=0.0))
+        node._on_input('input', Float32MultiArray(data=[0.0, 1.0, 2.0, 0.5]))
+        assert wait_for(lambda: node.counters.dropped_no_budget == 1, 10)
+        assert node.counters.runs == 0 and not calls and node._grant.budget.spent == 0.0
+        node._publish_diagnostics()
+        assert wait_for(lambda: any(kv.key == 'dropped_no_budget' and kv.value == '1'
+                                    for a in diags for st in a.status for kv in st.values), 5)
+        # The next cycle's grant pays: the input runs and is charged its whole per-input price.
+        node._on_grant(BudgetGrant(plugin=node.entity_id, cycle=2, atp_granted=1e3))
+        node._on_input('input', Float32MultiArray(data=[1.0, 1.0, 2.0, 0.5]))
+        assert wait_for(lambda: node.counters.runs == 1, 10)
+        assert calls and node._grant.budget.spent >= node.cost.per_input_ms > 0
+        assert wait_for(lambda: len(outs) == 1, 5)
     finally:
         node.destroy_node()
 

@@ -4,10 +4,11 @@
 two prices, both running means of measured times: the price of one *step*, and the fixed price
 of one *input* (everything of a run that is not a step: encoding the input, the initial energy,
 the halting checks, decoding the result). A :class:`Budget` is an account the loop draws from:
-it charges the per-input price when a run starts (as much of it as the account can pay) and the
-step price before each step, so a run never spends more than its grant and the ATP it spends
-tracks the time it takes; it reads the account every step, so a grant raised mid-run (a top-up)
-takes effect at the next step.
+it charges the per-input price when a run starts (as much of it as the account can pay; or,
+for the nodes' runs, the whole price or the run does not start:
+:meth:`Budget.try_charge_input`) and the step price before each step, so a run never spends
+more than its grant and the ATP it spends tracks the time it takes; it reads the account every
+step, so a grant raised mid-run (a top-up) takes effect at the next step.
 """
 
 from __future__ import annotations
@@ -244,6 +245,22 @@ class Budget:
             amount = min(float(atp), max(self._granted - self._spent, 0.0))
             self._spent += amount
             return amount
+
+    def try_charge_input(self, atp: float) -> bool:
+        """Charge a run's whole per-input price ``atp`` if the account can pay it; else nothing.
+
+        Returns whether it charged. An account with nothing left (a zero grant, or one spent)
+        pays no input, not even one priced 0: a run on it would encode, decode and answer on
+        compute nobody granted. Not a step: the step cap is not touched.
+        """
+        if not (atp >= 0 and math.isfinite(atp)):
+            raise ValueError(f'a charge must be a finite number >= 0, got {atp!r}')
+        with self._lock:
+            left = self._granted - self._spent
+            if not math.isinf(self._granted) and (left <= 1e-9 or float(atp) > left + 1e-9):
+                return False
+            self._spent += float(atp)
+            return True
 
     def refund(self, atp: float) -> None:
         """Give back ``atp`` ATP charged earlier (a run whose input was refused at once)."""

@@ -6,7 +6,10 @@ plugin instance may proceed at once in different threads.
 
 ATP: a run is charged the plugin's fixed per-input price when it starts (as much of it as the
 account can pay), then the step price before each step; afterwards the meter learns both from
-what the run measured, so the ATP a run spends tracks its wall time.
+what the run measured, so the ATP a run spends tracks its wall time. With ``skip_unpaid`` (what
+the node host uses) an input whose account cannot pay the whole per-input price, a zero grant
+among them, is not run at all: ``refine`` returns None without calling the plugin, so no input is
+encoded, answered or refined on compute nobody granted.
 
 Halting is checked before every step (so a run of zero steps is valid), first match wins:
 ``budget``, ``timeout``, ``manual``, the plugin's own reason, ``slope<eps``, ``max_steps``.
@@ -100,7 +103,8 @@ def refine(plugin: IRPPlugin, x0: Any, ctx: Optional[Mapping[str, Any]] = None, 
            config: Optional[HaltConfig] = None, budget: Optional[Budget] = None,
            cost: Optional[StepCostMeter] = None, cancel: Optional[threading.Event] = None,
            deadline: Optional[float] = None,
-           clock: Callable[[], float] = time.perf_counter) -> RefineResult:
+           clock: Callable[[], float] = time.perf_counter,
+           skip_unpaid: bool = False) -> Optional[RefineResult]:
     """Refine ``x0`` with ``plugin`` until a halting rule fires.
 
     Parameters
@@ -123,6 +127,12 @@ def refine(plugin: IRPPlugin, x0: Any, ctx: Optional[Mapping[str, Any]] = None, 
         A step is not started when the price of one step would overrun it.
     clock:
         Time source in seconds (``time.perf_counter``).
+    skip_unpaid:
+        When true, the run starts only if the budget pays the whole per-input price
+        (:meth:`Budget.try_charge_input`; a budget with nothing left pays none): otherwise
+        nothing is charged, the plugin is not called and the result is None (the input is
+        dropped for want of budget). When false (the default), the run always starts and is
+        charged as much of the per-input price as the budget can pay.
 
     Exceptions from ``init_state`` propagate (the input could not be encoded; the per-input
     charge is refunded); everything after it ends in a result.
@@ -132,7 +142,13 @@ def refine(plugin: IRPPlugin, x0: Any, ctx: Optional[Mapping[str, Any]] = None, 
     budget = budget if budget is not None else Budget()
     cost = cost if cost is not None else StepCostMeter()
     trace = Trace(t_start=clock())
-    trace.atp_input = budget.charge_up_to(cost.per_input_ms)
+    if skip_unpaid:
+        per_input = cost.per_input_ms
+        if not budget.try_charge_input(per_input):
+            return None
+        trace.atp_input = per_input
+    else:
+        trace.atp_input = budget.charge_up_to(cost.per_input_ms)
     trace.atp_spent += trace.atp_input
     try:
         state = plugin.project(plugin.init_state(x0, ctx))

@@ -20,7 +20,9 @@ supplies the plugin and its message conversions (``create_plugin``, ``decode`` o
   input has a value. Refinement runs in a worker thread, so the executor keeps serving
   callbacks;
 - listens to ``irp/budget`` for its grants (top-ups reach a run under way) and falls back to the
-  default budget when no orchestrator speaks;
+  default budget when no orchestrator speaks; an input whose grant cannot pay its per-input
+  price (a zero grant: the plugin sits the cycle out) is not run, only counted
+  (``dropped_no_budget`` in diagnostics and in the next run's telemetry metadata);
 - publishes telemetry as ``IRPTelemetry`` on ``irp/telemetry`` and schema-valid JSON on
   ``irp/telemetry_json``, and health on ``/diagnostics``;
 - with ``memory`` on (``mailbox`` in one process, ``topic`` across processes): hands what the
@@ -125,6 +127,7 @@ class HostCounters:
     kept: int = 0  # messages on inputs that are only kept (a map, a pose)
     lost_in_transport: int = 0  # messages the middleware reports lost before they arrived
     dropped_stale: int = 0
+    dropped_no_budget: int = 0  # inputs not run: the grant could not pay the per-input price
     bad_input: int = 0
     runs: int = 0
     plugin_errors: int = 0
@@ -347,12 +350,25 @@ class IRPNodeHost(ManagedNode):
         """Run one refinement of ``x0`` (in the worker thread); None: nothing ran.
 
         The default is the core loop, :func:`sage_irp_ros.core.loop.refine`, with the node's
-        halting configuration, cost meter and cancel event. A node whose run is more than one
-        loop call (the memory node's sleep commits its result to a store) overrides it, calling
-        the loop with the same arguments.
+        halting configuration, cost meter and cancel event, and ``skip_unpaid``: an input whose
+        grant cannot pay the whole per-input price (a zero grant: the plugin sits this cycle
+        out) is not run, and is counted as ``dropped_no_budget``. A node whose run is more than
+        one loop call (the memory node's sleep commits its result to a store) overrides it,
+        calling the loop with the same arguments.
         """
-        return refine(self.plugin, x0, ctx, config=self._halt_config, budget=budget,
-                      cost=self.cost, cancel=self._cancel, deadline=deadline)
+        result = refine(self.plugin, x0, ctx, config=self._halt_config, budget=budget,
+                        cost=self.cost, cancel=self._cancel, deadline=deadline,
+                        skip_unpaid=True)
+        if result is None:
+            with self._lock:
+                self.counters.dropped_no_budget += 1
+                n = self.counters.dropped_no_budget
+            self.get_logger().info(
+                f'input dropped: the grant ({budget.remaining:.2f} ATP left) cannot pay the '
+                f'per-input price ({self.cost.per_input_ms:.2f} ATP); {n} so far',
+                throttle_duration_sec=5.0)
+            self._watch_price(None, budget, x0, ctx)
+        return result
 
     def diagnostic_values(self) -> Mapping[str, Any]:
         """Extra key-values of the node's ``/diagnostics`` status (the node's own counters)."""
@@ -747,12 +763,13 @@ class IRPNodeHost(ManagedNode):
             self.counters.steps_total += trace.steps
             self._last_halt = trace.halt_reason
             dropped = self.counters.dropped_stale
+            no_budget = self.counters.dropped_no_budget
         if trace.halt_reason == HALT_ERROR:
             with self._lock:
                 self.counters.plugin_errors += 1
             self.get_logger().error(f'refinement ended in error: {trace.error}')
         metadata = {'input_stamp': header.stamp.sec + header.stamp.nanosec * 1e-9,
-                    'trigger': inputs.trigger}
+                    'trigger': inputs.trigger, 'dropped_no_budget': no_budget}
         warm = self._warm_start_metadata(result.state)
         if warm is not None:
             metadata['warm_start'] = warm
@@ -917,12 +934,14 @@ class IRPNodeHost(ManagedNode):
         The price only learns from steps that run: one measured too high (say, at a start-up
         while other nodes loaded on the same cores) would starve the plugin for good. After
         ``STARVED_RUNS`` runs in a row that could not pay one step on a limited budget, a few
-        real steps on the current input re-measure the prices. A grant of zero counts too: the
+        real steps on the current input re-measure the prices. An input dropped on a grant that
+        could not pay it (``trace`` None), a grant of zero among them, counts too: the
         orchestrator grants nothing to a plugin whose input and one step cost more than it can
         give, which is what a price measured far too high looks like from there.
         """
-        starved = (trace.steps == 0 and trace.halt_reason == 'budget'
-                   and not budget.unlimited)
+        starved = not budget.unlimited and (
+            trace is None  # not run: the grant could not pay the input (see run_refinement)
+            or (trace.steps == 0 and trace.halt_reason == 'budget'))
         self._starved = self._starved + 1 if starved else 0
         if self._starved < self.STARVED_RUNS:
             return
