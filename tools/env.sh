@@ -1,7 +1,15 @@
 # Environment for running sage_irp_ros code and tests after `make setup`:
 #   . tools/env.sh
 # (the Makefile's test target sets the same). Nothing else needs sourcing: the venv's python
-# finds the ROS 2 libraries by itself.
+# finds the ROS 2 libraries by itself. Also puts the package's executables (sage_irp_replay,
+# sage_irp_record, sage_irp_all, the nodes: .venv/lib/sage_irp_ros, where `ros2 run` finds them
+# on a ROS machine) and the venv's bin on PATH, once, so the README's commands work as written.
 _sage_irp_root="$(cd "$(dirname "${BASH_SOURCE[0]:-$0}")/.." && pwd)"
 export AMENT_PREFIX_PATH="${_sage_irp_root}/.venv"
-unset _sage_irp_root
+for _sage_irp_dir in "${_sage_irp_root}/.venv/bin" "${_sage_irp_root}/.venv/lib/sage_irp_ros"; do
+  case ":${PATH}:" in
+    *":${_sage_irp_dir}:"*) ;;
+    *) export PATH="${_sage_irp_dir}:${PATH}" ;;
+  esac
+done
+unset _sage_irp_root _sage_irp_dir
