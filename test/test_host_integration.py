@@ -98,9 +98,11 @@ def test_grants_limit_steps_and_top_ups_apply(ros, node_process):
         return json.loads(telem[-1].data)
 
     grant(1, 0.0)
-    rec = refine_one(1)
-    assert (rec['steps'], rec['halt_reason']) == (0, 'budget')
-    assert rec['budget']['ATP_granted'] == 0.0 and rec['run']['cycle'] == 1
+    # a zero grant cannot pay for the input: it is not refined (and not charged), but counted
+    n = len(telem)
+    pub.publish(Float32MultiArray(data=signal(seed=1).tolist()))
+    assert wait_for(lambda: diag_value(diags, 'dropped_no_budget') == '1', 10), node.log()
+    assert len(telem) == n
 
     grant(1, 1e6)  # a top-up of the same cycle
     rec = refine_one(2)

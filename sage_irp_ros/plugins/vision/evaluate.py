@@ -186,13 +186,13 @@ def halting_features(net, images: np.ndarray, confident_frac: Optional[float], e
     (N, S, S) uint8, ``energy`` (N,), ``feats`` (N, 2c, h, w) float32 cell features
     (``unknown.frame_features``) and ``confidence`` (N,) mean max class probability.
     """
-    from sage_irp_ros.plugins.vision.unknown import frame_features
+    from sage_irp_ros.plugins.vision.unknown import class_doubt, frame_features
     sm = net.cfg.steps_max if steps_max is None else steps_max
-    out = {k: [] for k in ('steps', 'pred', 'energy', 'feats', 'confidence')}
+    out = {k: [] for k in ('steps', 'pred', 'energy', 'feats', 'confidence', 'class_conf')}
     for i in range(0, len(images), batch):
         x = torch.from_numpy(images[i:i + batch]).permute(0, 3, 1, 2).float() / 255.0
         z, inject, skip = net.encode(x)
-        zs, ents, uncs, preds, confs = [], [], [], [], []
+        zs, ents, uncs, preds, confs, doubts = [], [], [], [], [], []
         for t in range(sm + 1):
             if t:
                 z = net.step(z, inject)
@@ -200,8 +200,9 @@ def halting_features(net, images: np.ndarray, confident_frac: Optional[float], e
             prob = torch.softmax(logits.float(), 1)
             zs.append(z)
             # halting statistics as the plugin computes them (coarse decoding when there)
-            logp = torch.log_softmax((net.decode_coarse(z, skip) if hasattr(net, 'decode_coarse')
-                                      else logits).float(), 1)
+            coarse = net.decode_coarse(z, skip) if hasattr(net, 'decode_coarse') else logits
+            doubts.append(class_doubt(coarse))
+            logp = torch.log_softmax(coarse.float(), 1)
             p = logp.exp()
             ents.append((-(p * logp).sum(1)).mean((1, 2)))
             uncs.append((p.max(1).values < uncertain_p).float().mean((1, 2)))
@@ -215,5 +216,6 @@ def halting_features(net, images: np.ndarray, confident_frac: Optional[float], e
         out['energy'].append(E[steps, np.arange(len(steps))])
         out['pred'].append(torch.stack(preds)[idx, ar].numpy())
         out['confidence'].append(torch.stack(confs)[idx, ar].numpy())
+        out['class_conf'].append(torch.stack(doubts)[idx, ar].numpy())
         out['feats'].append(frame_features(torch.stack(zs)[idx, ar], inject).numpy())
     return {k: np.concatenate(v) for k, v in out.items()}

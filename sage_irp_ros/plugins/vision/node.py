@@ -24,7 +24,6 @@ from __future__ import annotations
 from typing import Any, Mapping, Optional, Tuple
 
 import numpy as np
-import torch
 from std_msgs.msg import Header
 
 from sage_irp_ros.msg import FrameConfidence
@@ -34,23 +33,6 @@ from sage_irp_ros.ros import conversions
 from sage_irp_ros.ros.host import IRPNodeHost, descriptor, run_node
 
 UNKNOWN_OUTPUTS = ('mask', 'none', 'unknown')
-
-
-class CameraVisionIRP(VisionIRP):
-    """The vision plugin with a cheaper mask at camera size (the same mask, bit for bit).
-
-    ``VisionIRP.result`` takes the argmax over the class axis of the (C, H, W) upsampled
-    logits, which on a cpu costs 28 ms for a 640x480 frame (a reduction over the outer,
-    strided axis) against 4 ms for the upsampling itself; here the logits are laid out
-    class-last first, so the argmax reads contiguous memory (4 ms). Same first-maximum rule.
-    """
-
-    def result(self, state) -> np.ndarray:
-        """(H, W) uint8 class ids at the input's size: argmax of the upsampled logits."""
-        with torch.inference_mode():
-            logits = self._upsampled_logits(state)
-            return (logits.permute(1, 2, 0).contiguous().argmax(-1).to(torch.uint8)
-                    .cpu().numpy())
 
 
 class VisionIRPNode(IRPNodeHost):
@@ -80,8 +62,8 @@ class VisionIRPNode(IRPNodeHost):
         path = self.get_parameter('model_path').value or DEFAULT_WEIGHTS
         plugin = self.load_file_parameter(
             'model_path', DEFAULT_WEIGHTS,
-            lambda p: CameraVisionIRP.from_checkpoint(p, device=self.device,
-                                                      precision=self.precision))
+            lambda p: VisionIRP.from_checkpoint(p, device=self.device,
+                                                precision=self.precision))
         names = [n for n in self.get_parameter('class_names').value if n]
         if names and len(names) != len(plugin.classes):
             raise ValueError(f'class_names has {len(names)} entries but the model has '

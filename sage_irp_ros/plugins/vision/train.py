@@ -117,12 +117,14 @@ def fit_unknown(net: VisionIRPNet, n_fit: int, n_val: int, quantile: float,
     imgs, gts = scenes.make_batch(range(FIT_SEED0, FIT_SEED0 + n_fit), task=cfg.task)
     hf = halting_features(net, imgs, *_halting_args(cfg))
     det = unk.fit(torch.from_numpy(hf['feats']), unk.cell_labels(gts, cfg.latent_stride),
-                  cfg.num_classes, components, energy=torch.from_numpy(hf['energy']))
+                  cfg.num_classes, components, energy=torch.from_numpy(hf['energy']),
+                  class_conf=torch.from_numpy(hf['class_conf']))
     vimgs, _ = scenes.make_batch(range(scenes.VAL_SEED0, scenes.VAL_SEED0 + n_val),
                                  task=cfg.task)
     vf = halting_features(net, vimgs, *_halting_args(cfg))
     vs = det.score_parts(det.frame_parts(torch.from_numpy(vf['feats']),
-                                         energy=torch.from_numpy(vf['energy']))).numpy()
+                                         energy=torch.from_numpy(vf['energy']),
+                                         class_conf=torch.from_numpy(vf['class_conf']))).numpy()
     unk.calibrate(det, vs, quantile)
     return det, vs
 

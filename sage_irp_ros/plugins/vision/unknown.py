@@ -15,7 +15,11 @@ refined latent is of the training data, using only in-distribution data:
   in-distribution Gaussian (a global change: blur, contrast, a photo).
 - **score**: each part standardised by its mean and standard deviation on the fitting frames;
   the unknown score is the largest of the parts that ``components`` names (the committed
-  detector: ``global`` only, :data:`DEFAULT_COMPONENTS`; the final energy is a fourth part).
+  detector: ``global`` and ``class_conf``, :data:`DEFAULT_COMPONENTS`; the final energy is a
+  fourth part).
+- **class_conf** (:func:`class_doubt`): how unsure the frame is of the classes of the objects
+  it sees (a low quantile, over the cells decoded as object, of the class confidence among
+  objects): a tag never trained on leaves its object seen but unclassified.
   The flag is ``score > threshold``, the threshold a quantile of the scores of in-distribution
   **validation** frames (never the out-of-distribution sets).
 
@@ -31,10 +35,10 @@ import numpy as np
 import torch
 
 COMPONENTS = ('cell_mean', 'cell_top', 'global')
-ALL_PARTS = COMPONENTS + ('energy',)
+ALL_PARTS = COMPONENTS + ('energy', 'class_conf')
 #: The parts the committed detector uses: chosen on the validation OOD sets (docs/VISION.md),
-#: where the cell parts and the energy did not help.
-DEFAULT_COMPONENTS = ('global',)
+#: where the cell parts and the energy did not help and ``class_conf`` caught unseen tags.
+DEFAULT_COMPONENTS = ('global', 'class_conf')
 TOP_FRAC = 0.1
 
 
@@ -84,11 +88,15 @@ class UnknownDetector:
         return d2.min(1).values.reshape(B, H, W)
 
     def frame_parts(self, feats: torch.Tensor, cells: Optional[torch.Tensor] = None,
-                    energy: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
-        """Raw parts per frame: ``cell_mean``, ``cell_top``, ``global`` (and ``energy``).
+                    energy: Optional[torch.Tensor] = None,
+                    class_conf: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
+        """Raw parts per frame: ``cell_mean``, ``cell_top``, ``global``, and passed through.
+
+        ``energy`` and ``class_conf`` are added when given.
 
         ``cells``: (B, H, W) bool of the cells inside the frame's content (all when None);
-        ``energy``: (B,) the frames' energies (mean entropy), passed through.
+        ``energy``: (B,) the frames' energies (mean entropy), passed through; ``class_conf``:
+        (B,) :func:`class_doubt` of the frames, passed through.
         """
         B, D, H, W = feats.shape
         if cells is None:
@@ -106,12 +114,45 @@ class UnknownDetector:
         out = {k: torch.stack(v) for k, v in out.items()}
         if energy is not None:
             out['energy'] = torch.as_tensor(energy, dtype=torch.float32)
+        if class_conf is not None:
+            out['class_conf'] = torch.as_tensor(class_conf, dtype=torch.float32)
         return out
 
     def score_parts(self, parts: Dict[str, torch.Tensor]) -> torch.Tensor:
         """Standardise each used part and take the largest: the unknown score (B,)."""
         zs = [(parts[c] - self.norm[c][0]) / self.norm[c][1] for c in self.components]
         return torch.stack(zs).max(0).values
+
+
+#: Quantile of the object cells' class confidence that the ``class_conf`` part reads.
+CLASS_DOUBT_Q = 0.05
+
+
+def class_doubt(logits: torch.Tensor, cells: Optional[torch.Tensor] = None,
+                q: Optional[float] = None, min_cells: int = 4) -> torch.Tensor:
+    """Part ``class_conf``: how unsure the frame is of its objects' classes (B,).
+
+    ``logits`` (B, C, h, w), class 0 the background; ``cells`` (B, h, w) bool content cells
+    (all when None). Over the content cells decoded as object (``p(background) < 0.5``), the
+    class confidence among objects is ``max_c p(c) / (1 - p(background))``; the part is minus
+    its ``q`` quantile (default :data:`CLASS_DOUBT_Q`), so higher is stranger: an object that
+    is seen but whose class is not (a tag never trained on, a blurred tag) scores high, while
+    the background, which the energy also averages, does not dilute it. A frame with fewer
+    than ``min_cells`` object cells scores -1 (nothing to be unsure about).
+    """
+    q = CLASS_DOUBT_Q if q is None else q
+    p = torch.softmax(logits.float(), 1)
+    bg = p[:, 0]
+    conf = p[:, 1:].max(1).values / (1.0 - bg).clamp_min(1e-6)
+    obj = bg < 0.5
+    if cells is not None:
+        obj = obj & cells
+    out = []
+    for b in range(p.shape[0]):
+        v = conf[b][obj[b]]
+        out.append(-torch.quantile(v, q) if v.numel() >= min_cells
+                   else torch.tensor(-1.0, device=p.device))
+    return torch.stack(out)
 
 
 def frame_features(z: torch.Tensor, inject: torch.Tensor) -> torch.Tensor:
@@ -145,7 +186,8 @@ def _gaussian_precision(x: torch.Tensor, ridge: float) -> torch.Tensor:
 @torch.inference_mode()
 def fit(feats: torch.Tensor, labels: torch.Tensor, num_classes: int,
         components: Sequence[str] = COMPONENTS, ridge: float = 1e-3,
-        energy: Optional[torch.Tensor] = None) -> UnknownDetector:
+        energy: Optional[torch.Tensor] = None,
+        class_conf: Optional[torch.Tensor] = None) -> UnknownDetector:
     """Fit the detector on in-distribution frames.
 
     ``feats``: (N, D, H, W) cell features at each frame's halting step; ``labels``: (N, H, W)
@@ -170,7 +212,7 @@ def fit(feats: torch.Tensor, labels: torch.Tensor, num_classes: int,
     g = torch.cat([feats.float().mean((2, 3)), feats.float().std((2, 3), unbiased=False)], 1)
     det = UnknownDetector(means=means, prec=prec, g_mean=g.mean(0),
                           g_prec=_gaussian_precision(g, 1e-2), components=tuple(components))
-    parts = det.frame_parts(feats, energy=energy)
+    parts = det.frame_parts(feats, energy=energy, class_conf=class_conf)
     det.norm = {k: (float(v.mean()), float(v.std().clamp_min(1e-6))) for k, v in parts.items()}
     return det
 
@@ -194,4 +236,5 @@ def cell_labels(gts: np.ndarray, stride: int) -> torch.Tensor:
 
 
 __all__ = ['UnknownDetector', 'fit', 'calibrate', 'frame_features', 'content_cells',
+           'class_doubt',
            'cell_labels', 'COMPONENTS']
