@@ -6,9 +6,10 @@ rate (sensor-data QoS, the header stamped at publication), ``vision_irp_node`` s
 and measures masks/s out and latency (header stamp to receipt, one clock) p50/p95/max, and the
 node process's CPU % from ``/proc/<pid>/stat``. Each size runs for ``--seconds`` after a warm-up.
 
-Environment: what the README gives (``tools/env.sh``: AMENT_PREFIX_PATH=.venv), a private
-``ROS_DOMAIN_ID`` and nothing else (the middleware's default transport), unless ``--env
-NAME=VALUE`` adds to it (recorded in the output).
+Environment: what the README gives (``tools/env.sh``: AMENT_PREFIX_PATH=.venv and the shipped
+Fast DDS profile ``config/fastdds_camera.xml`` unless a profile is already set), a private
+``ROS_DOMAIN_ID``, and what ``--env NAME=VALUE`` adds (recorded in the output). ``--no-profile``
+leaves the profile out (the middleware's default transport, as before issue #15's fix).
 
 Writes (merged into the file when it exists, other keys kept) ``out/bench/reliability.json``:
 ``camera_fps_640x480``, ``camera_latency_p50_ms_640x480``, ``camera_latency_p95_ms_640x480``,
@@ -32,6 +33,9 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUT = os.path.join(ROOT, 'out', 'bench', 'reliability.json')
+sys.path.insert(0, ROOT)
+from sage_irp_ros.transport import PROFILE_VARS, apply_camera_profile  # noqa: E402
+
 NODE = 'sage_irp_ros.plugins.vision.node'
 TOPIC_IN, TOPIC_MASK = '/bench/image_raw', '/bench/mask'
 
@@ -195,6 +199,8 @@ def main(argv=None) -> int:
     ap.add_argument('--sizes', default='640x480,64x64', help='WxH,... (default %(default)s)')
     ap.add_argument('--env', action='append', default=[], metavar='NAME=VALUE',
                     help='extra environment for the three processes (e.g. a DDS transport)')
+    ap.add_argument('--no-profile', action='store_true',
+                    help="without the shipped Fast DDS profile (the middleware's defaults)")
     ap.add_argument('--out', default=OUT)
     args = ap.parse_args(argv)
     if args.publisher:
@@ -205,6 +211,11 @@ def main(argv=None) -> int:
     os.environ.setdefault('ROS_DOMAIN_ID', str(1 + os.getpid() % 100))
     os.environ.setdefault('AMENT_PREFIX_PATH', os.path.join(ROOT, '.venv'))
     os.environ.update(extra)
+    if args.no_profile:
+        for var in PROFILE_VARS:
+            os.environ.pop(var, None)
+    else:
+        apply_camera_profile()
     env = dict(os.environ)
     results = measure(args, env)
     data = {}
@@ -221,6 +232,7 @@ def main(argv=None) -> int:
                    'bench/camera_bench.py ' + ' '.join(sys.argv[1:]),
         'cpu': cpu_name(), 'rate_hz': args.rate, 'seconds_per_size': args.seconds,
         'warmup_s': args.warmup, 'extra_env': extra,
+        'profile': {v: os.environ[v] for v in PROFILE_VARS if os.environ.get(v)} or None,
         'omp_num_threads': os.environ.get('OMP_NUM_THREADS'),
         'node': 'vision_irp_node, default_atp 0 (unlimited), no orchestrator, '
                 'overlay not subscribed', 'results': results,

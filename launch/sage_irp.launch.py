@@ -30,7 +30,7 @@ from launch.actions import DeclareLaunchArgument, LogInfo, OpaqueFunction
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
-from sage_irp_ros import launch_plan, registry
+from sage_irp_ros import launch_plan, registry, transport
 
 ARGUMENTS = ('plugins', 'namespace', 'config', 'device', 'precision', 'composed',
              'orchestrator', 'managed', 'rviz')
@@ -48,6 +48,11 @@ def _nodes(context):
         orchestrator=arg['orchestrator'].lower() == 'true',
         managed=arg['managed'].lower() == 'true')
     actions = [LogInfo(msg=f'sage_irp: {note}') for note in plan.notes]
+    # camera-size images between processes (issue #15): the shipped Fast DDS profile, unless
+    # the environment names one of its own
+    profile_env = transport.camera_profile_env()
+    for var, path in profile_env.items():
+        actions.append(LogInfo(msg=f'sage_irp: {var}={path}'))
     if arg['rviz'].lower() == 'true':
         rviz_config = os.path.join(get_package_share_directory(launch_plan.PACKAGE), 'config',
                                    'sage_irp.rviz')
@@ -56,7 +61,8 @@ def _nodes(context):
     for a in plan.actions:
         actions.append(Node(package=launch_plan.PACKAGE, executable=a.executable, name=a.name,
                             namespace=arg['namespace'], parameters=a.parameters,
-                            arguments=a.arguments, output='screen', emulate_tty=True))
+                            arguments=a.arguments, output='screen', emulate_tty=True,
+                            additional_env=profile_env or None))
     return actions
 
 

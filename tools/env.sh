@@ -12,4 +12,15 @@ for _sage_irp_dir in "${_sage_irp_root}/.venv/bin" "${_sage_irp_root}/.venv/lib/
     *) export PATH="${_sage_irp_dir}:${PATH}" ;;
   esac
 done
-unset _sage_irp_root _sage_irp_dir
+# Camera-size images between processes (issue #15): the shipped Fast DDS profile (shared memory
+# with segments for several 640x480 frames, plus UDP), unless you set a profile of your own.
+# Fast DDS 2 (Humble, Iron) reads FASTRTPS_DEFAULT_PROFILES_FILE; Fast DDS 3 (Jazzy and newer)
+# reads FASTDDS_DEFAULT_PROFILES_FILE and warns on every start when the FASTRTPS_ one is set.
+if [ -z "${FASTDDS_DEFAULT_PROFILES_FILE:-}${FASTRTPS_DEFAULT_PROFILES_FILE:-}" ]; then
+  case "${ROS_DISTRO:-}" in
+    humble|iron) _sage_irp_var=FASTRTPS_DEFAULT_PROFILES_FILE ;;
+    *) _sage_irp_var=FASTDDS_DEFAULT_PROFILES_FILE ;;
+  esac
+  export "${_sage_irp_var}=${_sage_irp_root}/config/fastdds_camera.xml"
+fi
+unset _sage_irp_root _sage_irp_dir _sage_irp_var

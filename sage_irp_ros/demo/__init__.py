@@ -23,8 +23,9 @@ counted as dropped (stale) or refused, telemetry valid, clean shutdown. ``--regr
 budgets and deadlines non-binding (the summary then depends on the models and the bag, not on
 the machine's load); ``--write-golden`` (implies ``--regression``) also writes the regression
 test's golden summary (``test/golden/replay_summary.json``).
-Processes run in a private ``ROS_DOMAIN_ID`` (unless one is set), localhost discovery, and Fast
-DDS's ``LARGE_DATA`` transport (large messages between processes).
+Processes run in a private ``ROS_DOMAIN_ID`` (unless one is set), localhost discovery, and the
+package's Fast DDS profile ``config/fastdds_camera.xml`` (shared memory with room for camera-size
+images, :mod:`sage_irp_ros.transport`) unless a profile of one's own is set.
 
 The parts: ``__main__`` (command line and the run), :mod:`~sage_irp_ros.demo.selection` (which
 plugins, which topics), :mod:`~sage_irp_ros.demo.monitor` (the demo's own node),

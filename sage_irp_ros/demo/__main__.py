@@ -36,6 +36,7 @@ from sage_irp_ros.demo.selection import (
     select_plugins,
 )
 from sage_irp_ros.tools.procs import ChildProcess, wait
+from sage_irp_ros.transport import PROFILE_VARS, apply_camera_profile
 
 # The source checkout (or, installed, the folder holding the package).
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -65,11 +66,11 @@ def setup_environment(out_dir: str) -> Dict[str, str]:
         env['ROS_DOMAIN_ID'] = str(1 + os.getpid() % 100)
     env['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
     env.pop('ROS_LOCALHOST_ONLY', None)
-    env['FASTDDS_BUILTIN_TRANSPORTS'] = 'LARGE_DATA'
+    apply_camera_profile(env)  # camera-size images (issue #15); the user's profile wins
     env.setdefault('ROS_LOG_DIR', os.path.join(out_dir, 'logs', 'ros'))
     env['PYTHONUNBUFFERED'] = '1'
     return {k: env[k] for k in ('ROS_DOMAIN_ID', 'ROS_AUTOMATIC_DISCOVERY_RANGE',
-                                'FASTDDS_BUILTIN_TRANSPORTS')}
+                                'FASTDDS_BUILTIN_TRANSPORTS', *PROFILE_VARS) if env.get(k)}
 
 
 def _model_option(name: str) -> str:

@@ -30,6 +30,7 @@ from rclpy.parameter import Parameter
 
 from sage_irp_ros import registry
 from sage_irp_ros.ros.host import StopOnSignal, init_without_signal_handlers
+from sage_irp_ros.transport import apply_camera_profile
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -51,6 +52,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         names = registry.parse_list(opts.plugins)
     except KeyError as exc:
         parser.error(str(exc.args[0]))
+    apply_camera_profile()  # camera-size images from other processes (issue #15)
     init_without_signal_handlers(argv)
     stop = StopOnSignal()
     log = rclpy.logging.get_logger('sage_irp_all')
