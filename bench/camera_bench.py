@@ -133,6 +133,10 @@ def measure(args, env) -> dict:
                 '-p', 'overlay_topic:=/bench/overlay', '-p', 'confidence_topic:=/bench/confidence']
     node = subprocess.Popen(node_cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
+    pub_env = dict(env)
+    if args.publisher_without_profile:  # a camera driver started outside env.sh / the launch
+        for var in PROFILE_VARS:
+            pub_env.pop(var, None)
     results = {}
     try:
         deadline = time.monotonic() + 60.0
@@ -144,7 +148,7 @@ def measure(args, env) -> dict:
             total = args.warmup + args.seconds
             pub = subprocess.Popen([sys.executable, __file__, '--publisher', f'{w}x{h}',
                                     '--rate', str(args.rate), '--seconds', str(total)],
-                                   env=env, cwd=ROOT, stdout=subprocess.PIPE, text=True)
+                                   env=pub_env, cwd=ROOT, stdout=subprocess.PIPE, text=True)
             t_start = time.monotonic()
             while not got and time.monotonic() - t_start < 30.0:  # first mask: publisher up
                 if pub.poll() is not None:
@@ -201,6 +205,8 @@ def main(argv=None) -> int:
                     help='extra environment for the three processes (e.g. a DDS transport)')
     ap.add_argument('--no-profile', action='store_true',
                     help="without the shipped Fast DDS profile (the middleware's defaults)")
+    ap.add_argument('--publisher-without-profile', action='store_true',
+                    help='the publisher (camera) process without the profile, the rest with it')
     ap.add_argument('--out', default=OUT)
     args = ap.parse_args(argv)
     if args.publisher:
@@ -233,6 +239,7 @@ def main(argv=None) -> int:
         'cpu': cpu_name(), 'rate_hz': args.rate, 'seconds_per_size': args.seconds,
         'warmup_s': args.warmup, 'extra_env': extra,
         'profile': {v: os.environ[v] for v in PROFILE_VARS if os.environ.get(v)} or None,
+        'publisher_without_profile': args.publisher_without_profile,
         'omp_num_threads': os.environ.get('OMP_NUM_THREADS'),
         'node': 'vision_irp_node, default_atp 0 (unlimited), no orchestrator, '
                 'overlay not subscribed', 'results': results,
