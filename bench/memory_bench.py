@@ -51,6 +51,11 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from sage_irp_ros.core.loop import refine  # noqa: E402
+from sage_irp_ros.plugins.memory.experience import (  # noqa: E402
+    check_experience,
+    recall_from,
+    run_experience,
+)
 from sage_irp_ros.plugins.memory.sleep import SleepIRP, consolidate  # noqa: E402
 from sage_irp_ros.plugins.memory.store import ExperienceStore  # noqa: E402
 from sage_irp_ros.plugins.vision import scenes  # noqa: E402
@@ -100,14 +105,17 @@ def timed(plugin, img, ctx, config):
     return res, (time.perf_counter() - t) * 1e3
 
 
-def store_experience(store, plugin, res, place_id) -> None:
-    """Store a run's experience as the memory node does (plus the place, for recall@1)."""
-    ex = plugin.experience(res.state, res.output)
-    lat = ex['latent']
-    lat = lat.detach().cpu().numpy() if isinstance(lat, torch.Tensor) else np.asarray(lat)
-    store.add(PLUGIN, ex['key'], lat, dict(ex['summary'], place=int(place_id)),
-              steps=res.trace.steps, energy=float(res.trace.energies[-1]),
-              halt_reason=res.trace.halt_reason)
+def experience_of(plugin, res, place_id=None):
+    """The run's experience as the memory node stores it (``store.add`` arguments), or None.
+
+    ``place_id`` goes into the summary, for recall@1.
+    """
+    item = run_experience(plugin, res, PLUGIN)
+    if item is None:
+        return None
+    if place_id is not None:
+        item['summary'] = dict(item['summary'], place=int(place_id))
+    return check_experience(item)
 
 
 def recall_at_1(store, plugin, frames) -> float:
@@ -137,7 +145,6 @@ def main(argv=None) -> int:
                     help='validation seeds instead of held-out ones (for choosing thresholds)')
     ap.add_argument('--recall-similarity', type=float, default=None)
     ap.add_argument('--recall-agreement', type=float, default=None)
-    ap.add_argument('--recall-energy-tol', type=float, default=None)
     ap.add_argument('--size-weight', type=float, default=1.0,
                     help="sleep's size term (SleepIRP size_weight; 1.0 as config/sage_irp.yaml, "
                          'chosen on validation streams)')
@@ -145,8 +152,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     t_all = time.perf_counter()
     kw = {k: v for k, v in (('recall_similarity', args.recall_similarity),
-                            ('recall_agreement', args.recall_agreement),
-                            ('recall_energy_tol', args.recall_energy_tol)) if v is not None}
+                            ('recall_agreement', args.recall_agreement)) if v is not None}
     plugin = VisionIRP.from_checkpoint(args.weights, **kw)
     if plugin.cfg.task != 'tags':
         raise SystemExit('the memory benchmark needs the tags/propagate vision model')
@@ -157,9 +163,7 @@ def main(argv=None) -> int:
     try:
         store = ExperienceStore(os.path.join(tmp, 'memory.db'))
 
-        def recall(key):
-            rec = store.nearest(PLUGIN, key, k=1, touch=False)  # as the host's read-only store
-            return rec[0] if rec else None
+        recall = recall_from(store, PLUGIN)
 
         # warm-up (allocator, kernels) on validation frames
         for i in range(10):
@@ -174,7 +178,7 @@ def main(argv=None) -> int:
                 img, gt = scenes.revisit(s, d, v)
                 res, ms = timed(plugin, img, None, config)
                 day1.add(res, gt, ms)
-                store_experience(store, plugin, res, s)
+                store.add(**experience_of(plugin, res, s))
         before = store.stats()
         shutil.copy(store.path, os.path.join(tmp, 'raw.db'))  # (checkpointed by stats)
         for suffix in ('-wal', '-shm'):
@@ -227,12 +231,7 @@ def main(argv=None) -> int:
             for n in range(args.n_sleep):
                 s, d = place(seed0 + 100_000, n // visits)
                 res = refine(plugin, scenes.revisit(s, d, n % visits)[0], None, config=config)
-                ex = plugin.experience(res.state, res.output)
-                batch.append(dict(plugin=PLUGIN, key=ex['key'],
-                                  latent=ex['latent'].cpu().numpy(), summary=ex['summary'],
-                                  steps=res.trace.steps,
-                                  energy=float(res.trace.energies[-1]),
-                                  halt_reason=res.trace.halt_reason))
+                batch.append(experience_of(plugin, res))
                 if len(batch) == 500:
                     big.add_many(batch)
                     batch = []
@@ -282,8 +281,7 @@ def main(argv=None) -> int:
                    'seeds': f'{"validation" if args.validation else "held-out"} {seed0} ..'},
         'sleep_size_weight': sleeper().size_weight,
         'warm_start': {'recall_similarity': plugin.recall_similarity,
-                       'recall_agreement': plugin.recall_agreement,
-                       'recall_energy_tol': plugin.recall_energy_tol},
+                       'recall_agreement': plugin.recall_agreement},
         'atp': 'wall ms of the whole run (recall, encoding, steps, decoding), batch 1',
         'device': 'cpu', 'device_name': platform.processor() or platform.machine(),
         'torch_threads': torch.get_num_threads(), 'torch': torch.__version__,

@@ -281,6 +281,11 @@ def test_memory_warm_start_helps_the_same_place_and_ignores_others(plugin, tmp_p
     # place is ignored, so the run equals the cold one. Validation seeds (MEMORY_VAL_SEED0).
     if plugin.cfg.refiner != 'propagate':
         pytest.skip('only the propagate model is remembered')
+    from sage_irp_ros.plugins.memory.experience import (
+        check_experience,
+        recall_from,
+        run_experience,
+    )
     from sage_irp_ros.plugins.memory.store import ExperienceStore
     store = ExperienceStore(str(tmp_path / 'memory.db'))
     cfg = plugin.halt_config()
@@ -290,13 +295,9 @@ def test_memory_warm_start_helps_the_same_place_and_ignores_others(plugin, tmp_p
         ex = plugin.experience(res.state, res.output)
         assert ex['key'].dtype == np.float32 and abs(np.linalg.norm(ex['key']) - 1) < 1e-4
         assert tuple(ex['latent'].shape) == tuple(res.state.payload.shape)
-        store.add('vision', ex['key'], ex['latent'].numpy(), dict(ex['summary'], place=s),
-                  steps=res.trace.steps, energy=res.trace.energies[-1],
-                  halt_reason=res.trace.halt_reason)
+        store.add(**check_experience(run_experience(plugin, res, 'vision')))
 
-    def recall(key):
-        rec = store.nearest('vision', key, k=1, touch=False)
-        return rec[0] if rec else None
+    recall = recall_from(store, 'vision')
 
     cold_steps, warm_steps = [], []
     acc_cold, acc_warm = IoUAccumulator(4), IoUAccumulator(4)

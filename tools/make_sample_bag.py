@@ -370,46 +370,74 @@ def control_messages():
     return truth, msgs
 
 
-def add_control(out: str) -> int:
-    """Copy ``out/sample_bag`` unchanged into a new bag with the control topics added."""
+def _rewrite_bag(out: str, note: str, replace=None, add=None) -> None:
+    """Copy ``out/sample_bag`` message for message into a new bag, then swap it in.
+
+    Every message is copied with its raw CDR bytes, timestamp and connection QoS, except the
+    topics of ``replace`` (``{topic: [(time ns, topic, cdr bytes)]}``: their messages are
+    replaced, on the same connection); ``add`` (``{topic: (msgtype, qos, messages)}``) adds new
+    topics. ``note`` goes into the bag's custom data.
+    """
     from rosbags.rosbag2 import Reader
+    replace, add = replace or {}, add or {}
     bag = os.path.join(out, 'sample_bag')
-    truth_path = os.path.join(out, 'sample_bag_truth.json')
-    with open(truth_path, encoding='utf-8') as f:
-        truth = json.load(f)
-    if 'control' in truth:
-        print(f'{bag} already has the control topics', file=sys.stderr)
-        return 1
-    control, cmsgs = control_messages()
     store = make_typestore()
     tmp = tempfile.mkdtemp(prefix='sample_bag_', dir=out)
     new = os.path.join(tmp, 'sample_bag')
     with Reader(bag) as reader, Writer(new, version=9,
                                        storage_plugin=StoragePlugin.MCAP) as writer:
         writer.set_custom_data('sage_irp_ros.sample_bag',
-                               'made by tools/make_sample_bag.py (--add-control); truth: '
+                               f'made by tools/make_sample_bag.py ({note}); truth: '
                                'sample_bag_truth.json/.npz')
-        conns = {}
+        conns, by_topic = {}, {}
         for c in reader.connections:
-            conns[c.id] = writer.add_connection(c.topic, c.msgtype, typestore=store,
-                                                offered_qos_profiles=c.ext.offered_qos_profiles)
-        added = {topic: writer.add_connection(topic, CONTROL_TYPES[topic], typestore=store,
-                                              offered_qos_profiles=[CONTROL_QOS[topic]])
-                 for topic in CONTROL_TYPES}
-        existing = [(t, conns[c.id], bytes(data)) for c, t, data in reader.messages()]
-        merged = existing + [(t, added[topic], data) for t, topic, data in cmsgs]
+            conns[c.id] = by_topic[c.topic] = writer.add_connection(
+                c.topic, c.msgtype, typestore=store,
+                offered_qos_profiles=c.ext.offered_qos_profiles)
+        missing = set(replace) - set(by_topic)
+        if missing:
+            raise SystemExit(f'{bag} has no {sorted(missing)}')
+        for topic, (msgtype, qos, _) in add.items():
+            by_topic[topic] = writer.add_connection(topic, msgtype, typestore=store,
+                                                    offered_qos_profiles=[qos])
+        merged = [(t, conns[c.id], bytes(data)) for c, t, data in reader.messages()
+                  if c.topic not in replace]
+        for msgs in list(replace.values()) + [m for _, _, m in add.values()]:
+            merged += [(t, by_topic[topic], data) for t, topic, data in msgs]
         merged.sort(key=lambda m: m[0])
         for t, conn, data in merged:
             writer.write(conn, t, data)
     shutil.rmtree(bag)
     shutil.move(new, bag)
     shutil.rmtree(tmp)
+
+
+def _truth_path(out: str) -> str:
+    return os.path.join(out, 'sample_bag_truth.json')
+
+
+def _save_truth(out: str, truth: dict) -> None:
+    with open(_truth_path(out), 'w', encoding='utf-8') as f:
+        json.dump(truth, f, indent=1)
+        f.write('\n')
+
+
+def add_control(out: str) -> int:
+    """Copy ``out/sample_bag`` unchanged into a new bag with the control topics added."""
+    with open(_truth_path(out), encoding='utf-8') as f:
+        truth = json.load(f)
+    bag = os.path.join(out, 'sample_bag')
+    if 'control' in truth:
+        print(f'{bag} already has the control topics', file=sys.stderr)
+        return 1
+    control, cmsgs = control_messages()
+    _rewrite_bag(out, '--add-control', add={
+        topic: (CONTROL_TYPES[topic], CONTROL_QOS[topic], [m for m in cmsgs if m[1] == topic])
+        for topic in CONTROL_TYPES})
     truth['topics'].update(CONTROL_TYPES)
     truth['control'] = control
     truth['control_goals'] = control['goals']
-    with open(truth_path, 'w', encoding='utf-8') as f:
-        json.dump(truth, f, indent=1)
-        f.write('\n')
+    _save_truth(out, truth)
     print(f'{bag}: added {len(cmsgs)} control messages '
           f'({[g["expect"] for g in control["goals"]]})')
     return 0
@@ -421,48 +449,20 @@ def replace_camera(out: str) -> int:
     Same stamps and count; every other message is copied with its raw bytes, timestamp and
     connection QoS. The truth's ``classes``, ``frames`` and the class maps are rewritten.
     """
-    from rosbags.rosbag2 import Reader
-    bag = os.path.join(out, 'sample_bag')
-    truth_path = os.path.join(out, 'sample_bag_truth.json')
-    with open(truth_path, encoding='utf-8') as f:
+    with open(_truth_path(out), encoding='utf-8') as f:
         truth = json.load(f)
     task, classes = vision_task()
     cam, frame_info, class_maps, scene_stamps = camera_messages(task)
-    store = make_typestore()
-    tmp = tempfile.mkdtemp(prefix='sample_bag_', dir=out)
-    new = os.path.join(tmp, 'sample_bag')
-    with Reader(bag) as reader, Writer(new, version=9,
-                                       storage_plugin=StoragePlugin.MCAP) as writer:
-        writer.set_custom_data('sage_irp_ros.sample_bag',
-                               'made by tools/make_sample_bag.py (camera frames: '
-                               f'--replace-camera, task {task}); truth: '
-                               'sample_bag_truth.json/.npz')
-        conns, cam_conn = {}, None
-        for c in reader.connections:
-            conns[c.id] = writer.add_connection(c.topic, c.msgtype, typestore=store,
-                                                offered_qos_profiles=c.ext.offered_qos_profiles)
-            if c.topic == TOPIC_IMAGE:
-                cam_conn = conns[c.id]
-        if cam_conn is None:
-            raise SystemExit(f'{bag} has no {TOPIC_IMAGE}')
-        merged = [(t, conns[c.id], bytes(data)) for c, t, data in reader.messages()
-                  if c.topic != TOPIC_IMAGE]
-        merged += [(t, cam_conn, data) for t, _topic, data in cam]
-        merged.sort(key=lambda m: m[0])
-        for t, conn, data in merged:
-            writer.write(conn, t, data)
-    shutil.rmtree(bag)
-    shutil.move(new, bag)
-    shutil.rmtree(tmp)
+    _rewrite_bag(out, f'camera frames: --replace-camera, task {task}',
+                 replace={TOPIC_IMAGE: cam})
     truth['classes'] = list(classes)
     truth['frames'] = frame_info
-    with open(truth_path, 'w', encoding='utf-8') as f:
-        json.dump(truth, f, indent=1)
-        f.write('\n')
+    _save_truth(out, truth)
     np.savez_compressed(os.path.join(out, 'sample_bag_truth.npz'),
                         stamps_ns=np.array(scene_stamps, np.int64),
                         class_maps=np.stack(class_maps))
-    print(f'{bag}: {len(cam)} camera frames rewritten for task {task!r} ({classes})')
+    print(f'{os.path.join(out, "sample_bag")}: {len(cam)} camera frames rewritten for task '
+          f'{task!r} ({classes})')
     return 0
 
 

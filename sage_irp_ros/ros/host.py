@@ -823,19 +823,14 @@ class IRPNodeHost(ManagedNode):
 
     def _share_experience(self, plugin: IRPPlugin, result: RefineResult, header: Header) -> None:
         """Hand the plugin's ``experience()`` of a finished run to memory (mailbox or topic)."""
+        from sage_irp_ros.plugins.memory.experience import run_experience
         try:
-            exp = plugin.experience(result.state, result.output)
-            if exp is None:
+            item = run_experience(plugin, result, self.spec.name)
+            if item is None:
                 return
-            if not isinstance(exp, Mapping) or 'key' not in exp:
-                raise ValueError('experience() must return None or a dict with a key, got '
-                                 f'{type(exp).__name__}')
-            trace = result.trace
-            item = dict(exp)
             now = self.get_clock().now()
-            item.update(plugin=self.spec.name, entity_id=self.entity_id, steps=trace.steps,
-                        energy=trace.energy, halt_reason=trace.halt_reason,
-                        stamp=now.nanoseconds * 1e-9, frame_id=header.frame_id)
+            item.update(entity_id=self.entity_id, stamp=now.nanoseconds * 1e-9,
+                        frame_id=header.frame_id)
             if self.memory_mode == MEMORY_MAILBOX:
                 self.mailbox.post(EXPERIENCE_CHANNEL, item)
             elif self._experience_pub is not None:

@@ -51,7 +51,12 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     import torch
 
-    from sage_irp_ros.plugins.memory.sleep import consolidate
+    from sage_irp_ros.plugins.memory.experience import (
+        check_experience,
+        recall_from,
+        run_experience,
+    )
+    from sage_irp_ros.plugins.memory.sleep import SleepIRP, consolidate
     from sage_irp_ros.plugins.memory.store import ExperienceStore
     from sage_irp_ros.plugins.vision import scenes
     from sage_irp_ros.plugins.vision.evaluate import IoUAccumulator
@@ -68,17 +73,12 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         store = ExperienceStore(os.path.join(tmp, 'memory.db'))
 
-        def recall(key):
-            rec = store.nearest('vision', key, k=1, touch=False)
-            return rec[0] if rec else None
+        recall = recall_from(store, 'vision')
 
         def remember(res):
-            ex = plugin.experience(res.state, res.output)
-            if ex is None:  # started from memory: not stored again
-                return
-            store.add('vision', ex['key'], ex['latent'].detach().cpu().numpy(), ex['summary'],
-                      steps=res.trace.steps, energy=float(res.trace.energies[-1]),
-                      halt_reason=res.trace.halt_reason)
+            item = run_experience(plugin, res, 'vision')
+            if item is not None:  # None: started from memory, not stored again
+                store.add(**check_experience(item))
 
         for _ in range(3):  # warm-up (allocator, kernels)
             _run(plugin, scenes.revisit(*places[0], 99)[0], None, config)
@@ -96,7 +96,6 @@ def main(argv=None) -> int:
                                        'atp_ms': round(ms, 3),
                                        'warm_start': bool(ws.get('used'))})
         before = store.stats()
-        from sage_irp_ros.plugins.memory.sleep import SleepIRP
         rep = consolidate(store, 'vision', sleeper=SleepIRP(size_weight=1.0))  # as the config
         after = store.stats()
         print(f'sleep: {rep.inputs} experiences -> {rep.prototypes} prototypes in {rep.steps} '

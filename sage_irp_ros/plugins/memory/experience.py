@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any, Dict, Mapping
+from typing import Any, Callable, Dict, Mapping, Optional
 
 import numpy as np
 
@@ -101,3 +101,37 @@ def check_experience(item: Mapping[str, Any]) -> Dict[str, Any]:
     return {'plugin': plugin, 'key': key, 'latent': latent, 'summary': summary,
             'steps': None if steps is None else int(steps), 'energy': energy,
             'halt_reason': halt or None, 'stamp': stamp}
+
+
+def run_experience(plugin: Any, result: Any, plugin_name: str) -> Optional[Dict[str, Any]]:
+    """Return the experience of a finished run (``RefineResult``), or None when not remembered.
+
+    The plugin's ``experience(state, output)`` plus the run's facts (``plugin``: the registry
+    name, ``steps``, ``energy``, ``halt_reason``): what the node host hands memory (it adds
+    ``entity_id``, ``stamp`` and ``frame_id``) and what a benchmark stores directly.
+    ``ValueError`` when ``experience()`` returns something that is not None nor a dict with a
+    ``key``.
+    """
+    exp = plugin.experience(result.state, result.output)
+    if exp is None:
+        return None
+    if not isinstance(exp, Mapping) or 'key' not in exp:
+        raise ValueError('experience() must return None or a dict with a key, got '
+                         f'{type(exp).__name__}')
+    trace = result.trace
+    return dict(exp, plugin=plugin_name, steps=trace.steps, energy=trace.energy,
+                halt_reason=trace.halt_reason)
+
+
+def recall_from(store: Any, plugin_name: str) -> Callable[[Any], Any]:
+    """Return ``ctx['recall']`` reading ``store`` directly: the nearest record or None.
+
+    For in-process use (benchmarks, the demo, tests); the node host has its own, which also
+    counts and survives a missing or damaged store. Hits are not counted (``touch=False``), as
+    on the host's read-only store.
+    """
+    def recall(key):
+        hits = store.nearest(plugin_name, key, k=1, touch=False)
+        return hits[0] if hits else None
+    return recall
+

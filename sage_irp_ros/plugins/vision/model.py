@@ -94,7 +94,24 @@ class VisionConfig:
         return cls(**kw)
 
 
-class VisionIRPNet(nn.Module):
+class _Unrolled(nn.Module):
+    """A refiner network: ``encode``, a weight-tied ``step`` and ``decode``; ``forward`` unrolls.
+
+    Subclasses implement ``encode(x) -> (z, inject, skip)``, ``step(z, inject) -> z`` and
+    ``decode(z, skip) -> logits``; training and the batched evaluation call ``forward``.
+    """
+
+    def forward(self, x: torch.Tensor, steps: int):
+        """Logits after each of steps 0..``steps`` (a list of ``steps + 1`` tensors)."""
+        z, inject, skip = self.encode(x)
+        outs = [self.decode(z, skip)]
+        for _ in range(steps):
+            z = self.step(z, inject)
+            outs.append(self.decode(z, skip))
+        return outs
+
+
+class VisionIRPNet(_Unrolled):
     """Encoder, weight-tied refiner step and decoder (see the module docstring)."""
 
     def __init__(self, cfg: VisionConfig):
@@ -179,15 +196,6 @@ class VisionIRPNet(nn.Module):
         u = F.interpolate(u, size=f64.shape[-2:], mode='bilinear', align_corners=False)
         return self.dec_out(F.relu(u + f64))
 
-    def forward(self, x: torch.Tensor, steps: int):
-        """Logits after each of steps 0..``steps`` (a list of ``steps + 1`` tensors)."""
-        z, inject, skip = self.encode(x)
-        outs = [self.decode(z, skip)]
-        for _ in range(steps):
-            z = self.step(z, inject)
-            outs.append(self.decode(z, skip))
-        return outs
-
 
 def offsets(reach: int) -> tuple:
     """Neighbour offsets of one propagation step, in latent cells.
@@ -202,7 +210,7 @@ def offsets(reach: int) -> tuple:
                                   (1, 1)))
 
 
-class PropagationNet(nn.Module):
+class PropagationNet(_Unrolled):
     """Encoder, a propagation step with learnt affinities, and a light decoder (``'propagate'``).
 
     Made for the ``tags`` task (``scenes.py``), where an object's class is written on a small
@@ -307,15 +315,6 @@ class PropagationNet(nn.Module):
         f32, _, f64p = skip
         u = self.dec_mid(F.relu(self.dec_z(z) + f32))
         return self.dec_out(F.relu(u + f64p))
-
-    def forward(self, x: torch.Tensor, steps: int):
-        """Logits after each of steps 0..``steps`` (a list of ``steps + 1`` tensors)."""
-        z, inject, skip = self.encode(x)
-        outs = [self.decode(z, skip)]
-        for _ in range(steps):
-            z = self.step(z, inject)
-            outs.append(self.decode(z, skip))
-        return outs
 
 
 def build_net(cfg: VisionConfig) -> nn.Module:

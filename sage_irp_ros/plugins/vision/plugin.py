@@ -13,7 +13,6 @@ import torch.nn.functional as F
 from sage_irp_ros.core.loop import HaltConfig
 from sage_irp_ros.core.plugin import (
     HALT_CONFIDENT,
-    HALT_STABLE,
     IRPPlugin,
     IRPState,
     Schedule,
@@ -76,8 +75,7 @@ class VisionIRP(IRPPlugin):
     def __init__(self, net: torch.nn.Module, device: str = 'cpu', precision: str = 'fp32',
                  confident: bool = True, confident_frac: Optional[float] = None,
                  unknown: Optional[UnknownDetector] = None, pad: str = 'stride',
-                 recall_similarity: float = 0.8, recall_agreement: float = 0.5,
-                 recall_energy_tol: Optional[float] = None):
+                 recall_similarity: float = 0.8, recall_agreement: float = 0.5):
         """Wrap a trained ``net`` on ``device`` ('cpu', 'cuda', 'cuda:1', ...) at ``precision``.
 
         ``precision`` is 'fp32' or 'fp16'; fp16 is accepted on CUDA only (CPU half-precision
@@ -90,8 +88,7 @@ class VisionIRP(IRPPlugin):
         multiple of 4 only: a 640x480 frame becomes a 64x48 input; the default, better on
         validation) or 'square' (to input_size x input_size). ``recall_similarity`` and
         ``recall_agreement``: when a remembered latent is good enough to start from (see
-        :meth:`warm_start`); ``recall_energy_tol``: how close to the remembered final energy a
-        warm start must be to stop at step 0 (:meth:`halt`; None: never).
+        :meth:`warm_start`).
         """
         if precision not in PRECISIONS:
             raise ValueError(f'precision must be one of {PRECISIONS}, got {precision!r}')
@@ -117,8 +114,6 @@ class VisionIRP(IRPPlugin):
         self.pad = pad
         self.recall_similarity = float(recall_similarity)
         self.recall_agreement = float(recall_agreement)
-        self.recall_energy_tol = (None if recall_energy_tol is None
-                                  else float(recall_energy_tol))
 
     # --- construction -------------------------------------------------------------------
     @classmethod
@@ -219,12 +214,13 @@ class VisionIRP(IRPPlugin):
             z, inject, skip = self.net.encode(x)
         ctx = ctx or {}
         confident = self.confident and bool(ctx.get('confident', True))
-        meta = {'inject': inject, 'skip': skip, 'logits': None, 'E': None, 'uncertain': None,
-                'hw': hw, 'box': box, 'confident_rule': confident, 'key': None}
+        meta = {'inject': inject, 'skip': skip, 'logits': None, 'coarse': None, 'E': None,
+                'uncertain': None, 'hw': hw, 'box': box, 'confident_rule': confident,
+                'key': None}
         recall = ctx.get('recall')
         if recall is not None and self.cfg.refiner == 'propagate':
             meta['key'] = self.memory_key(inject, box)
-            z, meta['warm_start'] = self.warm_start(z, recall(meta['key']), skip)
+            z, meta['warm_start'] = self.warm_start(z, recall(meta['key']))
         return IRPState(payload=z, meta=meta)
 
     # --- memory: key, experience, warm start ----------------------------------------------
@@ -248,8 +244,7 @@ class VisionIRP(IRPPlugin):
             k = k / k.norm().clamp_min(1e-12)
         return k.cpu().numpy().astype(np.float32)
 
-    def warm_start(self, z0: torch.Tensor, record: Any, skip: Any = None
-                   ) -> Tuple[torch.Tensor, dict]:
+    def warm_start(self, z0: torch.Tensor, record: Any) -> Tuple[torch.Tensor, dict]:
         """Start from a remembered final latent when it fits this frame; else ``z0``.
 
         A record (``MemoryRecord`` of the memory store: ``latent``, ``similarity``,
@@ -261,8 +256,8 @@ class VisionIRP(IRPPlugin):
         ``recall_agreement``. A hint about another place, or with other classes where this
         frame can see its tags, is ignored. The start is then ``max(z0, aligned hint)``: the
         encoder's own evidence is never lost. (Weighting the hint by this frame's "object"
-        probability, ``skip`` given, and searching 3 cells were tried on validation streams:
-        fewer steps saved, no better mIoU; ``skip`` is accepted and unused.) Returns the latent
+        probability, and searching 3 cells, were tried on validation streams: fewer steps
+        saved, no better mIoU.) Returns the latent
         and the ``warm_start`` record for telemetry (``used``, ``similarity``, ``source``,
         ``id``, and why not).
         """
@@ -326,15 +321,24 @@ class VisionIRP(IRPPlugin):
                 m['logits'] = self.net.decode(state.payload, m['skip'])
         return m['logits']
 
+    def _coarse_logits(self, state: IRPState) -> torch.Tensor:
+        """Return the logits the energy reads (cached per state).
+
+        At the latent's resolution for the ``propagate`` model (``decode_coarse``), else the
+        full decoding.
+        """
+        m = state.meta
+        if m.get('coarse') is None:
+            with torch.inference_mode():
+                m['coarse'] = (self.net.decode_coarse(state.payload, m['skip'])
+                               if hasattr(self.net, 'decode_coarse') else self._logits(state))
+        return m['coarse']
+
     def _ensure_stats(self, state: IRPState) -> None:
         m = state.meta
         if m['E'] is None:
             with torch.inference_mode():
-                if hasattr(self.net, 'decode_coarse'):  # energy at the latent's resolution
-                    logits = self.net.decode_coarse(state.payload, m['skip'])
-                else:
-                    logits = self._logits(state)
-                m['E'], m['uncertain'] = self._stats(logits)
+                m['E'], m['uncertain'] = self._stats(self._coarse_logits(state))
 
     def energy(self, state: IRPState) -> float:
         """Mean per-pixel entropy of the decoded class distribution (nats), cached per state.
@@ -350,26 +354,18 @@ class VisionIRP(IRPPlugin):
         """One refiner iteration of the latent (decoding waits until something asks)."""
         with torch.inference_mode():
             z = self.net.step(state.payload, state.meta['inject'])
-        return state.evolve(z, logits=None, E=None, uncertain=None, assess=None)
+        return state.evolve(z, logits=None, coarse=None, E=None, uncertain=None, assess=None)
 
     def halt(self, state: IRPState, energies: list) -> Optional[str]:
-        """Return 'confident', 'stable' or None.
+        """'confident' when the fraction of uncertain pixels is below ``confident_frac``.
 
-        'confident' when the fraction of uncertain pixels is below ``confident_frac``;
-        'stable' at step 0 of a warm start whose energy is already no higher than the energy
-        the remembered run halted at (``recall_energy_tol`` relative): memory says that, at
-        this energy, refining this place had converged.
+        (Stopping a warm start at step 0 when its energy is no higher than the remembered
+        run's was tried on validation streams and dropped: docs/MEMORY.md.)
         """
         if state.meta['confident_rule']:
             self._ensure_stats(state)
             if state.meta['uncertain'] < self.confident_frac:
                 return HALT_CONFIDENT
-        ws = state.meta.get('warm_start')
-        if (self.recall_energy_tol is not None and state.step_idx == 0 and ws
-                and ws.get('used') and ws.get('energy') is not None):
-            self._ensure_stats(state)
-            if state.meta['E'] <= ws['energy'] * (1.0 + self.recall_energy_tol):
-                return HALT_STABLE
         return None
 
     def energy_scale(self, e0: float) -> float:
@@ -434,8 +430,7 @@ class VisionIRP(IRPPlugin):
                 energy = torch.tensor([self.energy(state)])
                 doubt = None
                 if 'class_conf' in self.unknown.components:
-                    coarse = (self.net.decode_coarse(state.payload, m['skip'])
-                              if hasattr(self.net, 'decode_coarse') else m['logits'])
+                    coarse = self._coarse_logits(state)
                     ccells = content_cells(m['box'], tuple(m['logits'].shape[-2:]),
                                            tuple(coarse.shape[-2:]), coarse.device)
                     doubt = class_doubt(coarse, ccells[None]).cpu()

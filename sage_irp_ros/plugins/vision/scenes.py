@@ -109,6 +109,17 @@ def _knobs_sizes(d: float, rng: np.random.Generator) -> Knobs:
     return Knobs(noise, blur, contrast, 0, count, lo, hi)
 
 
+def _foreground(rng: np.random.Generator, bg_mean: np.ndarray, contrast: float) -> np.ndarray:
+    """Return an object's colour: random, pulled towards the background mean as contrast falls.
+
+    Kept at least a little apart from the background so the task stays well posed.
+    """
+    diff = rng.uniform(0.0, 1.0, 3) - bg_mean
+    if np.abs(diff).max() < 0.35:
+        diff = diff / (np.abs(diff).max() + 1e-6) * 0.35
+    return bg_mean + contrast * diff
+
+
 def _texture(rng: np.random.Generator, size: int, c1: np.ndarray, c2: np.ndarray) -> np.ndarray:
     """Draw a smooth random texture (low-frequency noise plus stripes) mixing two colours."""
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
@@ -295,11 +306,7 @@ def _render_tags(rng: np.random.Generator, k: Knobs, s: float, img: np.ndarray,
             break
         else:
             continue
-        col = rng.uniform(0.0, 1.0, 3)
-        diff = col - bg_mean
-        if np.abs(diff).max() < 0.35:
-            diff = diff / (np.abs(diff).max() + 1e-6) * 0.35
-        fg = bg_mean + k.contrast * diff
+        fg = _foreground(rng, bg_mean, k.contrast)
         img[m] = fg[None, :] + fg_pattern[m]
         pick = np.arange(tag) * 8 // tag  # nearest-neighbour resize of the 8x8 pattern
         ink = pat[pick][:, pick]
@@ -367,13 +374,7 @@ def make_scene(seed: int, difficulty: float = None, size: int = SIZE, *, task: s
             rr, cc = _shape_pixels(kind, rng, cy, cx, r, cls.shape)
         if len(rr) == 0:
             continue
-        # Shape colour: a random colour, pulled towards the background mean as contrast falls;
-        # kept at least a little apart from the background so the task stays well posed.
-        col = rng.uniform(0.0, 1.0, 3)
-        diff = col - bg_mean
-        if np.abs(diff).max() < 0.35:
-            diff = diff / (np.abs(diff).max() + 1e-6) * 0.35
-        fg = bg_mean + k.contrast * diff
+        fg = _foreground(rng, bg_mean, k.contrast)
         img[rr, cc] = fg[None, :] + fg_pattern[rr, cc]
         cls[rr, cc] = c if shapes is None else 255
     for _ in range(k.occluders):  # bars of background texture over the shapes
