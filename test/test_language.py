@@ -231,3 +231,40 @@ def test_long_text_is_read_in_windows(plugin):
     assert res.trace.steps == 2 and res.trace.energies[-1] < res.trace.energies[0]
     m = plugin.meaning(res.state)
     assert m.shape == (plugin.net.cfg.d_model,) and abs(float(np.linalg.norm(m)) - 1) < 1e-4
+
+
+def test_guessed_mask_syntax_is_one_token():
+    toks = [t for t, _, _ in corpus.words("i [MASK:Know] it's [MASK] [MASK:they're].")]
+    assert toks == ['i', '[MASK:know]', "it's", '[MASK]', "[MASK:they're]", '.']
+    assert corpus.guess_of('[MASK:know]') == 'know' and corpus.guess_of('[MASK]') is None
+    assert corpus.is_mask('[MASK]') and corpus.is_mask('[MASK:x]') and not corpus.is_mask('x')
+
+
+def test_sounds_like_is_one_phone_away():
+    from sage_irp_ros.plugins.language.sounds import SoundsLike, default_dictionary
+    if default_dictionary() is None:
+        pytest.skip('pocketsphinx (the CMU dictionary) not installed')
+    s = SoundsLike(['no', 'now', 'know', 'knows', 'table', 'go'])
+    assert {'no', 'now', 'know'} <= s('know') and 'table' not in s('know')
+    assert s('qqqzzz') == frozenset()
+
+
+def test_a_guess_is_kept_unless_the_model_is_surer_by_the_margin(plugin):
+    cfg = plugin.halt_config()
+    text = 'please put the cup on the [MASK:tables] near the door'
+    sure = LanguageIRP(plugin.net, plugin.vocab, guess_margin=1e6,
+                       sounds_like=plugin.sounds_like)
+    assert refine(sure, text, None, config=cfg).output.endswith('the tables near the door')
+    free = LanguageIRP(plugin.net, plugin.vocab, guess_margin=0.0,
+                       sounds_like=plugin.sounds_like)
+    r = refine(free, text, None, config=cfg)
+    word = r.output.split()[6]
+    # margin 0: the model's choice, but only among words that sound like the guess
+    assert word in plugin.sounds_like('tables') | {'tables'}
+    # a plain mask may take any word; the guess's words are not forced on it
+    assert '[MASK' not in refine(free, 'put the cup on the [MASK]', None, config=cfg).output
+
+
+def test_a_guess_outside_the_vocabulary_is_kept_as_heard(plugin):
+    r = refine(plugin, 'go to [MASK:zzxqv] now [MASK:qqqq]', None, config=plugin.halt_config())
+    assert r.output == 'go to zzxqv now qqqq' and r.trace.steps == 0

@@ -18,7 +18,9 @@ recognised by pocketsphinx, and published:
   confidence and timing, the enhancement's steps and energies;
 - ``text_topic`` (``speech/transcript_text``): ``std_msgs/String``, the transcript;
 - ``masked_topic`` (``speech/text``, the language node's input): ``std_msgs/String``, the
-  transcript with each word under ``confidence_threshold`` as ``[MASK]``.
+  transcript with each word under ``confidence_threshold`` as ``[MASK:heard]`` (what was
+  heard, so the language node repairs it only to a word that sounds alike and keeps it unless
+  it is sure; ``mask_guesses: false``: a plain ``[MASK]``).
 
 Bad chunks (an empty or huge chunk, a sample count that does not split into the channels, an
 unknown encoding, a rate or channel count out of range, non-finite floats) are refused, logged
@@ -83,6 +85,8 @@ class AudioIRPNode(IRPNodeHost):
                                               float_range=(0.1, 60.0)))
         p('confidence_threshold', 0.5, descriptor('Words under this posterior become [MASK] on '
                                                   'masked_topic', float_range=(0.0, 1.0)))
+        p('mask_guesses', True, descriptor('Masked words carry what was heard, [MASK:word] '
+                                           '(false: a plain [MASK])'))
         p('keyphrase', '', descriptor('pocketsphinx keyword spotting: the phrase to listen for '
                                       '(empty: the full language model)', read_only=True))
         p('grammar', '', descriptor('pocketsphinx JSGF grammar file (empty: the language model)',
@@ -208,7 +212,8 @@ class AudioIRPNode(IRPNodeHost):
         thr = self.get_parameter('confidence_threshold').value
         trace = result.trace
         energies = list(trace.energies) if getattr(trace, 'energies', None) else []
-        msg = Transcript(header=header, text=text_of(words), masked_text=masked_text(words, thr),
+        msg = Transcript(header=header, text=text_of(words), masked_text=masked_text(
+                             words, thr, self.get_parameter('mask_guesses').value),
                          words=[w.word for w in words],
                          confidences=[float(w.confidence) for w in words],
                          start_s=[float(w.start) for w in words],

@@ -83,9 +83,21 @@ def text_of(words: List[Word]) -> str:
     return ' '.join(w.word for w in words)
 
 
-def masked_text(words: List[Word], threshold: float, mask: str = '[MASK]') -> str:
-    """Return the transcript, every word under ``threshold`` confidence as ``mask``."""
-    return ' '.join(w.word if w.confidence >= threshold else mask for w in words)
+_GUESSABLE_RE = re.compile(r"[A-Za-z0-9]+(?:'[A-Za-z]+)*")
+
+
+def masked_text(words: List[Word], threshold: float, guesses: bool = True) -> str:
+    """Return the transcript with every word under ``threshold`` confidence masked.
+
+    ``guesses``: a masked word is written ``[MASK:word]`` (what was heard, so the language
+    node repairs it only to a word that sounds alike, and keeps it unless it is sure:
+    ``docs/AUDIO.md``); otherwise ``[MASK]`` (anything may fill it).
+    """
+    def mask(w: Word) -> str:
+        if guesses and _GUESSABLE_RE.fullmatch(w.word):
+            return f'[MASK:{w.word}]'
+        return '[MASK]'
+    return ' '.join(w.word if w.confidence >= threshold else mask(w) for w in words)
 
 
 def recogniser_or_none(**kwargs) -> Optional[Recogniser]:

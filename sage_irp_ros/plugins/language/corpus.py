@@ -57,9 +57,13 @@ RECIPE = {
 
 #: The mask token: one per missing word (or punctuation mark).
 MASK_TEXT = '[MASK]'
-# One token: the mask marker, a word (letters/digits with inner apostrophes: "don't",
-# "robot's"), or any single other non-space character (punctuation, symbols).
-_TOKEN_RE = re.compile(r"\[MASK\]|[A-Za-z0-9]+(?:'[A-Za-z]+)*|[^\sA-Za-z0-9]")
+#: A doubtful word with what the sender heard: ``[MASK:heard]`` (the sender's guess).
+MASK_GUESS_PREFIX = '[MASK:'
+# One token: the mask marker (plain, or with the sender's guess), a word (letters/digits with
+# inner apostrophes: "don't", "robot's"), or any single other non-space character
+# (punctuation, symbols).
+_TOKEN_RE = re.compile(r"\[MASK(?::[A-Za-z0-9]+(?:'[A-Za-z]+)*)?\]|[A-Za-z0-9]+(?:'[A-Za-z]+)*"
+                       r"|[^\sA-Za-z0-9]")
 _SENT_SPLIT_RE = re.compile(r'(?<=[.!?])["\')\]]?\s+(?=["\'(\[]?[A-Z0-9])')
 
 
@@ -70,13 +74,28 @@ class CorpusMissing(FileNotFoundError):
 def words(text: str) -> List[Tuple[str, int, int]]:
     """Split ``text`` into ``(token, start, end)`` character spans (token lower-cased).
 
-    ``[MASK]`` stays one token (kept upper-case); every other token is lower-cased.
+    ``[MASK]`` stays one token (kept upper-case), and so does ``[MASK:heard]`` (its guess
+    lower-cased); every other token is lower-cased.
     """
     out = []
     for m in _TOKEN_RE.finditer(text):
         tok = m.group(0)
-        out.append((tok if tok == MASK_TEXT else tok.lower(), m.start(), m.end()))
+        if tok.startswith(MASK_GUESS_PREFIX):
+            tok = MASK_GUESS_PREFIX + tok[len(MASK_GUESS_PREFIX):].lower()
+        elif tok != MASK_TEXT:
+            tok = tok.lower()
+        out.append((tok, m.start(), m.end()))
     return out
+
+
+def is_mask(tok: str) -> bool:
+    """True for ``[MASK]`` and ``[MASK:heard]`` tokens."""
+    return tok == MASK_TEXT or tok.startswith(MASK_GUESS_PREFIX)
+
+
+def guess_of(tok: str) -> Optional[str]:
+    """The sender's guess of a ``[MASK:heard]`` token (``heard``); None for anything else."""
+    return tok[len(MASK_GUESS_PREFIX):-1] if tok.startswith(MASK_GUESS_PREFIX) else None
 
 
 def to_ascii(text: str) -> str:

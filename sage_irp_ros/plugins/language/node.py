@@ -1,7 +1,8 @@
 """``language_irp_node``: repairs masked text by iterative unmasking (the language plugin).
 
 Subscribes to ``std_msgs/String`` utterances in which each lost word is marked ``[MASK]`` (a
-run of n lost words: n masks) and publishes the repaired text on ``output_topic`` and its
+run of n lost words: n masks) or, when the sender heard something, ``[MASK:heard]`` (repaired
+only to a word that sounds like ``heard``, kept unless the model is ``guess_margin`` nats surer) and publishes the repaired text on ``output_topic`` and its
 meaning latent (``std_msgs/Float32MultiArray``, L2-normalised) on ``meaning_topic``, plus
 telemetry. Text with nothing to repair passes through after zero steps.
 """
@@ -34,13 +35,17 @@ class LanguageIRPNode(IRPNodeHost):
             read_only=True))
         self.declare_parameter('max_input_chars', 2000, descriptor(
             'Longest accepted text, characters', read_only=True, int_range=(1, 1 << 20)))
+        self.declare_parameter('guess_margin', LanguageIRP.GUESS_MARGIN, descriptor(
+            'Nats by which a fill must beat the heard word of a [MASK:heard] to replace it',
+            read_only=True, float_range=(0.0, 100.0)))
 
     def create_plugin(self) -> LanguageIRP:
         """Load the model on ``self.device`` (fp32)."""
         vocab = self.load_file_parameter('tokenizer_path', DEFAULT_TOKENIZER, Vocab.from_file)
         net = self.load_file_parameter('model_path', DEFAULT_WEIGHTS,
                                        lambda p: load_checkpoint(p)[0])
-        return LanguageIRP(net, vocab, device=self.device)
+        return LanguageIRP(net, vocab, device=self.device,
+                           guess_margin=self.get_parameter('guess_margin').value)
 
     def decode(self, msg) -> Tuple[Any, Optional[Mapping[str, Any]]]:
         """Check the text (non-empty, not oversize)."""
@@ -58,7 +63,7 @@ class LanguageIRPNode(IRPNodeHost):
 
     def example_input(self):
         """Return a short masked utterance, to calibrate the step cost."""
-        return 'please put the [MASK] on the [MASK] table', None
+        return 'please put the [MASK] on the [MASK:table]', None
 
 
 def main(args=None) -> int:

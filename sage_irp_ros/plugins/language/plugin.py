@@ -8,20 +8,26 @@ punctuation, words outside the vocabulary); only the masks are replaced, each by
 vocabulary word (masks written back to back, ``[MASK][MASK]``, or glued to a word are separate
 words: their fills are kept apart by a space). Text without a mask is returned unchanged after
 zero steps.
+
+A doubtful word can be sent with what was heard: ``[MASK:heard]`` (the audio node does this for
+its low-confidence words). Such a mask is filled only with a word that sounds like ``heard``
+(:mod:`~sage_irp_ros.plugins.language.sounds`: at most one phone apart), and ``heard`` itself
+is kept unless the model's choice is more probable than it by ``guess_margin`` nats. A guess
+outside the model's vocabulary is kept as heard (the model cannot judge it).
 """
 
 from __future__ import annotations
 
 import math
 import os
-from typing import Any, List, Mapping, Optional
+from typing import Any, List, Mapping, Optional, Tuple
 
 import numpy as np
 import torch
 
 from sage_irp_ros.core.loop import HaltConfig
 from sage_irp_ros.core.plugin import HALT_STABLE, IRPPlugin, IRPState, Schedule
-from sage_irp_ros.plugins.language.corpus import MASK_TEXT, words
+from sage_irp_ros.plugins.language.corpus import MASK_TEXT, guess_of, is_mask, words
 from sage_irp_ros.plugins.language.model import (
     SPECIALS,
     MaskedLM,
@@ -81,8 +87,13 @@ class LanguageIRP(IRPPlugin):
     kind = 'language'
     version = 'language-mlm-2'
 
+    #: Nats by which the model's choice must beat a sender's guess (``[MASK:heard]``) to
+    #: replace it; chosen on validation speech (docs/AUDIO.md, "Language repair").
+    GUESS_MARGIN = 3.0
+
     def __init__(self, net: MaskedLM, vocab: Vocab, horizon: int = 8, keep_p: float = 0.95,
-                 stable_eps: float = 1e-3, stable_K: int = 2, device: str = 'cpu'):
+                 stable_eps: float = 1e-3, stable_K: int = 2, device: str = 'cpu',
+                 guess_margin: float = GUESS_MARGIN, sounds_like: Any = None):
         """Wrap a trained ``net`` and its ``vocab`` with the schedule and halting parameters.
 
         ``device`` is 'cpu', 'cuda' or 'cuda:N' (fp32 on either: the model is 1.9 M parameters
@@ -91,6 +102,10 @@ class LanguageIRP(IRPPlugin):
         ``horizon`` is the length ``H`` of the linear mask schedule (steps), ``keep_p`` the
         starting trust threshold (probability) of that schedule; ``stable_eps`` the
         cosine-distance threshold and ``stable_K`` the window of the ``stable`` rule.
+        ``guess_margin``: how much more probable (nats) the model's choice must be than a
+        sender's guess to replace it; ``sounds_like``: a ``word -> words`` callable (default:
+        :class:`~sage_irp_ros.plugins.language.sounds.SoundsLike` over the vocabulary, built
+        when the first guess arrives).
         """
         if not net.cfg.self_cond:
             raise ValueError('the language plugin needs a self-conditioned model '
@@ -100,6 +115,10 @@ class LanguageIRP(IRPPlugin):
                              f'({net.cfg.vocab_size})')
         if horizon < 1 or stable_K < 1 or not stable_eps >= 0 or not 0 < keep_p <= 1:
             raise ValueError('horizon, stable_K >= 1, stable_eps >= 0, 0 < keep_p <= 1 needed')
+        if not guess_margin >= 0:
+            raise ValueError(f'guess_margin must be >= 0, got {guess_margin}')
+        self.guess_margin = float(guess_margin)
+        self._sounds_like = sounds_like
         dev = torch.device(device)
         if dev.type == 'cuda' and not torch.cuda.is_available():
             raise ValueError(f'device {device!r} requested but CUDA is not available')
@@ -172,12 +191,23 @@ class LanguageIRP(IRPPlugin):
         if len(spans) > self.MAX_TOKENS:
             raise ValueError(f'{len(spans)} tokens (words and punctuation marks): the plugin '
                              f'takes at most {self.MAX_TOKENS} per utterance')
-        masked = [i for i, (t, _, _) in enumerate(spans) if t == MASK_TEXT]
+        toks = [t for t, _, _ in spans]
+        masked, guesses, kept = [], [], {}
+        for i, t in enumerate(toks):
+            if not is_mask(t):
+                continue
+            g = guess_of(t)
+            if g is not None and g not in self.vocab.token_to_id:
+                kept[i] = toks[i] = g  # a guess the model cannot judge: kept as heard
+                continue
+            masked.append(i)
+            guesses.append(g)
+            toks[i] = MASK_TEXT
         meta = {'text': x0, 'spans': [(a, b) for _, a, b in spans], 'masked': masked,
-                'masked_set': frozenset(masked),
+                'masked_set': frozenset(masked), 'guesses': guesses, 'kept_guesses': kept,
+                'allow': self._allowed(guesses), 'guess_lp': None,
                 'nll': np.full(len(masked), self.log_v), 'filled': False, 'dmeaning': []}
-        ids = torch.tensor([self.vocab.encode([t for t, _, _ in spans])], dtype=torch.long,
-                           device=self.device)
+        ids = torch.tensor([self.vocab.encode(toks)], dtype=torch.long, device=self.device)
         # The windows the network reads (one: the whole text, when it fits) and, per window,
         # the masked positions it fills: each mask in the window where it is most central, so
         # the windows' fills in row-major order are the masks in text order. Fixed per input.
@@ -192,6 +222,34 @@ class LanguageIRP(IRPPlugin):
             with torch.inference_mode():
                 meta['meaning'] = self._meaning(ids, win)
         return IRPState(payload=ids, meta=meta)
+
+    def sounds_like(self, word: str):
+        """The vocabulary's words that sound like ``word`` (builds the index on first use)."""
+        if self._sounds_like is None:
+            from sage_irp_ros.plugins.language.sounds import SoundsLike
+            try:
+                self._sounds_like = SoundsLike(self.vocab.token_to_id)
+            except FileNotFoundError:
+                self._sounds_like = lambda w: frozenset()  # no dictionary: guesses are kept
+        return self._sounds_like(word)
+
+    def _allowed(self, guesses: List[Optional[str]]) -> Optional[torch.Tensor]:
+        """(n_masked, V) additive mask: 0 where a fill is allowed, -inf where not; None: all.
+
+        A plain mask allows every word; a guessed one the guess and the words that sound
+        like it.
+        """
+        if not any(g is not None for g in guesses):
+            return None
+        allow = torch.zeros(len(guesses), len(self.vocab), device=self.device)
+        t2i = self.vocab.token_to_id
+        for j, g in enumerate(guesses):
+            if g is None:
+                continue
+            ok = [t2i[w] for w in self.sounds_like(g) if w in t2i] + [t2i[g]]
+            allow[j] = -math.inf
+            allow[j, ok] = 0.0
+        return allow
 
     def energy(self, state: IRPState) -> float:
         """Mean NLL (nats) of the fills over the masked positions; ``ln V`` if still masked."""
@@ -219,14 +277,19 @@ class LanguageIRP(IRPPlugin):
                 inp, guess = guess_inputs(ids, sel, ids[sel], keep, self.vocab.mask)
                 h_all = self.net.hidden(inp, prev=m['prev'], guess=guess)
             logp = torch.log_softmax(self.net.logits(h_all[sel]) + self._ban, -1)
-            best, tok = logp.max(-1)
+            best, tok = (logp if m['allow'] is None else logp + m['allow']).max(-1)
+            guess_lp = None
+            if m['allow'] is not None:
+                gid = [self.vocab.token_to_id[g] if g is not None else 0 for g in m['guesses']]
+                guess_lp = logp[torch.arange(len(gid), device=self.device),
+                                torch.tensor(gid, device=self.device)].cpu().numpy()
             new = state.payload.clone()
             new[0, m['masked']] = tok
             meaning = self._meaning(new, win)
             dm = float(1.0 - torch.dot(meaning, m['meaning']).clamp(-1, 1))
             prev = self.net.recycled(h_all, sel, logp)
         return state.evolve(new, nll=(-best).cpu().numpy().astype(np.float64), prev=prev,
-                            filled=True, meaning=meaning,
+                            filled=True, meaning=meaning, guess_lp=guess_lp,
                             dmeaning=m['dmeaning'] + [max(dm, 0.0)])
 
     def halt(self, state: IRPState, energies: list) -> Optional[str]:
@@ -244,17 +307,38 @@ class LanguageIRP(IRPPlugin):
         return self.log_v
 
     def filled_tokens(self, state: IRPState) -> List[str]:
-        """Return the words at the masked positions, in order (``[MASK]`` if not filled)."""
+        """Return the words at the masked positions, in order.
+
+        A plain mask not yet filled reads ``[MASK]``; a guessed one its guess until a fill
+        beats the guess by ``guess_margin`` nats.
+        """
+        m = state.meta
         ids = state.payload[0]
-        if not state.meta['filled']:
-            return [MASK_TEXT] * len(state.meta['masked'])
-        return [self.vocab.id_to_token[int(ids[i])] for i in state.meta['masked']]
+        out = []
+        for j, (i, g) in enumerate(zip(m['masked'], m['guesses'], strict=True)):
+            if not m['filled']:
+                out.append(MASK_TEXT if g is None else g)
+                continue
+            word = self.vocab.id_to_token[int(ids[i])]
+            if g is not None and -m['nll'][j] - m['guess_lp'][j] <= self.guess_margin:
+                word = g
+            out.append(word)
+        return out
+
+    def _replacements(self, state: IRPState) -> List[Tuple[int, str]]:
+        """``(token index, word)`` of every mask, in text order (guesses kept as heard too)."""
+        m = state.meta
+        rep = dict(zip(m['masked'], self.filled_tokens(state), strict=True))
+        rep.update(m['kept_guesses'])
+        return sorted(rep.items())
 
     def result(self, state: IRPState) -> str:
         """Return the input text with each ``[MASK]`` replaced by its fill (rest verbatim)."""
         text, spans = state.meta['text'], state.meta['spans']
         out, last = [], 0
-        for i, word in zip(state.meta['masked'], self.filled_tokens(state), strict=True):
+        reps = self._replacements(state)
+        replaced = {i for i, _ in reps}
+        for i, word in reps:
             a, b = spans[i]
             between = text[last:a]
             out.append(between)
@@ -267,7 +351,7 @@ class LanguageIRP(IRPPlugin):
             out.append(word)
             after = text[b:b + 1]
             if after and _wordlike(after) and _wordlike(word) and not (
-                    i + 1 in state.meta['masked_set'] and spans[i + 1][0] == b):
+                    i + 1 in replaced and spans[i + 1][0] == b):
                 out.append(' ')
             last = b
         out.append(text[last:])
