@@ -89,12 +89,12 @@ def words(text: str) -> List[Tuple[str, int, int]]:
 
 
 def is_mask(tok: str) -> bool:
-    """True for ``[MASK]`` and ``[MASK:heard]`` tokens."""
+    """Return True for ``[MASK]`` and ``[MASK:heard]`` tokens."""
     return tok == MASK_TEXT or tok.startswith(MASK_GUESS_PREFIX)
 
 
 def guess_of(tok: str) -> Optional[str]:
-    """The sender's guess of a ``[MASK:heard]`` token (``heard``); None for anything else."""
+    """Return the sender's guess of a ``[MASK:heard]`` token (``heard``); None for anything else."""
     return tok[len(MASK_GUESS_PREFIX):-1] if tok.startswith(MASK_GUESS_PREFIX) else None
 
 

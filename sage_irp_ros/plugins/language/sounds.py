@@ -41,7 +41,7 @@ def read_dictionary(path: str) -> Dict[str, List[Tuple[str, ...]]]:
 
 
 def _keys(phones: Tuple[str, ...]) -> Set[Tuple[str, ...]]:
-    """The pronunciation and its single-phone deletions."""
+    """Return the pronunciation and its single-phone deletions."""
     return {phones} | {phones[:i] + phones[i + 1:] for i in range(len(phones))}
 
 
@@ -67,7 +67,7 @@ class SoundsLike:
                     self._index.setdefault(k, set()).add(w)
 
     def __call__(self, word: str) -> FrozenSet[str]:
-        """The indexed words that sound like ``word`` (``word`` itself when indexed)."""
+        """Return the indexed words that sound like ``word`` (``word`` itself when indexed)."""
         out: Set[str] = set()
         for p in self.pron.get(word.lower(), ()):
             for k in _keys(p):
