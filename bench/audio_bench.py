@@ -230,7 +230,8 @@ def main(argv=None) -> int:
                         out = norm(str(lr.output))
                     except ValueError:
                         pass
-                changed[guesses] += sum(a != b for a, b in zip(out.split(), text.split(), strict=False))
+                changed[guesses] += sum(a != b for a, b in
+                                        zip(out.split(), text.split(), strict=False))
                 after[guesses].append(out)
         res['wer_before_repair'] = round(wer(rr, before), 4)
         res['wer_after_repair'] = round(wer(rr, after[True]), 4)

@@ -94,7 +94,7 @@ def is_mask(tok: str) -> bool:
 
 
 def guess_of(tok: str) -> Optional[str]:
-    """Return the sender's guess of a ``[MASK:heard]`` token (``heard``); None for anything else."""
+    """Return the sender's guess of a ``[MASK:heard]`` token (``heard``); else None."""
     return tok[len(MASK_GUESS_PREFIX):-1] if tok.startswith(MASK_GUESS_PREFIX) else None
 
 

@@ -224,7 +224,7 @@ class LanguageIRP(IRPPlugin):
         return IRPState(payload=ids, meta=meta)
 
     def sounds_like(self, word: str):
-        """Return the vocabulary's words that sound like ``word`` (builds the index on first use)."""
+        """Return the vocabulary's words that sound like ``word`` (index built on first use)."""
         if self._sounds_like is None:
             from sage_irp_ros.plugins.language.sounds import SoundsLike
             try:
