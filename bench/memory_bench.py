@@ -54,6 +54,7 @@ from sage_irp_ros.core.loop import refine  # noqa: E402
 from sage_irp_ros.plugins.memory.experience import (  # noqa: E402
     check_experience,
     recall_from,
+    recall_threshold,
     run_experience,
 )
 from sage_irp_ros.plugins.memory.sleep import SleepIRP, consolidate  # noqa: E402
@@ -163,7 +164,7 @@ def main(argv=None) -> int:
     try:
         store = ExperienceStore(os.path.join(tmp, 'memory.db'))
 
-        recall = recall_from(store, PLUGIN)
+        recall = recall_from(store, PLUGIN, recall_threshold(plugin))
 
         # warm-up (allocator, kernels) on validation frames
         for i in range(10):

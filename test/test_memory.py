@@ -597,3 +597,16 @@ def test_memory_modules_import_no_ros():
     out = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True,
                          env=dict(os.environ, PYTHONPATH=ROOT))
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_nearest_does_not_read_rows_under_min_similarity(tmp_path):
+    keys = np.eye(4, dtype=np.float32)
+    with ExperienceStore(str(tmp_path / 'm.db')) as store:
+        rid = store.add('vision', keys[0], latent=np.ones((2, 3), np.float32),
+                        summary={'a': 1}, steps=3)
+        near = store.nearest('vision', keys[0] + 0.1 * keys[1], min_similarity=0.9)[0]
+        assert near.id == rid and near.latent is not None and near.summary == {'a': 1}
+        far = store.nearest('vision', keys[1] + 0.2 * keys[0], min_similarity=0.9)[0]
+        assert far.id == rid and 0 < far.similarity < 0.9
+        assert far.latent is None and far.key is None and far.summary is None
+        assert store.get(rid).hits == 1  # the far record was not touched, the near one was

@@ -853,13 +853,15 @@ class IRPNodeHost(ManagedNode):
         Never raises: a missing or damaged store, or a key the store cannot search by, is
         logged (once per outage), counted, and the run starts cold.
         """
+        from sage_irp_ros.plugins.memory.experience import recall_threshold
         with self._lock:
             self.counters.recalls += 1
         store = self._memory_reader()
         if store is None:
             return None
         try:
-            hits = store.nearest(self.spec.name, key, k=1, touch=False)
+            hits = store.nearest(self.spec.name, key, k=1, touch=False,
+                                 min_similarity=recall_threshold(self.plugin))
         except ValueError as exc:  # the plugin's key (NaN, all zeros, not 1-D)
             with self._lock:
                 self.counters.experience_errors += 1

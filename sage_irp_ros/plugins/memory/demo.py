@@ -54,6 +54,7 @@ def main(argv=None) -> int:
     from sage_irp_ros.plugins.memory.experience import (
         check_experience,
         recall_from,
+        recall_threshold,
         run_experience,
     )
     from sage_irp_ros.plugins.memory.sleep import SleepIRP, consolidate
@@ -73,7 +74,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         store = ExperienceStore(os.path.join(tmp, 'memory.db'))
 
-        recall = recall_from(store, 'vision')
+        recall = recall_from(store, 'vision', recall_threshold(plugin))
 
         def remember(res):
             item = run_experience(plugin, res, 'vision')

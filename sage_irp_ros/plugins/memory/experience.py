@@ -123,15 +123,26 @@ def run_experience(plugin: Any, result: Any, plugin_name: str) -> Optional[Dict[
                 halt_reason=trace.halt_reason)
 
 
-def recall_from(store: Any, plugin_name: str) -> Callable[[Any], Any]:
+def recall_threshold(plugin: Any) -> Optional[float]:
+    """Return the similarity under which ``plugin`` ignores a hint (its ``recall_similarity``).
+
+    The store does not read a record under it (``nearest(min_similarity=...)``): a frame of a
+    place never seen costs the search, not the read of a latent it would not use.
+    """
+    v = getattr(plugin, 'recall_similarity', None)
+    return None if v is None else float(v)
+
+
+def recall_from(store: Any, plugin_name: str,
+                min_similarity: Optional[float] = None) -> Callable[[Any], Any]:
     """Return ``ctx['recall']`` reading ``store`` directly: the nearest record or None.
 
     For in-process use (benchmarks, the demo, tests); the node host has its own, which also
     counts and survives a missing or damaged store. Hits are not counted (``touch=False``), as
-    on the host's read-only store.
+    on the host's read-only store. ``min_similarity``: see :func:`recall_threshold`.
     """
     def recall(key):
-        hits = store.nearest(plugin_name, key, k=1, touch=False)
+        hits = store.nearest(plugin_name, key, k=1, touch=False, min_similarity=min_similarity)
         return hits[0] if hits else None
     return recall
 

@@ -758,13 +758,18 @@ class ExperienceStore:
         return ids, mat
 
     def nearest(self, plugin: str, key, k: int = 1, *, sources: Sequence[str] = SOURCES,
-                touch: bool = True) -> List[MemoryRecord]:
+                touch: bool = True, min_similarity: Optional[float] = None
+                ) -> List[MemoryRecord]:
         """Return the ``k`` rows of ``plugin`` most similar to ``key``, most similar first.
 
         Cosine similarity by brute force over the rows of the same key length, in both tables
         (``sources``): an experience is compared by its key, a prototype by its centroid; each
         record's ``source`` says which it is and ``similarity`` holds the score. ``touch``
-        counts a hit on the returned rows (a short write after the read; not on a read-only store).
+        counts a hit on the returned rows (a short write after the read; not on a read-only
+        store). ``min_similarity``: a row less similar than this is not read: its record
+        carries only ``source``, ``id``, ``plugin`` and ``similarity`` (``key``, ``latent`` and
+        ``summary`` None) and is not touched; a caller that would not use it pays no read of its
+        latent.
         """
         kb, dim = pack_key(key)
         q = unpack_key(kb)
@@ -787,13 +792,20 @@ class ExperienceStore:
             cands.sort()
             out = []
             for negsim, _, rid, source in cands[:k]:
+                if min_similarity is not None and -negsim < min_similarity:
+                    out.append(MemoryRecord(source=source, id=rid, plugin=plugin, key=None,
+                                            latent=None, summary=None, steps=None, energy=None,
+                                            halt_reason=None, stamp=0.0, last_used=0.0, hits=0,
+                                            similarity=-negsim))
+                    continue
                 row = conn.execute(self._select(source) + ' WHERE id = ?', (rid,)).fetchone()
                 if row is not None:
                     rec = self._record(source, row)
                     rec.similarity = -negsim
                     out.append(rec)
-        if touch and out and not self.readonly:
-            self.touch(out)
+        read = [r for r in out if r.key is not None]
+        if touch and read and not self.readonly:
+            self.touch(read)
         return out
 
     def stats(self) -> Dict[str, Any]:
