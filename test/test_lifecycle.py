@@ -254,3 +254,47 @@ def test_an_idle_plugin_stays_in_the_allocation_by_its_heartbeat(ros, tmp_path):
     finally:
         plugin.destroy_node()
         orch.destroy_node()
+
+
+def test_each_robot_orchestrator_budgets_only_its_own_plugins(ros, tmp_path):
+    """Two robots on one domain (namespaces /robot1, /robot2): heartbeats share /diagnostics,
+    but each orchestrator allocates only the plugins under its namespace (issue #15, fleets)."""
+    from sage_irp_ros.msg import BudgetGrant
+    from sage_irp_ros.ros.orchestrator_node import OrchestratorNode, in_namespace
+    assert in_namespace('/robot1/vision', '/robot1') and in_namespace('/robot1/vision', '/')
+    assert not in_namespace('/robot10/vision', '/robot1') and not in_namespace('/a', '/robot1')
+    g1 = ros.collect(BudgetGrant, '/robot1/irp/budget', 100)
+    g2 = ros.collect(BudgetGrant, '/robot2/irp/budget', 100)
+    orchs, plugins = [], []
+    try:
+        for r in ('robot1', 'robot2'):
+            o = ros.add_node(OrchestratorNode('orchestrator_node', namespace=r,
+                                              context=ros.context, parameter_overrides=[
+                                                  Parameter('period_s', value=0.05),
+                                                  Parameter('trust_file', value='')]))
+            orchs.append(o)
+            plugins.append(ros.add_node(FixtureIRPNode(
+                'fx', namespace=r, context=ros.context,
+                parameter_overrides=[Parameter('diagnostics_period_s', value=0.1)])))
+        assert wait_for(lambda: '/robot1/fx' in orchs[0].alloc.plugins
+                        and '/robot2/fx' in orchs[1].alloc.plugins, 10)
+        plugins[0]._on_input('input', Float32MultiArray(data=[0.0, 2.0, 1.0]))
+        plugins[1]._on_input('input', Float32MultiArray(data=[0.0, 2.0, 1.0]))
+        assert wait_for(lambda: g1 and g2, 5)
+        time.sleep(0.5)
+        assert set(orchs[0].alloc.plugins) == {'/robot1/fx'}
+        assert set(orchs[1].alloc.plugins) == {'/robot2/fx'}
+        assert {g.plugin for g in list(g1)} == {'/robot1/fx'}
+        assert {g.plugin for g in list(g2)} == {'/robot2/fx'}
+    finally:
+        for n in plugins + orchs:
+            n.destroy_node()
+
+
+def test_trust_file_default_is_per_namespace(monkeypatch, tmp_path):
+    from sage_irp_ros.ros.orchestrator_node import default_trust_file
+    monkeypatch.setenv('ROS_HOME', str(tmp_path))
+    assert default_trust_file() == str(tmp_path / 'sage_irp' / 'trust.json')
+    assert default_trust_file('/robot1') == str(tmp_path / 'sage_irp' / 'robot1' / 'trust.json')
+    assert default_trust_file('/fleet/r2/') == str(
+        tmp_path / 'sage_irp' / 'fleet' / 'r2' / 'trust.json')

@@ -41,10 +41,25 @@ from sage_irp_ros.ros.lifecycle import ManagedNode
 MARKERS_TOPIC = 'irp/markers'
 
 
-def default_trust_file() -> str:
-    """Return ``$ROS_HOME/sage_irp/trust.json`` (``~/.ros`` when ROS_HOME is unset)."""
+def default_trust_file(namespace: str = '/') -> str:
+    """Return ``$ROS_HOME/sage_irp[/<namespace>]/trust.json`` (``~/.ros`` if ROS_HOME is unset).
+
+    Each namespace (each robot of a fleet that shares a file system or a home directory) keeps
+    its own trust; the root namespace keeps ``sage_irp/trust.json``.
+    """
     home = os.environ.get('ROS_HOME') or os.path.join(os.path.expanduser('~'), '.ros')
-    return os.path.join(home, 'sage_irp', 'trust.json')
+    parts = [p for p in namespace.split('/') if p]
+    return os.path.join(home, 'sage_irp', *parts, 'trust.json')
+
+
+def in_namespace(node_name: str, namespace: str) -> bool:
+    """Return True when the fully qualified ``node_name`` is in ``namespace`` or below it.
+
+    ``/robot1/vision_irp_node`` is in ``/robot1`` and in ``/``; not in ``/robot2`` (nor in
+    ``/robot``).
+    """
+    ns = namespace.rstrip('/')
+    return node_name.startswith(ns + '/')
 
 
 class OrchestratorNode(ManagedNode):
@@ -73,9 +88,9 @@ class OrchestratorNode(ManagedNode):
             'A plugin silent this long leaves the allocation', float_range=(0.01, 3600.0)))
         p('trust_alpha', 0.2, descriptor('EMA weight of a run\'s score in trust',
                                           read_only=True, float_range=(0.001, 1.0)))
-        p('trust_file', default_trust_file(), descriptor(
-            'JSON file trust is loaded from at start and saved to; empty = not persisted',
-            read_only=True))
+        p('trust_file', default_trust_file(self.get_namespace()), descriptor(
+            'JSON file trust is loaded from at start and saved to; empty = not persisted '
+            '(default: one per namespace)', read_only=True))
         p('demand_headroom', 1.5, descriptor(
             'Demand growth factor after a run that ran out of budget',
             float_range=(1.0, 100.0)))
@@ -188,8 +203,8 @@ class OrchestratorNode(ManagedNode):
 
     def _on_telemetry(self, msg: IRPTelemetry) -> None:
         name = msg.entity_id
-        if not name:
-            return
+        if not name or not in_namespace(name, self.get_namespace()):
+            return  # another robot's plugin (a fleet on one domain): not ours to budget
         try:
             record = msg_to_record(msg)
         except (ValueError, KeyError, TypeError) as exc:
@@ -210,6 +225,8 @@ class OrchestratorNode(ManagedNode):
             if values.get('lifecycle_state') != 'active':
                 continue
             name = st.name[:-len(HOST_STATUS_SUFFIX)]
+            if not in_namespace(name, self.get_namespace()):
+                continue  # /diagnostics is shared by the whole domain: only our robot's plugins
             try:
                 least = float(values.get('atp_per_step_ms', 0)) + float(
                     values.get('atp_per_input_ms', 0))
