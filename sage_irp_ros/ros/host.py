@@ -406,8 +406,8 @@ class IRPNodeHost(ManagedNode):
             'ATP per input when no orchestrator grant is current (1 ATP = 1 ms of measured '
             'compute: the input and its steps); 0 = unlimited (max_steps still applies)',
             float_range=(0.0, 1e9)))
-        p('grant_timeout_s', 0.5, descriptor(
-            'A grant older than this is stale and the default budget applies (5 cycles of '
+        p('grant_timeout_s', 0.3, descriptor(
+            'A grant older than this is stale and the default budget applies (3 cycles of '
             'the orchestrator\'s default period: a dead orchestrator is noticed within it)',
             float_range=(0.01, 3600.0)))
         p('device', 'cpu', descriptor(
