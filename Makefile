@@ -6,7 +6,9 @@
 #   make bench   setup, then the benchmarks (out/bench/{vision,language,orchestrator}.json)
 #   make demo    replay data/sample_bag through the nodes, record and score the outputs into
 #                out/demo/ (`python -m sage_irp_ros.demo`, docs/DEMO.md); then places that
-#                recur, a sleep and the days after it (`python -m sage_irp_ros.plugins.memory.demo`)
+#                recur, a sleep and the days after it (`python -m sage_irp_ros.plugins.memory.demo`);
+#                then the bag's speech heard as recorded and in noise, enhanced, recognised and
+#                repaired (`python -m sage_irp_ros.plugins.audio.demo`)
 #   make clean   remove build outputs and caches (`make distclean` also removes .venv)
 #
 # How the package is found: the ROS 2 wheels install into the venv as an ament prefix
@@ -123,6 +125,7 @@ bench: setup
 demo: setup
 	$(RUN_ENV) $(VPY) -m sage_irp_ros.demo
 	$(RUN_ENV) $(VPY) -m sage_irp_ros.plugins.memory.demo
+	$(RUN_ENV) $(VPY) -m sage_irp_ros.plugins.audio.demo
 
 clean:
 	rm -rf build install log out .pytest_cache .ruff_cache .hypothesis *.egg-info $(INSTALL_STAMP)

@@ -135,6 +135,30 @@ def test_recogniser_words_timing_confidence_and_masking():
     assert 'clubs' in text_of(words)
     assert all(0 <= w.start < w.end <= 1.2 and 0 <= w.confidence <= 1 for w in words)
     assert [w.start for w in words] == sorted(w.start for w in words)
-    masked = masked_text(words, 1.01)
+    masked = masked_text(words, 1.01, guesses=False)
     assert masked.split() == ['[MASK]'] * len(words)
+    assert masked_text(words, 1.01).split() == [f'[MASK:{w.word}]' for w in words]
     assert masked_text(words, 0.0) == text_of(words)
+    from sage_irp_ros.plugins.audio.recognize import Word
+    odd = [Word('a.b', 0, 1, 0.1), Word("they're", 1, 2, 0.1)]
+    assert masked_text(odd, 0.5) == "[MASK] [MASK:they're]"
+
+
+def test_demo_hears_the_bag_as_recorded_and_in_noise(tmp_path):
+    pytest.importorskip('rclpy')
+    if not os.path.exists(os.path.join(TESTDATA, 'cards', '001.wav')):
+        pytest.skip('pocketsphinx-testdata not installed')
+    import json
+
+    from sage_irp_ros.plugins.audio import demo
+    assert demo.main(['--out', str(tmp_path)]) == 0
+    rep = json.load(open(tmp_path / 'audio.json'))
+    assert len(rep['truth']) == 2 and (tmp_path / 'audio.png').stat().st_size > 10_000
+    clean = rep['as_recorded']
+    assert len(clean['utterances']) == 2 and clean['wer_enhanced'] <= 0.2
+    assert all(u['steps'] <= 1 for u in clean['utterances'])  # clean speech: halts at once
+    noisy = rep['noise_5db']
+    assert noisy['utterances'] and all(u['energies_db'] for u in noisy['utterances'])
+    # noise is heard as noise: the first energy of every noisy utterance is above the clean ones
+    assert min(u['energies_db'][0] for u in noisy['utterances']) > max(
+        u['energies_db'][0] for u in clean['utterances'])

@@ -58,6 +58,16 @@ class AudioIRP(IRPPlugin):
     """
 
     kind = 'audio'
+    #: What the energy (the error head) predicts: 'mel' (distance in the recogniser's mel
+    #: bands, mean removed) or 'lsd' (log-spectral distance), as the weights were trained.
+    objective = 'lsd'
+    ENERGY_NAMES = {'mel': 'predicted mel distance to clean speech',
+                    'lsd': 'predicted log-spectral distance to clean speech'}
+
+    @property
+    def energy_name(self) -> str:
+        """What the energy measures, in words (for plots and docs)."""
+        return self.ENERGY_NAMES.get(self.objective, self.objective)
 
     def __init__(self, model: MaskRefiner, version: str = '1', halt_db: float = 3.0,
                  floor: float = 0.05, device: str = 'cpu'):
@@ -79,8 +89,10 @@ class AudioIRP(IRPPlugin):
                 meta = json.load(f)
         model = MaskRefiner(hidden=int(meta.get('hidden', 96)))
         model.load_state_dict(torch.load(path, map_location='cpu', weights_only=True))
-        return cls(model, version=f"enhancer-seed{meta.get('seed', '?')}", device=device,
-                   **kwargs)
+        plugin = cls(model, version=f"enhancer-{meta.get('objective', 'lsd')}-seed"
+                                    f"{meta.get('seed', '?')}", device=device, **kwargs)
+        plugin.objective = meta.get('objective', 'lsd')
+        return plugin
 
     def halt_config(self) -> HaltConfig:
         """Slope rule: stop when a step lowers the energy by under 2 % of E_0; at most 8."""
