@@ -4,6 +4,7 @@
 #                install the package into .venv (seconds when nothing changed)
 #   make test    setup, then the whole pytest suite under test/
 #   make bench   setup, then the benchmarks (out/bench/{vision,language,orchestrator}.json)
+#   make soak    setup, then the 30-minute soak and the fleet benchmark (network namespaces)
 #   make demo    replay data/sample_bag through the nodes, record and score the outputs into
 #                out/demo/ (`python -m sage_irp_ros.demo`, docs/DEMO.md); then places that
 #                recur, a sleep and the days after it (`python -m sage_irp_ros.plugins.memory.demo`);
@@ -52,7 +53,7 @@ BUILD_ENV := PATH="$(VENV_ABS)/bin:$$PATH" AMENT_PREFIX_PATH="$(VENV_ABS)" \
 # Environment for running code (same as tools/env.sh): ament_index finds the venv prefix.
 RUN_ENV := AMENT_PREFIX_PATH="$(VENV_ABS)"
 
-.PHONY: setup test demo bench clean distclean apt-deps
+.PHONY: setup test demo bench soak clean distclean apt-deps
 
 setup: $(INSTALL_STAMP)
 
@@ -120,6 +121,12 @@ test: setup
 # (bench/run_all.py); stops at the first failure with its exit status.
 bench: setup
 	$(RUN_ENV) $(VPY) bench/run_all.py
+
+# --- Soak and fleet (issue #15; not in CI): 30 minutes of the bag in a loop through all nodes
+# (out/bench/reliability.json), then robots in network namespaces (needs root; out/bench/fleet.json).
+soak: setup
+	$(RUN_ENV) OMP_NUM_THREADS=1 $(VPY) bench/soak.py --minutes 30
+	$(RUN_ENV) OMP_NUM_THREADS=1 $(VPY) bench/fleet_bench.py
 
 # --- Demo: the sample bag through the nodes; exit status 0 only when every stage worked.
 demo: setup
