@@ -24,6 +24,32 @@ HOP = 256
 N_BINS = N_FFT // 2 + 1
 #: Recorded noise that ships in Debian (alsa-utils): used in training only.
 ALSA_NOISE = '/usr/share/sounds/alsa/Noise.wav'
+#: The recogniser's filterbank (pocketsphinx en-us ``feat.params``: 25 mel filters, 130-6800 Hz).
+MEL_BANDS, MEL_FMIN, MEL_FMAX = 25, 130.0, 6800.0
+
+
+def mel_filterbank(n_mels: int = MEL_BANDS, fmin: float = MEL_FMIN, fmax: float = MEL_FMAX,
+                   n_bins: int = N_BINS, rate: int = RATE) -> np.ndarray:
+    """Triangular mel filters over the STFT bins, ``(n_mels, n_bins)`` float32.
+
+    The shape of the recogniser's front end (pocketsphinx: 25 filters from 130 to 6800 Hz), so
+    a distance between log-mel spectra is a distance between what the recogniser sees.
+    """
+    def mel(f):
+        return 2595.0 * np.log10(1.0 + np.asarray(f) / 700.0)
+
+    def hz(m):
+        return 700.0 * (10 ** (np.asarray(m) / 2595.0) - 1.0)
+
+    edges = hz(np.linspace(mel(fmin), mel(fmax), n_mels + 2))
+    freqs = np.arange(n_bins) * rate / (2.0 * (n_bins - 1))
+    fb = np.zeros((n_mels, n_bins), np.float32)
+    for m in range(n_mels):
+        lo, mid, hi = edges[m:m + 3]
+        up = (freqs - lo) / (mid - lo)
+        down = (hi - freqs) / (hi - mid)
+        fb[m] = np.clip(np.minimum(up, down), 0.0, None)
+    return fb
 
 
 class AudioFormatError(ValueError):

@@ -26,7 +26,15 @@ import time
 import numpy as np
 import torch
 
-from sage_irp_ros.plugins.audio.dsp import HOP, N_FFT, RATE, TRAIN_NOISES, TRAIN_SNRS, mix
+from sage_irp_ros.plugins.audio.dsp import (
+    HOP,
+    N_FFT,
+    RATE,
+    TRAIN_NOISES,
+    TRAIN_SNRS,
+    mel_filterbank,
+    mix,
+)
 from sage_irp_ros.plugins.audio.model import MaskRefiner, log_power
 from sage_irp_ros.plugins.audio.speech import make_speech
 
@@ -34,6 +42,11 @@ WEIGHTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'weights'
 CLEAN_FRACTION = 0.2
 #: Floor of the log-spectral distance: powers 40 dB under the clean utterance's peak are equal.
 LSD_FLOOR = 1e-4
+#: The recogniser's 25 mel filters (``dsp.mel_filterbank``) and the mel distance's floor: mel
+#: powers 50 dB under the clean utterance's loudest band count as equal.
+MEL = torch.from_numpy(mel_filterbank())
+MEL_FLOOR = 1e-5
+OBJECTIVES = ('mel', 'lsd')
 
 
 def stft(x: torch.Tensor) -> torch.Tensor:
@@ -47,6 +60,24 @@ def lsd_db(est_mag: torch.Tensor, clean_mag: torch.Tensor) -> torch.Tensor:
     ref = clean_mag.square().amax(dim=(1, 2), keepdim=True).clamp_min(1e-12) * LSD_FLOOR
     d = 10 * torch.log10(est_mag.square() + ref) - 10 * torch.log10(clean_mag.square() + ref)
     return d.square().mean(dim=1).sqrt()
+
+
+def mel_dist_db(est_mag: torch.Tensor, clean_mag: torch.Tensor) -> torch.Tensor:
+    """Per-frame distance (dB RMS over the recogniser's 25 mel bands) of an estimate to clean.
+
+    Each band's mean over the utterance is removed first (the recogniser's cepstral mean
+    normalisation does the same), so a constant gain per band costs nothing: what is left is
+    the error in what the recogniser sees.
+    """
+    pe = torch.einsum('mf,bft->bmt', MEL, est_mag.square())
+    pc = torch.einsum('mf,bft->bmt', MEL, clean_mag.square())
+    ref = pc.amax(dim=(1, 2), keepdim=True).clamp_min(1e-12) * MEL_FLOOR
+    d = 10 * torch.log10(pe + ref) - 10 * torch.log10(pc + ref)
+    d = d - d.mean(dim=2, keepdim=True)
+    return d.square().mean(dim=1).sqrt()
+
+
+DISTANCES = {'mel': mel_dist_db, 'lsd': lsd_db}
 
 
 def make_item(rng, utts, seg):
@@ -73,8 +104,14 @@ def make_item(rng, utts, seg):
     return noisy.astype(np.float32), s.astype(np.float32)
 
 
-def run_steps(model, noisy, clean, unroll):
-    """Unroll the refiner; return (mask loss, error-head loss, final lsd)."""
+def run_steps(model, noisy, clean, unroll, objective='mel'):
+    """Unroll the refiner; return (mask loss, error-head loss, final distance in dB).
+
+    ``objective`` 'mel': the mask is trained on the mel distance of every step's estimate
+    (plus a small compressed-magnitude term) and the error head regresses the mel distance;
+    'lsd': compressed-magnitude error and the log-spectral distance (the first model).
+    """
+    dist = DISTANCES[objective]
     X, S = stft(noisy), stft(clean)
     xm, sm = X.abs(), S.abs()
     scale = xm.amax(dim=(1, 2), keepdim=True).clamp_min(1e-8)
@@ -83,13 +120,16 @@ def run_steps(model, noisy, clean, unroll):
     loss_m = loss_e = 0.0
     for _ in range(unroll):
         nxt, err = model(logx, mask)
-        true = lsd_db(mask.detach() * xm, sm)
+        true = dist(mask.detach() * xm, sm)
         loss_e = loss_e + (err - true).square().mean() / 25.0
-        loss_m = loss_m + ((nxt * xm / scale + 1e-8) ** 0.3
-                           - (sm / scale + 1e-8) ** 0.3).square().mean()
+        mag = ((nxt * xm / scale + 1e-8) ** 0.3 - (sm / scale + 1e-8) ** 0.3).square().mean()
+        if objective == 'mel':
+            loss_m = loss_m + 0.3 * mag + 0.003 * dist(nxt * xm, sm).mean()
+        else:
+            loss_m = loss_m + mag
         mask = nxt
     err = model.error(logx, mask)
-    true = lsd_db(mask.detach() * xm, sm)
+    true = dist(mask.detach() * xm, sm)
     loss_e = loss_e + (err - true).square().mean() / 25.0
     return loss_m / unroll, loss_e / (unroll + 1), true.mean().item()
 
@@ -105,6 +145,9 @@ def main(argv=None) -> int:
     ap.add_argument('--unroll', type=int, default=4)
     ap.add_argument('--hidden', type=int, default=96)
     ap.add_argument('--lr', type=float, default=2e-3)
+    ap.add_argument('--objective', choices=OBJECTIVES, default='mel',
+                    help="what the mask and the energy measure: 'mel' (the recogniser's mel "
+                         "bands after mean removal) or 'lsd' (log-spectral distance)")
     ap.add_argument('--out', default=WEIGHTS_DIR)
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
@@ -129,7 +172,7 @@ def main(argv=None) -> int:
         pairs = [make_item(rng, utts, seg) for _ in range(args.batch)]
         noisy = torch.from_numpy(np.stack([p[0] for p in pairs]))
         clean = torch.from_numpy(np.stack([p[1] for p in pairs]))
-        lm, le, lsd = run_steps(model, noisy, clean, args.unroll)
+        lm, le, lsd = run_steps(model, noisy, clean, args.unroll, args.objective)
         loss = lm * 100 + le
         opt.zero_grad()
         loss.backward()
@@ -141,14 +184,15 @@ def main(argv=None) -> int:
                                             for a, b in zip(ema, cur, strict=True))
         if it % 50 == 0:
             print(f'it {it} t {time.time() - t_train:.0f}s mask {ema[0]:.3f} err {ema[1]:.3f} '
-                  f'lsd {ema[2]:.2f} dB', flush=True)
+                  f'{args.objective} {ema[2]:.2f} dB', flush=True)
     os.makedirs(args.out, exist_ok=True)
     torch.save(model.state_dict(), os.path.join(args.out, 'enhancer.pt'))
     meta = {'seed': args.seed, 'command': 'python -m sage_irp_ros.plugins.audio.train '
             + ' '.join(sys.argv[1:] if argv is None else argv),
             'hidden': args.hidden, 'iterations': it, 'train_seconds': round(time.time() - t0),
             'utterances': len(utts), 'final_loss_mask': round(ema[0], 4),
-            'final_loss_err': round(ema[1], 4), 'final_lsd_db': round(ema[2], 3),
+            'final_loss_err': round(ema[1], 4), 'objective': args.objective,
+            f'final_{args.objective}_db': round(ema[2], 3),
             'train_noises': sorted(TRAIN_NOISES) + ['babble'], 'train_snrs_db': TRAIN_SNRS,
             'clean_fraction': CLEAN_FRACTION, 'torch': torch.__version__}
     with open(os.path.join(args.out, 'enhancer.json'), 'w') as f:
