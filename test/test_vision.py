@@ -328,3 +328,23 @@ def test_memory_warm_start_helps_the_same_place_and_ignores_others(plugin, tmp_p
     rec.similarity, rec.latent = 1.0, np.zeros((1, 16, 8, 8), np.float32)
     z, info = plugin.warm_start(plugin.init_state(img).payload, rec)
     assert not info['used'] and 'shape' in info['why']
+
+
+def test_align_finds_the_shift_and_matches_a_brute_force_cosine():
+    from sage_irp_ros.plugins.vision.plugin import _align
+    g = torch.Generator().manual_seed(3)
+    z = torch.relu(torch.randn(1, 6, 12, 12, generator=g)) * (
+        torch.rand(1, 1, 12, 12, generator=g) > 0.6)
+    hint = torch.roll(z, (1, -2), (2, 3))  # the remembered latent, seen shifted
+    shifted, (dy, dx), agree = _align(z, hint, 2)
+    assert (dy, dx) == (-1, 2) and agree > 0.75  # (the roll wraps cells around the edge)
+    s = z.sum(1)[0]
+    m = (s > 0.1 * s.max()).float()
+    best = -1.0
+    for oy in range(-2, 3):
+        for ox in range(-2, 3):
+            hs = torch.nn.functional.pad(hint, (2, 2, 2, 2))[0, :, 2 - oy:14 - oy, 2 - ox:14 - ox]
+            a, b = (z[0] * m).flatten(), (hs * m).flatten()
+            best = max(best, float(a @ b / (a.norm() * b.norm()).clamp_min(1e-12)))
+    assert abs(best - agree) < 1e-5
+    assert _align(torch.zeros(1, 6, 12, 12), hint, 2)[2] == 0.0
