@@ -255,3 +255,63 @@ def test_a_paid_input_is_charged_its_whole_price():
     # The account is spent: the next input on it is dropped, not answered on credit.
     assert refine(plugin, [0.0, 1.0], budget=budget, cost=cost, skip_unpaid=True) is None
     assert plugin.encoded == 1
+
+
+class Cycles:
+    """A node's held grant as cycles pass: ``current()`` is this cycle's account."""
+
+    def __init__(self, atp, n, period_s=0.03):
+        self.accounts = [Budget(atp) for _ in range(n)]
+        self.i, self.alive = 0, True
+        self.period = period_s
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t.start()
+
+    def _run(self):
+        while self.i < len(self.accounts) - 1:
+            time.sleep(self.period)
+            self.i += 1
+
+    def current(self):
+        return self.accounts[self.i] if self.alive else None
+
+
+def test_a_patient_budget_draws_on_cycle_after_cycle():
+    from sage_irp_ros.core.budget import PatientBudget
+    cycles = Cycles(atp=2.0, n=5)
+    budget = PatientBudget(cycles.current, patience_s=2.0)
+    r = refine(ScriptedPlugin(geometric(12)), None,
+               config=HaltConfig(eps=0.0, max_steps=9), budget=budget,
+               cost=StepCostMeter(1.0, learn=False))
+    # 2 ATP per cycle, 1 per step: a plain budget of one cycle halts after 2 steps
+    assert r.trace.steps == 9 and r.trace.halt_reason == 'max_steps'
+    assert budget.cycles == 5 and budget.waited_s > 0.05
+    assert math.isclose(budget.spent, 9.0) and r.trace.atp_spent == 9.0
+    assert all(a.spent <= a.granted for a in cycles.accounts)
+    plain = refine(ScriptedPlugin(geometric(12)), None, config=HaltConfig(eps=0.0, max_steps=9),
+                   budget=Budget(2.0), cost=StepCostMeter(1.0, learn=False))
+    assert plain.trace.steps == 2 and plain.trace.halt_reason == 'budget'
+
+
+def test_a_patient_budget_gives_up_without_a_grant_or_when_stopped():
+    from sage_irp_ros.core.budget import PatientBudget
+    cfg, cost = HaltConfig(eps=0.0, max_steps=9), StepCostMeter(1.0, learn=False)
+    acc = Budget(2.0)
+    t = time.monotonic()
+    r = refine(ScriptedPlugin(geometric(12)), None, config=cfg, cost=cost,
+               budget=PatientBudget(lambda: acc, patience_s=0.2))
+    assert r.trace.steps == 2 and r.trace.halt_reason == 'budget'
+    assert 0.2 <= time.monotonic() - t < 1.5          # waited its patience, no longer
+    r = refine(ScriptedPlugin(geometric(12)), None, config=cfg, cost=cost,
+               budget=PatientBudget(lambda: None, patience_s=5.0))
+    assert r.trace.steps == 0 and r.trace.halt_reason == 'budget'  # no grant: no wait
+    stop = threading.Event()
+    threading.Timer(0.1, stop.set).start()
+    t = time.monotonic()
+    spent = Budget(0.0)
+    r = refine(ScriptedPlugin(geometric(12)), None, config=cfg, cost=cost,
+               budget=PatientBudget(lambda: spent, patience_s=5.0, stop=stop.is_set))
+    assert r.trace.steps == 0 and r.trace.halt_reason == 'budget'
+    assert 0.05 < time.monotonic() - t < 2.0         # stopped waiting when told to
+    with pytest.raises(TypeError):
+        PatientBudget(lambda: acc).top_up(1.0)

@@ -187,3 +187,49 @@ def _stored(db):
             return store.count()
     except Exception:  # noqa: BLE001 - not there yet
         return -1
+
+
+def test_under_an_orchestrator_a_sleep_draws_on_grant_after_grant(ros, node_process, tmp_path):
+    """One cycle's grant pays for less than a sleep: the sleep saves up the next cycles' grants
+    (sleep_patience_s) instead of halting on budget and writing nothing (as it did)."""
+    import threading
+    import time
+
+    from sage_irp_ros.msg import BudgetGrant
+    db = tmp_path / 'memory.db'
+    telem = ros.collect(String, '/irp/telemetry_json', 50)
+    proc = node_process(MEMORY, {'memory_store': str(db), 'idle_sleep_s': 0.0,
+                                 'diagnostics_period_s': 0.1})
+    pub = experience_publisher(ros)
+    assert wait_for(lambda: pub.get_subscription_count() > 0, 30), proc.log()
+    for m in visits(4, 10):
+        pub.publish(m)
+    with ExperienceStore(db, readonly=True) as store:
+        assert wait_for(lambda: store.count() == 40, 20)
+    # an orchestrator of 0.5 ATP per 50 ms cycle for the memory node (a step costs more)
+    grants = ros.node.create_publisher(BudgetGrant, '/irp/budget', QoSProfile(
+        depth=50, reliability=ReliabilityPolicy.RELIABLE))
+    stop = threading.Event()
+
+    def cycles():
+        c = int(time.time() * 1000)
+        while not stop.is_set():
+            c += 1
+            grants.publish(BudgetGrant(plugin='/memory_irp_node', cycle=c, atp_granted=0.5,
+                                       trust_weight=1.0))
+            time.sleep(0.05)
+    t = threading.Thread(target=cycles, daemon=True)
+    t.start()
+    try:
+        time.sleep(0.5)
+        res = call_sleep(ros, timeout=60.0)
+    finally:
+        stop.set()
+        t.join()
+    assert res.success, res.message + proc.log()
+    assert 'prototypes 4, rows 40 -> 4' in res.message
+    assert wait_for(lambda: any(json.loads(t.data)['plugin'] == 'memory' for t in telem), 10)
+    rec = next(json.loads(t.data) for t in telem if json.loads(t.data)['plugin'] == 'memory')
+    # 0.5 ATP per cycle: the sleep's steps were paid from several cycles' grants
+    assert rec['steps'] >= 2 and rec['budget']['ATP_spent'] > 1.0, rec
+    assert proc.stop() == 0, proc.log()

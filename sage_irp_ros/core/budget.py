@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import threading
 import time
-from typing import Optional
+from typing import Callable, Optional
 
 
 class StepCostMeter:
@@ -279,3 +279,125 @@ class Budget:
             self._spent += price
             self._steps += 1
             return True
+
+
+class PatientBudget(Budget):
+    """An account for background work that outlasts one allocation cycle (the memory's sleep).
+
+    A node's grant is one cycle's account, and a low-priority plugin's share of one cycle may
+    pay for less than one step. A run on a ``PatientBudget`` **saves up**: it moves what the
+    account ``current()`` returns (the grant the node holds now) still holds into a reserve of
+    its own, pays its steps from the reserve, and when the reserve cannot pay the next step it
+    waits for the next cycle's grant and collects that too. So it takes, cycle after cycle, what
+    the orchestrator grants it, and never spends more than was granted in all. It stops waiting,
+    and the run halts on ``budget``, after ``patience_s`` without being able to pay, when
+    ``current()`` returns None (no current grant: the orchestrator is gone), or when ``stop()``
+    returns True (cancel, shutdown). What is left in the reserve when the run ends is not spent.
+
+    ``granted`` is what it has collected, ``spent`` what it has paid, ``remaining`` the reserve;
+    ``cycles`` counts the accounts it collected from and ``waited_s`` the time spent waiting. The
+    step cap and deadline of the cycle accounts are not carried over (background work has
+    neither).
+    """
+
+    def __init__(self, current: Callable[[], Optional[Budget]], patience_s: float = 30.0,
+                 stop: Optional[Callable[[], bool]] = None, poll_s: float = 0.01,
+                 clock: Callable[[], float] = time.monotonic):
+        """Collect from ``current()`` (a :class:`Budget` or None); wait ``patience_s`` at most."""
+        super().__init__(0.0)
+        if not patience_s >= 0:
+            raise ValueError(f'patience_s must be >= 0, got {patience_s!r}')
+        self._current = current
+        self._patience = float(patience_s)
+        self._stop = stop or (lambda: False)
+        self._poll = float(poll_s)
+        self._clock = clock
+        self._waited = 0.0
+        self._sources = set()
+
+    @property
+    def waited_s(self) -> float:
+        """Seconds spent waiting for the next cycle's grant."""
+        with self._lock:
+            return self._waited
+
+    @property
+    def cycles(self) -> int:
+        """How many cycle accounts the run has collected from."""
+        with self._lock:
+            return len(self._sources)
+
+    def _collect(self) -> bool:
+        """Move what the current account holds into the reserve; False when there is none."""
+        acc = self._current()
+        if acc is None:
+            return False
+        if acc.unlimited:
+            with self._lock:
+                self._granted = math.inf
+                self._sources.add(id(acc))
+            return True
+        got = acc.charge_up_to(acc.remaining)
+        if got > 0:
+            with self._lock:
+                self._granted += got
+                self._sources.add(id(acc))
+        return True
+
+    def _wait_for(self, need: float) -> bool:
+        """Collect until the reserve holds ``need`` ATP (and something); False on giving up."""
+        t0 = self._clock()
+        try:
+            while True:
+                alive = self._collect()
+                with self._lock:
+                    left = self._granted - self._spent
+                if left + 1e-9 >= need and left > 1e-9:
+                    return True
+                if not alive or self._stop() or self._clock() - t0 >= self._patience:
+                    return False
+                time.sleep(self._poll)
+        finally:
+            with self._lock:
+                self._waited += self._clock() - t0
+
+    def steps_affordable(self, price: float) -> int:
+        """Return the steps the reserve pays for; at least 1 while waiting may still pay one.
+
+        Never waits: the wait is in :meth:`try_charge`, so the loop's halting check does not
+        block, and a run whose wait ends without enough ATP halts on ``budget`` there.
+        """
+        alive = self._collect()
+        with self._lock:
+            if math.isinf(self._granted):
+                return 2 ** 31
+            n = int(math.floor(max(self._granted - self._spent, 0.0) / price + 1e-9))
+        if n >= 1 or not alive or self._patience <= 0 or self._stop():
+            return n
+        return 1
+
+    def try_charge(self, price: float) -> bool:
+        """Pay one step from the reserve, waiting for grants until it can (or giving up)."""
+        if not self._wait_for(price):
+            return False
+        return super().try_charge(price)
+
+    def try_charge_input(self, atp: float) -> bool:
+        """Pay a run's whole per-input price from the reserve (waiting for grants)."""
+        if not self._wait_for(atp):
+            return False
+        return super().try_charge_input(atp)
+
+    def charge_up_to(self, atp: float) -> float:
+        """Pay what the reserve (with the current account) holds of ``atp``; no waiting."""
+        self._collect()
+        return super().charge_up_to(atp)
+
+    def grant(self, granted: float, step_cap: Optional[int] = None,
+              deadline: Optional[float] = None) -> None:
+        """Refuse: a patient account is funded by the cycles' grants only."""
+        raise TypeError('a PatientBudget collects the cycle grants; it cannot be granted')
+
+    def top_up(self, atp: float) -> None:
+        """Refuse: a patient account is funded by the cycles' grants only."""
+        raise TypeError('a PatientBudget collects the cycle grants; it cannot be topped up')

@@ -645,6 +645,15 @@ class IRPNodeHost(ManagedNode):
                 self._grant = HeldGrant(msg.cycle, Budget(msg.atp_granted, msg.step_cap,
                                                           deadline), now, msg.trust_weight)
 
+    def current_grant_budget(self) -> Optional[Budget]:
+        """Return the account of the grant held now, or None when no grant is current."""
+        timeout = self.get_parameter('grant_timeout_s').value
+        with self._lock:
+            g = self._grant
+        if g is not None and time.monotonic() - g.received_at <= timeout:
+            return g.budget
+        return None
+
     def _budget_for_run(self) -> Tuple[Budget, Optional[HeldGrant]]:
         """Return the account of the current grant (or a default one) and the grant."""
         timeout = self.get_parameter('grant_timeout_s').value

@@ -37,6 +37,7 @@ from rclpy.callback_groups import ReentrantCallbackGroup
 from std_srvs.srv import Trigger
 
 from sage_irp_ros.core import HALT_BUDGET, HALT_MANUAL, HALT_TIMEOUT, RefineResult
+from sage_irp_ros.core.budget import PatientBudget
 from sage_irp_ros.core.mailbox import EXPERIENCE_CHANNEL
 from sage_irp_ros.msg import Experience
 from sage_irp_ros.plugins.memory.experience import check_experience
@@ -165,6 +166,10 @@ class MemoryIRPNode(IRPNodeHost):
             'Sleep energy\'s size term: a prototype is kept when it explains more than this '
             'times the mean scatter of one experience', read_only=True,
             float_range=(0.0, 100.0)))
+        p('sleep_patience_s', 30.0, descriptor(
+            'Under an orchestrator, how long a sleep waits for the next cycle\'s grant when '
+            'the current one is spent (it draws on grant after grant), s; 0 = one grant only',
+            float_range=(0.0, 1e5)))
         p('sleep_timeout_s', 120.0, descriptor(
             'Longest wait of a ~/sleep call for its sleep to finish, s', float_range=(0.1, 1e5)))
         p('experience_queue_depth', 1000, descriptor(
@@ -363,6 +368,11 @@ class MemoryIRPNode(IRPNodeHost):
     def run_refinement(self, x0: SleepRequest, ctx, *, budget, deadline) -> Optional[RefineResult]:
         """Consolidate one plugin's rows (``consolidate``: the core loop, then one commit)."""
         job, report = x0.job, None
+        patience = self.get_parameter('sleep_patience_s').value
+        if patience > 0 and budget is self.current_grant_budget():
+            # one cycle's low-priority share pays for a step or two: draw on grant after grant
+            budget = PatientBudget(self.current_grant_budget, patience_s=patience,
+                                   stop=lambda: self._stopping or self._cancel.is_set())
         try:
             if self.store is None or job.done.is_set():
                 return None
