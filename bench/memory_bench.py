@@ -130,6 +130,79 @@ def recall_at_1(store, plugin, frames) -> float:
     return hits / max(len(frames), 1)
 
 
+def control_warm_starts(split: str, maps_per_kind: int, variants: int, jitter_m: float) -> dict:
+    """Control from remembered paths (held-out maps): cold vs with memory, interleaved.
+
+    Day 1: each map's problem (``maps.make_problem``: start and goal A* connects) is solved
+    cold and its path stored. Day 2: ``variants`` new requests per map with the start and the
+    goal moved by N(0, ``jitter_m``) each (a robot sent to nearly the same place again),
+    solved cold and with memory, in alternating order; then the first problem of as many maps
+    never seen, cold and with memory (hints must be ignored). ms: wall time of the whole run
+    (recall, key, seed search or not, steps, result), batch 1.
+    """
+    from sage_irp_ros.plugins.control import maps
+    from sage_irp_ros.plugins.control.plugin import ControlProblem
+    from sage_irp_ros.plugins.control.plugin import load_default as load_control
+    plugin = load_control()
+    cfg = plugin.halt_config()
+    tmp = tempfile.mkdtemp(prefix='memory_bench_control_')
+    rng = np.random.default_rng(4242)
+    try:
+        store = ExperienceStore(os.path.join(tmp, 'control.db'))
+        recall = recall_from(store, 'control', recall_threshold(plugin))
+        probs = [pr for kind in maps.KINDS for i in range(maps_per_kind)
+                 if (pr := maps.make_problem(split, kind, 200, i)) is not None]
+        others = [pr for kind in maps.KINDS for i in range(maps_per_kind, 2 * maps_per_kind)
+                  if (pr := maps.make_problem(split, kind, 200, i)) is not None]
+        for pr in probs:  # day 1
+            res = refine(plugin, ControlProblem(pr.grid, tuple(pr.start), tuple(pr.goal)),
+                         None, config=cfg)
+            item = run_experience(plugin, res, 'control')
+            if item is not None:
+                store.add(**check_experience(item))
+        out = {}
+        for name, group, jit in (('recurring', probs, jitter_m), ('norecur', others, 0.0)):
+            rows = {'cold': [], 'memory': []}
+            used = 0
+            n_var = variants if name == 'recurring' else 1
+            for pr in group:
+                for v in range(n_var):
+                    s = tuple(np.asarray(pr.start) + rng.normal(0, jit, 2))
+                    g = tuple(np.asarray(pr.goal) + rng.normal(0, jit, 2))
+                    try:
+                        plugin.check(ControlProblem(pr.grid, s, g))
+                    except ValueError:
+                        continue  # moved into an obstacle's margin: not a request
+                    order = (('cold', None), ('memory', {'recall': recall}))
+                    for label, ctx in (order if v % 2 == 0 else order[::-1]):
+                        t = time.perf_counter()
+                        res = refine(plugin, ControlProblem(pr.grid, s, g), ctx, config=cfg)
+                        ms = (time.perf_counter() - t) * 1e3
+                        rows[label].append((res.trace.steps, ms, res.output.feasible,
+                                            res.output.metrics.get('length', 0.0)))
+                        if label == 'memory':
+                            used += bool(res.state.meta.get('warm_start', {}).get('used'))
+            rep = {}
+            for label, r in rows.items():
+                a = np.asarray(r, dtype=np.float64)
+                rep[label] = {'n': len(r), 'steps_mean': round(float(a[:, 0].mean()), 3),
+                              'ms_mean': round(float(a[:, 1].mean()), 3),
+                              'ms_median': round(float(np.median(a[:, 1])), 3),
+                              'feasible': round(float(a[:, 2].mean()), 4),
+                              'length_mean_m': round(float(a[:, 3].mean()), 4)}
+            rep['warm_start_rate'] = round(used / max(len(rows['memory']), 1), 3)
+            rep['time_saving'] = round(1 - rep['memory']['ms_mean'] / rep['cold']['ms_mean'], 4)
+            rep['steps_saving'] = round(
+                1 - rep['memory']['steps_mean'] / max(rep['cold']['steps_mean'], 1e-9), 4)
+            out[name] = rep
+        store.close()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    out.update(maps=len(probs), split=split, variants=variants, jitter_m=jitter_m,
+               size='200x200 cells at 5 cm', recall_similarity=plugin.recall_similarity)
+    return out
+
+
 def main(argv=None) -> int:
     """Command-line entry point: write the JSON report and print a summary."""
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
@@ -146,6 +219,8 @@ def main(argv=None) -> int:
                     help='validation seeds instead of held-out ones (for choosing thresholds)')
     ap.add_argument('--recall-similarity', type=float, default=None)
     ap.add_argument('--recall-agreement', type=float, default=None)
+    ap.add_argument('--control-maps', type=int, default=5,
+                    help='held-out maps per kind for the control warm starts (0: skip)')
     ap.add_argument('--size-weight', type=float, default=1.0,
                     help="sleep's size term (SleepIRP size_weight; 1.0 as config/sage_irp.yaml, "
                          'chosen on validation streams)')
@@ -254,6 +329,10 @@ def main(argv=None) -> int:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
+    control = {}
+    if args.control_maps > 0:
+        control = control_warm_starts('dev' if args.validation else 'held_out',
+                                      args.control_maps, 3, 0.05)
     c, w, nc, nw = cold.report(), warm.report(), ncold.report(), nwarm.report()
     out = {
         'atp_saving_recurring': round(1.0 - w['atp_mean_ms'] / c['atp_mean_ms'], 4),
@@ -268,6 +347,7 @@ def main(argv=None) -> int:
         'recall_ratio': round(r_after / r_before, 4) if r_before > 0 else None,
         'sleep_seconds_10k': scale.get('sleep_seconds'),
         'sleep_at_scale': scale,
+        'control': control,
         'day1_cold': day1.report(),
         'day2_recurring': {'cold': c, 'after_sleep': w},
         'day2_norecur': {'cold': nc, 'with_memory': nw},
@@ -303,6 +383,13 @@ def main(argv=None) -> int:
           f" (warm starts {nw['warm_start_rate']:.2f})")
     print(f"compression {out['compression_ratio']}x, recall@1 {r_before:.3f} -> {r_after:.3f}, "
           f"sleep on {args.n_sleep}: {out['sleep_seconds_10k']} s")
+    if control:
+        cr, cn = control['recurring'], control['norecur']
+        print(f"control, recurring: {cr['cold']['ms_mean']:.1f} -> {cr['memory']['ms_mean']:.1f}"
+              f" ms (saving {cr['time_saving']:.3f}), steps {cr['cold']['steps_mean']:.2f} -> "
+              f"{cr['memory']['steps_mean']:.2f}, feasible {cr['cold']['feasible']:.3f} -> "
+              f"{cr['memory']['feasible']:.3f}; never seen: {cn['cold']['ms_mean']:.1f} -> "
+              f"{cn['memory']['ms_mean']:.1f} ms (warm starts {cn['warm_start_rate']:.2f})")
     print(f'wrote {args.out}')
     return 0
 

@@ -25,6 +25,7 @@ from sage_irp_ros.plugins.control.plugin import (
     ControlIRP,
     ControlProblem,
     PlanningError,
+    load_default,
 )
 from sage_irp_ros.plugins.control.search import _cuts_corner, astar, cells_length, grid_search
 
@@ -185,3 +186,56 @@ def test_searches_agree_and_baselines_run():
     sm = baselines.simple_smoother(path, p.grid, 0.1)
     assert sm.shape == path.shape and np.allclose(sm[0], path[0])
     assert np.all(p.grid.distance(sm) >= 0.1 - 1e-9)
+
+
+def test_a_remembered_path_warm_starts_a_near_request_and_a_bad_one_is_ignored(tmp_path):
+    """Memory (issue #14): a feasible path is stored; a request to nearly the same place on the
+    same map starts from it (closer, no seed search) and stays feasible; another map, or
+    the same map with a wall across the remembered path, starts from its own seed."""
+    from sage_irp_ros.plugins.memory.experience import (
+        check_experience,
+        recall_from,
+        recall_threshold,
+        run_experience,
+    )
+    from sage_irp_ros.plugins.memory.store import ExperienceStore
+    plugin = load_default()
+    cfg = plugin.halt_config()
+    pr = maps.make_problem('dev', 'corridors', 100, 0)
+    first = refine(plugin, ControlProblem(pr.grid, tuple(pr.start), tuple(pr.goal)), None,
+                   config=cfg)
+    assert first.output.feasible
+    with ExperienceStore(str(tmp_path / 'm.db')) as store:
+        store.add(**check_experience(run_experience(plugin, first, 'control')))
+        recall = recall_from(store, 'control', recall_threshold(plugin))
+        near = (tuple(np.asarray(pr.start) + [0.04, -0.03]),
+                tuple(np.asarray(pr.goal) + [-0.03, 0.05]))
+        cold = refine(plugin, ControlProblem(pr.grid, *near), None, config=cfg)
+        warm = refine(plugin, ControlProblem(pr.grid, *near), {'recall': recall}, config=cfg)
+        ws = warm.state.meta['warm_start']
+        assert ws['used'] and ws['similarity'] >= plugin.recall_similarity
+        # it starts closer (lower energy) and takes no more steps (half as many on average,
+        # bench/memory_bench.py)
+        assert warm.output.feasible and warm.trace.energies[0] < cold.trace.energies[0]
+        assert warm.trace.steps <= cold.trace.steps
+        assert np.allclose(warm.output.path[0], near[0]) and np.allclose(warm.output.path[-1],
+                                                                         near[1])
+        # a run that started from memory is not remembered again
+        assert plugin.experience(warm.state, warm.output) is None
+
+        other = maps.make_problem('dev', 'rooms', 100, 0)
+        r = refine(plugin, ControlProblem(other.grid, tuple(other.start), tuple(other.goal)),
+                   {'recall': recall}, config=cfg)
+        assert not r.state.meta['warm_start']['used']
+        assert r.state.meta['warm_start']['why'] == 'not similar enough'
+
+        # the same map with a new wall across the remembered path's middle
+        occ = pr.grid.occupancy.copy()
+        mid = first.output.path[len(first.output.path) // 2]
+        rc = pr.grid.cell_of(mid)
+        occ[max(rc[0] - 2, 0):rc[0] + 3, max(rc[1] - 2, 0):rc[1] + 3] = 100
+        walled = GridMap.from_occupancy(occ, pr.grid.resolution, pr.grid.origin)
+        r = refine(plugin, ControlProblem(walled, *near), {'recall': recall}, config=cfg)
+        ws = r.state.meta['warm_start']
+        assert ws['similarity'] >= plugin.recall_similarity and not ws['used']
+        assert ws['why'] == 'crosses what is an obstacle now'

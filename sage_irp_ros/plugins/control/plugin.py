@@ -153,6 +153,13 @@ class ControlIRP(IRPPlugin):
 
     kind = 'control'
     version = 'control-irp-1'
+    #: A remembered path is considered when its key is at least this similar (memory,
+    #: ``warm_start``): the same map and both ends within about 0.2 m (``memory_key``).
+    recall_similarity = 0.9
+    #: Length scale (m) of the ends in the memory key: ends this far apart lower the
+    #: similarity of the ends' part to about exp(-1/2).
+    KEY_LENGTH_M = 0.25
+    KEY_FEATURES = 64
 
     def __init__(self, clearance: float = 0.1, max_curvature: float = 4.0,
                  max_segment: float = 0.2, spacing: Optional[float] = None,
@@ -270,15 +277,124 @@ class ControlIRP(IRPPlugin):
             problem.init_path = path
         return problem
 
+    # ---------------------------------------------------------------- memory
+
+    def memory_key(self, problem: ControlProblem) -> np.ndarray:
+        """Return the problem's key for memory (1-D float32, unit norm): the map and the ends.
+
+        Half of it describes the map (its obstacle share in 8 x 8 blocks, centred and
+        normalised, so another map, or the same map with new walls, points elsewhere), half
+        the start and goal (random Fourier features of the four coordinates, length scale
+        ``KEY_LENGTH_M``: their dot product is a Gaussian kernel of the ends' distance). The
+        cosine of two keys is the mean of the two parts' similarities.
+        """
+        cache = problem.grid._cache
+        desc = cache.get('memory_desc')
+        if desc is None:  # once per map (the node keeps its latched map)
+            b = problem.grid.blocked
+            h, w = b.shape
+            if h < 8 or w < 8:
+                b = np.pad(b, ((0, max(8 - h, 0)), (0, max(8 - w, 0))), constant_values=True)
+                h, w = b.shape
+            hb, wb = h // 8, w // 8  # 8 x 8 blocks (a remainder under 8 cells left out)
+            desc = b[:8 * hb, :8 * wb].reshape(8, hb, 8, wb).mean(axis=(1, 3),
+                                                                  dtype=np.float32).ravel()
+            desc -= desc.mean()
+            n = float(np.linalg.norm(desc))
+            desc = desc / n if n > 1e-9 else np.full_like(desc, 1.0 / math.sqrt(desc.size))
+            cache['memory_desc'] = desc
+        rng = np.random.default_rng(20261130)  # fixed: the same features in every process
+        W = rng.standard_normal((self.KEY_FEATURES, 4)) / self.KEY_LENGTH_M
+        phase = rng.uniform(0, 2 * math.pi, self.KEY_FEATURES)
+        ends = np.asarray([*problem.start, *problem.goal], np.float64)
+        rff = np.cos(W @ ends + phase) * math.sqrt(2.0 / self.KEY_FEATURES)
+        rff = rff / max(float(np.linalg.norm(rff)), 1e-9)
+        key = np.concatenate([desc, rff.astype(np.float32)]) / math.sqrt(2.0)
+        return key.astype(np.float32)
+
+    def warm_start(self, problem: ControlProblem, record: Any) -> Tuple[Optional[np.ndarray],
+                                                                          dict]:
+        """Return a remembered path moved to this problem's ends, when it fits; else None.
+
+        A record (memory's ``nearest``) is used when (1) its key is at least
+        ``recall_similarity`` similar, (2) its latent is a path ``(K, 2)``, and (3) that path,
+        its ends moved to this start and goal (each waypoint by the two ends' displacements,
+        weighted by where it lies along the path), keeps at least half the required clearance
+        at every waypoint on this map: a remembered path through a new obstacle is ignored.
+        The refinement then starts from it instead of a grid search's seed (which is not run
+        when the problem has none yet). Returns the path (map frame) or None and the
+        ``warm_start`` record for telemetry.
+        """
+        info = {'used': False}
+        if record is None:
+            info['why'] = 'no memory'
+            return None, info
+        info.update(similarity=float(record.similarity), source=str(record.source),
+                    id=int(record.id))
+        if record.similarity < self.recall_similarity:
+            info['why'] = 'not similar enough'
+            return None, info
+        hint = None if record.latent is None else np.asarray(record.latent, np.float64)
+        if hint is None or hint.ndim != 2 or hint.shape[1] != 2 or len(hint) < 2 \
+                or not np.isfinite(hint).all():
+            info['why'] = 'no path'
+            return None, info
+        seg = np.linalg.norm(np.diff(hint, axis=0), axis=1)
+        t = np.concatenate([[0.0], np.cumsum(seg)]) / max(float(seg.sum()), 1e-9)
+        ds = np.asarray(problem.start, np.float64) - hint[0]
+        dg = np.asarray(problem.goal, np.float64) - hint[-1]
+        moved = hint + (1.0 - t)[:, None] * ds + t[:, None] * dg
+        least = float(np.min(problem.grid.distance(moved)))
+        info['min_clearance'] = least
+        if not least >= 0.5 * self.limits.clearance:
+            info['why'] = 'crosses what is an obstacle now'
+            return None, info
+        info['used'] = True
+        return moved, info
+
+    def experience(self, state: IRPState, output: Any) -> Optional[dict]:
+        """Return what memory keeps of a run: the key, the final path, a summary.
+
+        Only feasible paths of runs that started from the grid search's seed (a path refined
+        from memory is not stored again, so an error cannot compound from memory to memory).
+        """
+        if output is None or not getattr(output, 'feasible', False):
+            return None
+        m = state.meta
+        if m.get('warm_start', {}).get('used'):
+            return None
+        problem = m['problem']
+        key = m.get('key')
+        if key is None:
+            key = self.memory_key(problem)
+        return {'key': key, 'latent': np.asarray(output.path, np.float32),
+                'summary': {'start': [float(v) for v in problem.start],
+                            'goal': [float(v) for v in problem.goal],
+                            'length': float(output.metrics.get('length', 0.0)),
+                            'feasible': True}}
+
     # ---------------------------------------------------------------- the contract
 
     def init_state(self, x0: ControlProblem, ctx: Optional[Mapping[str, Any]] = None
                    ) -> IRPState:
-        """Check the problem, seed the path, set up the run's fields on the device."""
+        """Check the problem, seed the path, set up the run's fields on the device.
+
+        With memory (``ctx['recall']``), a remembered path of a near problem on the same map
+        may replace the seed (:meth:`warm_start`); ``meta['warm_start']`` says whether.
+        """
         if not isinstance(x0, ControlProblem):
             raise TypeError(f'expected a ControlProblem, got {type(x0).__name__}')
-        problem = self.prepare(ControlProblem(x0.grid, x0.start, x0.goal, x0.start_yaw,
-                                              x0.goal_yaw, x0.init_path))
+        problem = ControlProblem(x0.grid, x0.start, x0.goal, x0.start_yaw, x0.goal_yaw,
+                                 x0.init_path)
+        recall = (ctx or {}).get('recall')
+        mkey = warm = None
+        if recall is not None:
+            self.check(problem)
+            mkey = self.memory_key(problem)
+            hint, warm = self.warm_start(problem, recall(mkey))
+            if hint is not None:
+                problem.init_path = hint  # no grid search when it has not run yet
+        problem = self.prepare(problem)
         grid = problem.grid
         key = f'torch:{self.device}:{self.dtype}'
         if key not in grid._cache:
@@ -296,7 +412,10 @@ class ControlIRP(IRPPlugin):
             'lam': 0.5, 'S': max(1, math.ceil(self.spacing * SAMPLES_PER_CELL
                                                 / grid.resolution)),
             'iterates': [] if keep else None, 'best': None, 'first_feasible': None,
+            'key': mkey,
         }
+        if warm is not None:
+            meta['warm_start'] = warm
         payload = self._project_points(init, meta, resample='force')
         return IRPState(payload=payload, meta=meta)
 
