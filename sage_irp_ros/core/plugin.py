@@ -196,3 +196,30 @@ class IRPPlugin(abc.ABC):
         step. Plugins whose energy has a natural unit (nats per token, say) override this.
         """
         return max(abs(e0), 1e-12)
+
+
+def recalled_hint(record: Any, min_similarity: float) -> tuple:
+    """Begin a plugin's warm start: ``(hint latent or None, the warm_start telemetry dict)``.
+
+    ``record`` is what ``ctx['recall'](key)`` returned (memory's nearest record, or None). The
+    dict has ``used`` False, and ``similarity``, ``source``, ``id`` (and ``energy``, the
+    remembered run's final energy) when there is a record; ``why`` says why no hint is given:
+    ``no memory``, ``not similar enough`` (under ``min_similarity``) or ``no latent``. The
+    plugin then checks the hint against its own input, sets ``used`` and keeps the dict as
+    ``state.meta['warm_start']`` (``docs/MEMORY.md``).
+    """
+    info = {'used': False}
+    if record is None:
+        info['why'] = 'no memory'
+        return None, info
+    info.update(similarity=float(record.similarity or 0.0), source=str(record.source),
+                id=int(record.id))
+    if getattr(record, 'energy', None) is not None:
+        info['energy'] = float(record.energy)
+    if record.similarity is None or record.similarity < min_similarity:
+        info['why'] = 'not similar enough'
+        return None, info
+    if record.latent is None:
+        info['why'] = 'no latent'
+        return None, info
+    return record.latent, info

@@ -17,7 +17,14 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 import numpy as np
 import torch
 
-from sage_irp_ros.core.plugin import HALT_FEASIBLE, HaltConfig, IRPPlugin, IRPState, Schedule
+from sage_irp_ros.core.plugin import (
+    HALT_FEASIBLE,
+    HaltConfig,
+    IRPPlugin,
+    IRPState,
+    Schedule,
+    recalled_hint,
+)
 from sage_irp_ros.plugins.control.grid import (
     SAMPLES_PER_CELL,
     GridMap,
@@ -325,18 +332,11 @@ class ControlIRP(IRPPlugin):
         when the problem has none yet). Returns the path (map frame) or None and the
         ``warm_start`` record for telemetry.
         """
-        info = {'used': False}
-        if record is None:
-            info['why'] = 'no memory'
+        hint, info = recalled_hint(record, self.recall_similarity)
+        if hint is None:
             return None, info
-        info.update(similarity=float(record.similarity), source=str(record.source),
-                    id=int(record.id))
-        if record.similarity < self.recall_similarity:
-            info['why'] = 'not similar enough'
-            return None, info
-        hint = None if record.latent is None else np.asarray(record.latent, np.float64)
-        if hint is None or hint.ndim != 2 or hint.shape[1] != 2 or len(hint) < 2 \
-                or not np.isfinite(hint).all():
+        hint = np.asarray(hint, np.float64)
+        if hint.ndim != 2 or hint.shape[1] != 2 or len(hint) < 2 or not np.isfinite(hint).all():
             info['why'] = 'no path'
             return None, info
         seg = np.linalg.norm(np.diff(hint, axis=0), axis=1)

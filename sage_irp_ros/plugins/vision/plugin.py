@@ -16,6 +16,7 @@ from sage_irp_ros.core.plugin import (
     IRPPlugin,
     IRPState,
     Schedule,
+    recalled_hint,
 )
 from sage_irp_ros.plugins.vision.model import VisionConfig, load_checkpoint
 from sage_irp_ros.plugins.vision.unknown import (
@@ -261,20 +262,8 @@ class VisionIRP(IRPPlugin):
         and the ``warm_start`` record for telemetry (``used``, ``similarity``, ``source``,
         ``id``, and why not).
         """
-        info = {'used': False}
-        if record is None:
-            info['why'] = 'no memory'
-            return z0, info
-        info.update(similarity=float(record.similarity), source=str(record.source),
-                    id=int(record.id))
-        if getattr(record, 'energy', None) is not None:
-            info['energy'] = float(record.energy)
-        if record.similarity < self.recall_similarity:
-            info['why'] = 'not similar enough'
-            return z0, info
-        lat = record.latent
+        lat, info = recalled_hint(record, self.recall_similarity)
         if lat is None:
-            info['why'] = 'no latent'
             return z0, info
         hint = torch.as_tensor(np.asarray(lat) if not isinstance(lat, torch.Tensor) else lat)
         hint = hint.to(device=z0.device, dtype=z0.dtype).reshape(-1, *hint.shape[-3:])
