@@ -15,7 +15,9 @@ The robot's days, as the node host and the memory node run them (ROS-free here, 
 3. **Day 2, recurring**: ``--day2`` new visits of every place (new noise, new shifts), each
    refined twice in one run, interleaved: **cold** (no memory: the same frames before any
    experience) and **after sleep** (recall from the consolidated store, warm start when the
-   plugin accepts the hint). ATP is the wall time of the whole run in ms (recall, encoding,
+   plugin accepts the hint; memory is looked up as the node host does it, through a
+   ``RecallGate``: on every input while look-ups give warm starts, on fewer after three
+   without). ATP is the wall time of the whole run in ms (recall, encoding,
    steps, decoding: what the host charges); ``atp_saving_recurring`` = 1 - ATP(after) /
    ATP(cold), ``miou_delta_recurring`` = mIoU(after) - mIoU(cold) in points.
 4. **Day 2, no recurrence**: ``--norecur`` places never seen, cold and with the same memory:
@@ -52,6 +54,7 @@ if ROOT not in sys.path:
 
 from sage_irp_ros.core.loop import refine  # noqa: E402
 from sage_irp_ros.plugins.memory.experience import (  # noqa: E402
+    RecallGate,
     check_experience,
     recall_from,
     recall_threshold,
@@ -104,6 +107,15 @@ def timed(plugin, img, ctx, config):
     t = time.perf_counter()
     res = refine(plugin, img, ctx, config=config)
     return res, (time.perf_counter() - t) * 1e3
+
+
+def timed_with(plugin, img, gate, recall, config):
+    """:func:`timed` cold (``gate`` None) or with memory as the host offers it (the gate)."""
+    asked = gate is not None and gate.ask()
+    res, ms = timed(plugin, img, {'recall': recall} if asked else None, config)
+    if asked:
+        gate.observe(res.state.meta.get('warm_start'))
+    return res, ms
 
 
 def experience_of(plugin, res, place_id=None):
@@ -164,6 +176,7 @@ def control_warm_starts(split: str, maps_per_kind: int, variants: int, jitter_m:
         for name, group, jit in (('recurring', probs, jitter_m), ('norecur', others, 0.0)):
             rows = {'cold': [], 'memory': []}
             used = 0
+            gate = RecallGate()
             n_var = variants if name == 'recurring' else 1
             for pr in group:
                 for v in range(n_var):
@@ -173,11 +186,15 @@ def control_warm_starts(split: str, maps_per_kind: int, variants: int, jitter_m:
                         plugin.check(ControlProblem(pr.grid, s, g))
                     except ValueError:
                         continue  # moved into an obstacle's margin: not a request
-                    order = (('cold', None), ('memory', {'recall': recall}))
-                    for label, ctx in (order if v % 2 == 0 else order[::-1]):
+                    order = (('cold', None), ('memory', gate))
+                    for label, gt in (order if v % 2 == 0 else order[::-1]):
+                        asked = gt is not None and gt.ask()
                         t = time.perf_counter()
-                        res = refine(plugin, ControlProblem(pr.grid, s, g), ctx, config=cfg)
+                        res = refine(plugin, ControlProblem(pr.grid, s, g),
+                                     {'recall': recall} if asked else None, config=cfg)
                         ms = (time.perf_counter() - t) * 1e3
+                        if asked:
+                            gt.observe(res.state.meta.get('warm_start'))
                         rows[label].append((res.trace.steps, ms, res.output.feasible,
                                             res.output.metrics.get('length', 0.0)))
                         if label == 'memory':
@@ -267,27 +284,30 @@ def main(argv=None) -> int:
         rep = consolidate(store, PLUGIN, sleeper=sleeper())
         after = store.stats()
 
-        # --- day 2: recurring, cold and after sleep, interleaved
+        # --- day 2: recurring, cold and after sleep, interleaved; memory looked up as the node
+        # host does (RecallGate: on every input while it gives warm starts, fewer when not)
         cold, warm = Day(C), Day(C)
+        gate = RecallGate()
         frames = []
         for v in range(args.day1, args.day1 + args.day2):
             for i in range(args.places):
                 s, d = place(seed0, i)
                 img, gt = scenes.revisit(s, d, v)
                 frames.append((img, s))
-                order = ((cold, None), (warm, {'recall': recall}))
-                for day, ctx in (order if (v + i) % 2 == 0 else order[::-1]):
-                    res, ms = timed(plugin, img, ctx, config)
+                order = ((cold, None), (warm, gate))
+                for day, g in (order if (v + i) % 2 == 0 else order[::-1]):
+                    res, ms = timed_with(plugin, img, g, recall, config)
                     day.add(res, gt, ms)
 
         # --- day 2: places never seen
         ncold, nwarm = Day(C), Day(C)
+        ngate = RecallGate()
         for i in range(args.norecur):
             s, d = place(seed0 + 50_000, i)
             img, gt = scenes.revisit(s, d, 0)
-            order = ((ncold, None), (nwarm, {'recall': recall}))
-            for day, ctx in (order if i % 2 == 0 else order[::-1]):
-                res, ms = timed(plugin, img, ctx, config)
+            order = ((ncold, None), (nwarm, ngate))
+            for day, g in (order if i % 2 == 0 else order[::-1]):
+                res, ms = timed_with(plugin, img, g, recall, config)
                 day.add(res, gt, ms)
 
         # --- recall@1 before (raw copy) and after sleep
@@ -362,7 +382,13 @@ def main(argv=None) -> int:
                    'seeds': f'{"validation" if args.validation else "held-out"} {seed0} ..'},
         'sleep_size_weight': sleeper().size_weight,
         'warm_start': {'recall_similarity': plugin.recall_similarity,
-                       'recall_agreement': plugin.recall_agreement},
+                       'recall_agreement': plugin.recall_agreement,
+                       'recall_gate': {'patience': gate.patience,
+                                       'max_interval': gate.max_interval,
+                                       'recurring_asked': gate.asked,
+                                       'recurring_skipped': gate.skipped,
+                                       'norecur_asked': ngate.asked,
+                                       'norecur_skipped': ngate.skipped}},
         'atp': 'wall ms of the whole run (recall, encoding, steps, decoding), batch 1',
         'device': 'cpu', 'device_name': platform.processor() or platform.machine(),
         'torch_threads': torch.get_num_threads(), 'torch': torch.__version__,

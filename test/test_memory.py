@@ -610,3 +610,25 @@ def test_nearest_does_not_read_rows_under_min_similarity(tmp_path):
         assert far.id == rid and 0 < far.similarity < 0.9
         assert far.latent is None and far.key is None and far.summary is None
         assert store.get(rid).hits == 1  # the far record was not touched, the near one was
+
+
+def test_recall_gate_backs_off_without_warm_starts_and_comes_back_with_one():
+    from sage_irp_ros.plugins.memory.experience import RecallGate
+    g = RecallGate(patience=3, max_interval=8)
+    pattern = []
+    for _ in range(40):  # a robot in places it has never seen: every look-up misses
+        a = g.ask()
+        pattern.append(a)
+        if a:
+            g.observe({'used': False, 'why': 'not similar enough'})
+    assert pattern[:3] == [True] * 3          # every input while patience lasts
+    assert sum(pattern[-16:]) == 2            # then one input in 8
+    assert g.skipped == pattern.count(False) and g.asked == pattern.count(True)
+    waited = 0
+    while not g.ask():                        # back at a known place: asked within 8 inputs
+        waited += 1
+    assert waited < 8
+    g.observe({'used': True, 'similarity': 0.97})
+    assert all(g.ask() for _ in range(5))     # a warm start: every input again
+    with pytest.raises(ValueError):
+        RecallGate(patience=0)

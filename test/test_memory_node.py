@@ -141,7 +141,8 @@ def test_a_fixture_node_warm_starts_from_another_process(ros, node_process, tmp_
     assert wait_for(lambda: diag(diags, 'experiences_stored') == '0', 30), memory.log()
     fixture = node_process('sage_irp_ros.plugins.fixture.node', {
         'memory': 'topic', 'memory_store': db, 'eps': 1e-7, 'default_atp': 0.0,
-        'input_topic': '/wm_in', 'output_topic': '/wm_out'})
+        'input_topic': '/wm_in', 'output_topic': '/wm_out',
+        'recall_max_interval': 1})  # every run looks up (the back-off: test_memory.py)
     pub = ros.node.create_publisher(Float32MultiArray, '/wm_in', 10)
     assert wait_for(lambda: pub.get_subscription_count() > 0, 30), fixture.log()
     assert wait_for(lambda: ros.node.count_publishers('/irp/experience') > 0, 10)

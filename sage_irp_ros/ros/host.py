@@ -139,6 +139,7 @@ class HostCounters:
     experience_errors: int = 0  # experience() raised or returned something unusable
     recalls: int = 0  # ctx['recall'] calls by the plugin
     recall_hits: int = 0  # ... that returned a record
+    recalls_skipped: int = 0  # runs not offered a recall (memory's gate: no recent warm start)
     warm_starts: int = 0  # runs whose plugin says it used a recalled record
     memory_unavailable: int = 0  # recalls without a usable store (missing, damaged): cold
 
@@ -270,6 +271,7 @@ class IRPNodeHost(ManagedNode):
         #: The in-process mailbox experiences go to with ``memory: mailbox``.
         self.mailbox: Mailbox = default_mailbox()
         self.memory_mode = MEMORY_OFF
+        self._recall_gate = None  # memory's RecallGate (configure)
         self._experience_pub = None
         self._memory_lock = threading.Lock()
         self._reader = None  # read-only ExperienceStore for warm starts (cached)
@@ -451,6 +453,10 @@ class IRPNodeHost(ManagedNode):
         p('memory_store', '', descriptor(
             'The memory store (SQLite file, or a folder for memory.db) that warm starts read '
             'and the memory node writes; empty = $ROS_HOME/sage_irp/memory.db', read_only=True))
+        p('recall_max_interval', 8, descriptor(
+            'With memory on: after 3 inputs in a row without a warm start, look memory up on '
+            'every 2nd, 4th, ... input, at most every this many (1 = every input); a warm '
+            'start brings it back to every input', read_only=True, int_range=(1, 1000)))
 
     def _read_halt_config(self, overrides: Mapping[str, Any]) -> HaltConfig:
         def get(name):
@@ -519,6 +525,9 @@ class IRPNodeHost(ManagedNode):
         if mode not in MEMORY_MODES:
             raise ValueError(f'memory must be one of {", ".join(MEMORY_MODES)}, got {mode!r}')
         self.memory_mode = mode
+        from sage_irp_ros.plugins.memory.experience import RecallGate
+        self._recall_gate = RecallGate(
+            max_interval=self.get_parameter('recall_max_interval').value)
         self.plugin = self.create_plugin()
         self._declare_halt_parameters(self.plugin.halt_config())
         self._halt_config = self._read_halt_config({})
@@ -753,9 +762,14 @@ class IRPNodeHost(ManagedNode):
             return
         header = self.header_of(inputs.msg)
         run_ctx = ctx
-        if self.memory_mode != MEMORY_OFF:  # a warm start may be asked for in init_state
+        asked = (self.memory_mode != MEMORY_OFF and self._recall_gate is not None
+                 and self._recall_gate.ask())
+        if asked:  # a warm start may be asked for in init_state
             run_ctx = dict(ctx or {})
             run_ctx['recall'] = self._recall
+        elif self.memory_mode != MEMORY_OFF:
+            with self._lock:
+                self.counters.recalls_skipped += 1
         budget, grant = self._budget_for_run()
         dl_ms = self.get_parameter('deadline_ms').value
         deadline = inputs.received + dl_ms * 1e-3 if dl_ms > 0 else None
@@ -783,6 +797,8 @@ class IRPNodeHost(ManagedNode):
         warm = self._warm_start_metadata(result.state)
         if warm is not None:
             metadata['warm_start'] = warm
+        if asked:
+            self._recall_gate.observe(warm)
         if result.output is not None:
             try:
                 self.publish_output(result.output, header, result, x0)

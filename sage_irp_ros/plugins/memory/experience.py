@@ -146,3 +146,47 @@ def recall_from(store: Any, plugin_name: str,
         return hits[0] if hits else None
     return recall
 
+
+
+class RecallGate:
+    """When a plugin asks memory for a warm start: every input while that pays, fewer when not.
+
+    A look-up costs every input something (the plugin's key, the store's search): a robot in
+    places it has never seen would pay it for nothing. The gate asks on every input while the
+    look-ups give warm starts; after ``patience`` inputs in a row without one it asks on every
+    2nd input, then every 4th, ... at most every ``max_interval``-th; the first warm start
+    brings it back to every input. A place seen before is therefore warm-started again at most
+    ``max_interval - 1`` inputs after the robot comes back to it. One gate per plugin node
+    (the node host) or per stream (the benchmark); not thread-safe (one worker asks).
+    """
+
+    def __init__(self, patience: int = 3, max_interval: int = 8):
+        """Back off after ``patience`` misses in a row, to one look-up per ``max_interval``."""
+        if patience < 1 or max_interval < 1:
+            raise ValueError('patience and max_interval must be >= 1')
+        self.patience = int(patience)
+        self.max_interval = int(max_interval)
+        self.misses = 0
+        self.interval = 1
+        self._wait = 0
+        self.asked = 0
+        self.skipped = 0
+
+    def ask(self) -> bool:
+        """Return True when this input should look memory up."""
+        if self._wait > 0:
+            self._wait -= 1
+            self.skipped += 1
+            return False
+        self.asked += 1
+        return True
+
+    def observe(self, warm_start: Optional[Mapping[str, Any]]) -> None:
+        """Tell the gate what a look-up gave (the run's ``state.meta['warm_start']``)."""
+        if warm_start is not None and warm_start.get('used'):
+            self.misses, self.interval = 0, 1
+        else:
+            self.misses += 1
+            if self.misses >= self.patience:
+                self.interval = min(self.interval * 2, self.max_interval)
+        self._wait = self.interval - 1
