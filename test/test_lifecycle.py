@@ -298,3 +298,55 @@ def test_trust_file_default_is_per_namespace(monkeypatch, tmp_path):
     assert default_trust_file('/robot1') == str(tmp_path / 'sage_irp' / 'robot1' / 'trust.json')
     assert default_trust_file('/fleet/r2/') == str(
         tmp_path / 'sage_irp' / 'fleet' / 'r2' / 'trust.json')
+
+
+def test_orchestrator_shrinks_its_budget_while_the_device_throttles(ros, tmp_path):
+    """A fake thermal-zone tree (issue #16, Jetson): at the passive trip point the total
+    budget is scaled by throttle_budget_scale and the nodes say so on /diagnostics; cooled
+    down, the full budget comes back."""
+    from diagnostic_msgs.msg import DiagnosticArray
+    from test_thermal import zone
+
+    from sage_irp_ros.msg import BudgetGrant
+    from sage_irp_ros.ros.orchestrator_node import OrchestratorNode
+    root = str(tmp_path / 'thermal')
+    zone(root, 0, 'GPU-therm', 60.0, [('passive', 90.0)])
+    grants = ros.collect(BudgetGrant, '/irp/budget', 400)
+    diags = ros.collect(DiagnosticArray, '/diagnostics', 200)
+    orch = managed(ros, OrchestratorNode, 'orch_thermal', period_s=0.05, total_atp=100.0,
+                   trust_file='', thermal_root=root, diagnostics_period_s=0.1)
+    plugin = ros.add_node(FixtureIRPNode('lc_thermal', context=ros.context, parameter_overrides=[
+        Parameter('diagnostics_period_s', value=0.1), Parameter('thermal_root', value=root)]))
+
+    def granted_since(t):
+        return [g.atp_granted for g in list(grants)
+                if g.plugin == '/lc_thermal' and g.header.stamp.sec + g.header.stamp.nanosec
+                * 1e-9 > t]
+
+    def plugin_says(value):
+        return any(st.name == '/lc_thermal: irp host' and any(
+            kv.key == 'throttling' and kv.value == value for kv in st.values)
+            for arr in list(diags) for st in arr.status)
+    try:
+        assert orch.trigger_configure() == SUCCESS and orch.trigger_activate() == SUCCESS
+        assert wait_for(lambda: granted_since(0), 5)
+        assert wait_for(lambda: plugin_says('False'), 5)
+        t = time.time()
+        assert wait_for(lambda: len(granted_since(t)) > 5, 5)
+        cool = max(granted_since(t))
+        zone(root, 0, 'GPU-therm', 91.0, [('passive', 90.0)])  # at the trip point
+        time.sleep(1.3)  # zones are read once a second
+        t = time.time()
+        assert wait_for(lambda: len(granted_since(t)) > 5, 5)
+        hot = max(granted_since(t))
+        assert hot <= 0.5 * cool + 1e-6, (hot, cool)
+        assert orch.thermal.throttling == ['GPU-therm']
+        assert wait_for(lambda: plugin_says('True'), 5)
+        zone(root, 0, 'GPU-therm', 70.0, [('passive', 90.0)])  # cooled down
+        time.sleep(1.3)
+        t = time.time()
+        assert wait_for(lambda: len(granted_since(t)) > 5, 5)
+        assert max(granted_since(t)) > 0.9 * cool
+    finally:
+        plugin.destroy_node()
+        orch.destroy_node()

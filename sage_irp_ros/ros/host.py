@@ -85,6 +85,8 @@ from sage_irp_ros.core import (
 from sage_irp_ros.core.loop import RefineResult
 from sage_irp_ros.core.mailbox import EXPERIENCE_CHANNEL, Mailbox, default_mailbox
 from sage_irp_ros.core.plugin import IRPPlugin
+from sage_irp_ros.core.thermal import DEFAULT_ROOT as DEFAULT_THERMAL_ROOT
+from sage_irp_ros.core.thermal import read_thermal
 from sage_irp_ros.msg import BudgetGrant, Experience, IRPTelemetry
 from sage_irp_ros.ros.conversions import InputError, experience_to_msg, record_to_msg
 from sage_irp_ros.ros.lifecycle import ManagedNode, StartError
@@ -272,6 +274,8 @@ class IRPNodeHost(ManagedNode):
         self.mailbox: Mailbox = default_mailbox()
         self.memory_mode = MEMORY_OFF
         self._recall_gate = None  # memory's RecallGate (configure)
+        self.thermal = None  # the device's last ThermalReading (None: no zones)
+        self._thermal_at = -math.inf
         self._experience_pub = None
         self._memory_lock = threading.Lock()
         self._reader = None  # read-only ExperienceStore for warm starts (cached)
@@ -453,6 +457,9 @@ class IRPNodeHost(ManagedNode):
         p('memory_store', '', descriptor(
             'The memory store (SQLite file, or a folder for memory.db) that warm starts read '
             'and the memory node writes; empty = $ROS_HOME/sage_irp/memory.db', read_only=True))
+        p('thermal_root', DEFAULT_THERMAL_ROOT, descriptor(
+            'Where the device\'s thermal zones are read for /diagnostics (a Jetson\'s '
+            '/sys/class/thermal; none there: not reported)', read_only=True))
         p('recall_max_interval', 8, descriptor(
             'With memory on: after 3 inputs in a row without a warm start, look memory up on '
             'every 2nd, 4th, ... input, at most every this many (1 = every input); a warm '
@@ -1009,6 +1016,18 @@ class IRPNodeHost(ManagedNode):
         if stale and level == DiagnosticStatus.OK and state == 'active':
             level, message = DiagnosticStatus.WARN, (
                 'no current grant from the orchestrator: runs use the default budget')
+        now = time.monotonic()
+        if now - self._thermal_at >= 1.0:  # a few small files, at most once a second
+            self._thermal_at = now
+            self.thermal = read_thermal(self.get_parameter('thermal_root').value)
+        thermal = self.thermal
+        if thermal is not None:
+            c['thermal'] = thermal.describe()
+            c['thermal_max_c'] = round(thermal.max_c, 1)
+            c['throttling'] = bool(thermal.throttling)
+            if thermal.throttling and level == DiagnosticStatus.OK:
+                level, message = DiagnosticStatus.WARN, f'device {thermal.describe()}'
+
         c['grant'] = 'none yet' if g is None else ('stale' if stale else f'cycle {g.cycle}')
         if self.last_transition_error:
             level, message = DiagnosticStatus.ERROR, self.last_transition_error

@@ -26,6 +26,8 @@ from visualization_msgs.msg import Marker, MarkerArray
 
 from sage_irp_ros import registry
 from sage_irp_ros.core.allocator import CycleAllocator, TrustBook
+from sage_irp_ros.core.thermal import DEFAULT_ROOT as DEFAULT_THERMAL_ROOT
+from sage_irp_ros.core.thermal import read_thermal
 from sage_irp_ros.msg import BudgetGrant, IRPTelemetry
 from sage_irp_ros.ros.conversions import msg_to_record
 from sage_irp_ros.ros.host import (
@@ -97,6 +99,12 @@ class OrchestratorNode(ManagedNode):
         p('diagnostics_period_s', 1.0, descriptor(
             'Period of /diagnostics status and the irp/markers text, s', read_only=True,
             float_range=(0.01, 3600.0)))
+        p('thermal_root', DEFAULT_THERMAL_ROOT, descriptor(
+            'Where the device\'s thermal zones are read (a Jetson\'s /sys/class/thermal); '
+            'none there: no thermal limit', read_only=True))
+        p('throttle_budget_scale', 0.5, descriptor(
+            'total_atp is multiplied by this while a thermal zone is at its throttling trip '
+            'point (1 = not shrunk)', float_range=(0.0, 1.0)))
         p('marker_frame', 'base_link', descriptor(
             'Frame of the irp/markers text (per-plugin trust, share, steps) for rviz',
             read_only=True))
@@ -130,6 +138,8 @@ class OrchestratorNode(ManagedNode):
             liveness_timeout=self.get_parameter('liveness_timeout_s').value, trust=self.trust,
             first_cycle=time.time_ns() // 10 ** 6, priorities=registry.kind_priorities())
         self.overhead_ms = 0.0  # EMA of the CPU time of a cycle (allocation + publishing)
+        self.thermal = None  # the last ThermalReading (None: no zones)
+        self._thermal_at = -math.inf
         self._dirty = False
         self._last_save = 0.0
         qos = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
@@ -187,7 +197,7 @@ class OrchestratorNode(ManagedNode):
         t_cpu = time.thread_time()
         now = time.monotonic()
         a = self.alloc
-        a.total = float(self.get_parameter('total_atp').value)
+        a.total = float(self.get_parameter('total_atp').value) * self._thermal_scale(now)
         a.floor = float(self.get_parameter('floor').value)
         a.headroom = float(self.get_parameter('demand_headroom').value)
         a.liveness_timeout = float(self.get_parameter('liveness_timeout_s').value)
@@ -239,6 +249,27 @@ class OrchestratorNode(ManagedNode):
 
     # ------------------------------------------------------------------------- health
 
+    def _thermal_scale(self, now: float) -> float:
+        """Return the total budget's factor: ``throttle_budget_scale`` while throttling, else 1.
+
+        The zones are read at most once a second (a few small files).
+        """
+        if now - self._thermal_at >= 1.0:
+            self._thermal_at = now
+            was = self.thermal is not None and bool(self.thermal.throttling)
+            self.thermal = read_thermal(self.get_parameter('thermal_root').value)
+            now_hot = self.thermal is not None and bool(self.thermal.throttling)
+            if now_hot != was:
+                if now_hot:
+                    self.get_logger().warning(
+                        f'device {self.thermal.describe()}: total budget x '
+                        f'{self.get_parameter("throttle_budget_scale").value}')
+                else:
+                    self.get_logger().info('device no longer throttling: full total budget')
+        if self.thermal is not None and self.thermal.throttling:
+            return float(self.get_parameter('throttle_budget_scale').value)
+        return 1.0
+
     def _maybe_save(self, now: float, force: bool = False) -> None:
         if self._dirty and (force or now - self._last_save > 1.0):
             try:
@@ -264,8 +295,15 @@ class OrchestratorNode(ManagedNode):
             if not self._warned_rivals:
                 self.get_logger().error(top.message)
                 self._warned_rivals = True
+        thermal = self.thermal
+        if thermal is not None and thermal.throttling and top.level == DiagnosticStatus.OK:
+            top.level = DiagnosticStatus.WARN
+            top.message = f'{len(a.plugins)} plugins; device {thermal.describe()}'
         top.values = [KeyValue(key=k, value=str(v)) for k, v in (
             ('cycle', a.cycle), ('overallocations', a.overallocations),
+            ('total_atp_now', round(a.total, 6)),
+            ('thermal', 'no zones' if thermal is None else thermal.describe()),
+            ('throttling', thermal is not None and bool(thermal.throttling)),
             ('orchestrators_granting', granting),
             ('regranted_atp_total', round(a.regranted_total, 6)),
             ('overhead_ms_per_cycle', round(self.overhead_ms, 4)))]
