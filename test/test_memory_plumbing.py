@@ -309,3 +309,20 @@ def test_a_sleep_interrupted_by_deactivate_or_budget_leaves_the_store(ros, tmp_p
             assert store.count(source='prototype') == 5
     finally:
         node.destroy_node()
+
+
+def test_the_host_backs_off_lookups_that_give_no_warm_start(ros, tmp_path):
+    """RecallGate in the node host: in places memory does not know, recall is offered to fewer
+    runs (counted as recalls_skipped); a warm start brings it back to every run."""
+    node = make_node(ros, tmp_path, CtxSpyNode, memory='mailbox', recall_max_interval=4)
+    node.mailbox = Mailbox()
+    telem = ros.collect(String, '/irp/telemetry_json')
+    try:
+        CtxSpy.seen.clear()
+        for i in range(12):  # no store: every look-up misses
+            run_once(node, telem, signal=list(np.sin(np.linspace(0, 3 + i, 128))))
+        offered = ['recall' in c for c in CtxSpy.seen]
+        assert offered[:3] == [True] * 3 and sum(offered) < 9, offered
+        assert node.counters.recalls_skipped == offered.count(False) > 0
+    finally:
+        node.destroy_node()
