@@ -122,9 +122,11 @@ test: setup
 bench: setup
 	$(RUN_ENV) $(VPY) bench/run_all.py
 
-# --- Soak and fleet (issue #15; not in CI): 30 minutes of the bag in a loop through all nodes
-# (out/bench/reliability.json), then robots in network namespaces (needs root; out/bench/fleet.json).
+# --- Faults, soak and fleet (issue #15; not in CI): each listed fault injected into node processes
+# and 30 minutes of the bag in a loop through all nodes (out/bench/reliability.json), then robots
+# in network namespaces (needs root; out/bench/fleet.json).
 soak: setup
+	$(RUN_ENV) OMP_NUM_THREADS=1 $(VPY) bench/faults_bench.py
 	$(RUN_ENV) OMP_NUM_THREADS=1 $(VPY) bench/soak.py --minutes 30
 	$(RUN_ENV) OMP_NUM_THREADS=1 $(VPY) bench/fleet_bench.py
 
