@@ -76,8 +76,11 @@ def test_grants_regrants_trust_liveness_and_restart(ros, node_process, tmp_path)
     # Liveness: a plugin that stops reporting leaves the allocation.
     assert noisy.stop() == 0
     feed(2.5, ['good', 'hard'])
-    last_cycle = max(g.cycle for g in grants)
-    assert {g.plugin for g in grants if g.cycle == last_cycle} == {GOOD, HARD}, orch.log()
+    # (over the last cycles: a cycle's grants arrive one by one, and on a loaded machine two
+    # plugins whose least useful grants do not both fit may take turns)
+    recent = sorted({g.cycle for g in grants})[-5:]
+    assert {g.plugin for g in grants if g.cycle in recent} == {GOOD, HARD}, orch.log()
+    last_cycle = recent[-1]
     assert 'left the allocation' in orch.log()
 
     # Restart: trust survives.

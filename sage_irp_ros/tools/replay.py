@@ -30,6 +30,9 @@ from rosbags.rosbag2 import Reader
 
 from sage_irp_ros.tools.bagio import message_class, rclpy_qos
 
+#: History depth of ``--reliable`` publishers at least (the bag's own depth when larger).
+RELIABLE_DEPTH = 100
+
 #: Default wait for subscribers before playing (messages sent before a match are lost).
 WAIT_SUBSCRIBERS_S = 5.0
 
@@ -81,6 +84,9 @@ def replay(node, path: str, *, rate: float = 1.0, topics: Optional[Sequence[str]
             if c.topic in pubs:
                 continue
             qos = rclpy_qos(c.ext.offered_qos_profiles, reliable=True if reliable else None)
+            if reliable and qos.depth < RELIABLE_DEPTH:
+                # reliable but keep-last: a slow subscriber loses what the history overwrote
+                qos.depth = RELIABLE_DEPTH
             pub = node.create_publisher(message_class(c.msgtype), c.topic, qos)
             pubs[c.topic] = pub
             if qos.reliability.name == 'RELIABLE':
@@ -143,7 +149,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument('--loop', type=int, nargs='?', const=0, default=1,
                     help='play N times; --loop alone repeats until interrupted')
     ap.add_argument('--reliable', action='store_true',
-                    help='publish every topic reliable (default: the QoS stored in the bag)')
+                    help='publish every topic reliable, keeping at least '
+                         f'{RELIABLE_DEPTH} messages for slow subscribers (default: the QoS '
+                         'stored in the bag)')
     ap.add_argument('--wait-subscribers', type=float, default=WAIT_SUBSCRIBERS_S, metavar='S',
                     help='wait up to S seconds for a subscriber on every topic before playing '
                          f'(default {WAIT_SUBSCRIBERS_S:g}; 0: play at once, and messages '
