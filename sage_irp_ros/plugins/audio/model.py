@@ -6,7 +6,8 @@ them to ``hidden`` channels, two dilated temporal convolutions (non-causal, +-4 
 see the context, and two heads read the result:
 
 - ``delta``: the mask's update (tanh, scaled), added to the mask and clipped to [floor, 1];
-- ``err``: the predicted log-spectral error of the current estimate per frame, dB (>= 0).
+- ``err``: the predicted error of the current estimate per frame, dB (>= 0): the distance the
+  weights were trained on (``train.py --objective``: mel bands, or log-spectral).
 
 The same weights run at every step (a fixed-point refiner), so a step's work depends on how far
 the estimate is from clean speech, which the error head measures.

@@ -46,9 +46,11 @@ class AudioIRP(IRPPlugin):
         Additive noise (stationary or not: coloured, hum, babble, recorded) at any SNR; clean
         input is a fixed point (the network learned to leave it alone).
     Energy:
-        The network's predicted log-spectral distance of the current estimate to the clean
-        speech, in dB (RMS over bins, mean over frames; powers 40 dB under the utterance's peak
-        count as equal). Lower is better; 0 is clean. It is a learned estimate of the error
+        The network's predicted distance of the current estimate to the clean speech, in dB:
+        with the committed weights (``objective`` mel) the distance in the recogniser's 25 mel
+        bands after removing each band's mean (RMS over bands, mean over frames; mel powers
+        50 dB under the loudest band count as equal); with ``lsd`` weights the log-spectral
+        distance over all bins. Lower is better; 0 is clean. It is a learned estimate of the error
         (trained by regression onto the true distance at every step), so it tracks the error:
         clean speech starts near 0 and halts at once (``confident`` under ``halt_db``),
         noisy speech starts high and falls as the mask refines.
@@ -128,7 +130,7 @@ class AudioIRP(IRPPlugin):
         return h
 
     def energy(self, state: IRPState) -> float:
-        """Predicted log-spectral distance (dB) of the current estimate to clean speech."""
+        """Predicted distance (dB) of the current estimate to clean speech (``energy_name``)."""
         with torch.inference_mode():
             h = self._trunk(state)
             err = torch.nn.functional.softplus(self.model.err(h)).squeeze(1) * 5.0

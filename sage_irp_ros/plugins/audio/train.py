@@ -5,11 +5,14 @@ Speech: flite / espeak-ng voices reading the language corpus' training split
 other training utterances and alsa-utils' recorded ``Noise.wav`` at SNRs of
 :data:`~sage_irp_ros.plugins.audio.dsp.TRAIN_SNRS` (the benchmark's 0/5/10/20 dB and its noise
 types are held out), plus clean speech (20 % of the items). The network is unrolled for
-``--unroll`` steps with the same weights; the loss is the compressed-magnitude error of every
-step's estimate plus the error head's regression onto the true log-spectral distance (dB) of
-every step's input estimate (the energy of the plugin).
+``--unroll`` steps with the same weights; the loss (``--objective mel``, the default) is the
+distance of every step's estimate in the recogniser's mel bands (each band's mean removed, as
+its cepstral mean normalisation does) with a small compressed-magnitude term, plus the error
+head's regression onto that true distance (dB) of every step's input estimate (the energy of
+the plugin); ``--objective lsd``: the compressed-magnitude error and the log-spectral distance
+(the first model).
 
-    python -m sage_irp_ros.plugins.audio.train --seed 0 --minutes 5
+    python -m sage_irp_ros.plugins.audio.train --seed 0 --minutes 7
 
 writes ``weights/enhancer.pt`` and ``weights/enhancer.json`` (seed, command, figures).
 """
