@@ -71,8 +71,11 @@ def main(argv=None) -> int:
     config = find_path(os.path.join('config', 'sage_irp.yaml'))
     bag_s = float(load_truth(bag).get('duration_s', BAG_SECONDS))
     specs = list(select_plugins(bag_topics(bag)))
-    specs.append(registry.get('audio'))  # the bag's /audio/raw (no demo entry of its own)
-    topics = replay_topics([s for s in specs if s.demo is not None]) + ['/audio/raw']
+    if 'audio' not in [s.name for s in specs]:  # the bag's /audio/raw through the audio node
+        specs.append(registry.get('audio'))
+    topics = replay_topics([s for s in specs if s.demo is not None])
+    if '/audio/raw' not in topics:
+        topics.append('/audio/raw')
     loops = max(1, int(math.ceil(args.minutes * 60.0 / (bag_s / max(args.rate, 1e-6)))))
     from sage_irp_ros.demo.monitor import Monitor
     mon = Monitor()
@@ -86,8 +89,9 @@ def main(argv=None) -> int:
             py, '-m', ORCHESTRATOR[0], *base, '-p', f'trust_file:={work}/trust.json'], work,
             cwd=ROOT)
         for s in specs:
-            procs[s.node_name] = ChildProcess(s.node_name, [py, '-m', node_module(s), *base],
-                                              work, cwd=ROOT)
+            extra = [a for k, v in (s.demo.params if s.demo else ()) for a in ('-p', f'{k}:={v}')]
+            procs[s.node_name] = ChildProcess(s.node_name, [py, '-m', node_module(s), *base,
+                                                            *extra], work, cwd=ROOT)
         if not wait(lambda: all(mon.host_counters(s.node_name) for s in specs), 180,
                     list(procs.values())):
             raise SystemExit('soak: the nodes did not come up:\n' + '\n'.join(

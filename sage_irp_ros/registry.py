@@ -115,6 +115,13 @@ class DemoSpec:
         The replayed topics whose every message triggers a run and so must be answered (the
         goals); None: all of ``replay_topics``. Topics only kept by the node (a latched map, a
         start pose) are replayed but not counted as inputs.
+    stream:
+        The inputs are chunks of a stream (microphone audio): the node keeps every chunk and
+        answers a segment of many (an utterance) when it ends, so an input is accounted for
+        when it is received, and the answers are counted by ``score``; the node reports
+        ``in_speech`` on ``/diagnostics`` until its last segment is answered.
+    params:
+        ``(name, value)`` parameters the demo sets on the node beyond the config file.
 
     """
 
@@ -124,6 +131,8 @@ class DemoSpec:
     score: str
     plot_steps: Optional[str] = None
     answer_topics: Optional[Tuple[str, ...]] = None
+    stream: bool = False
+    params: Tuple[Tuple[str, str], ...] = ()
 
     @property
     def input_topics(self) -> Tuple[str, ...]:
@@ -349,6 +358,13 @@ BUILTIN: Tuple[PluginSpec, ...] = (
                       description='the transcript, low-confidence words as [MASK] (the '
                                   'language node\'s input)')),
         devices=('cpu',), precisions=('fp32',),
+        # In the replay demo the transcripts stay apart from the bag's own masked texts (the
+        # language node's input); python -m sage_irp_ros.plugins.audio.demo shows the repairs.
+        demo=DemoSpec(replay_topics=('/audio/raw',),
+                      record_topics=('/speech/transcript', '/speech/heard'),
+                      truth_key='audio.transcript',
+                      score='sage_irp_ros.plugins.audio.demo:score', stream=True,
+                      params=(('masked_topic', '/speech/heard'),)),
         bench=('bench/audio_bench.py',)),
     PluginSpec(
         name='memory', kind='memory',

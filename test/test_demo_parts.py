@@ -182,11 +182,15 @@ def test_selection_follows_the_registry(throwaway):
 
 def test_selection_after_unregister_and_builtin_topics():
     assert 'throwaway_demo' not in [s.name for s in selection.demo_specs()]
-    picked = selection.select_plugins(['/camera/image_raw', '/speech/text', '/audio/raw'])
+    picked = selection.select_plugins(['/camera/image_raw', '/speech/text'])
     assert [s.name for s in picked] == ['vision', 'language']
     assert selection.record_topics(picked) == [
         '/vision/mask', '/vision/overlay', '/language/text_repaired', '/language/meaning',
         '/irp/telemetry', '/irp/telemetry_json', '/irp/budget', '/diagnostics']
+    # the microphone's stream too: audio takes part, its transcripts recorded
+    picked = selection.select_plugins(['/camera/image_raw', '/speech/text', '/audio/raw'])
+    assert [s.name for s in picked] == ['vision', 'language', 'audio']
+    assert picked[-1].demo.stream and '/speech/transcript' in selection.record_topics(picked)
 
 
 def test_command_line_has_a_model_option_per_demo_plugin(throwaway):
@@ -311,3 +315,26 @@ def test_bench_runs_every_registered_benchmark_then_the_orchestrator():
     lines = [ln.split(' ', 2)[2] for ln in out.stdout.splitlines() if ln.startswith('+ ')]
     want = [' '.join(s.bench) for s in registry.specs() if s.bench]
     assert lines == want + ['bench/orchestrator_bench.py --cycles 60']
+
+
+def test_a_stream_plugin_accounts_for_chunks_received_and_answers_by_segment():
+    """Audio in the replay demo: 64 chunks in, 2 transcripts out; a chunk is accounted for when
+    the node received it (it keeps every chunk), the answers and quality come from score()."""
+    from types import SimpleNamespace as NS
+
+    from sage_irp_ros import registry
+    audio = registry.get('audio')
+    truth = {'audio': {'transcript': [{'text': 'go to the kitchen'}, {'text': 'stop now'}]}}
+    msgs = [(0, NS(header=NS(stamp=NS(sec=s, nanosec=0)), text=t))
+            for s, t in ((2, 'stop now'), (1, 'go to the kitchen'))]
+    recorded = {'/speech/transcript': msgs, '/irp/telemetry_json': []}
+    counters = {'audio': {'received': '64', 'dropped_stale': '0', 'bad_input': '0'}}
+    out = scoring.summarize([audio], recorded, truth, {'audio': 64}, counters, {'audio': 8},
+                            {}, {})['audio']
+    assert out['answered'] == 2 and out['unaccounted'] == 0
+    assert out['quality']['metric'] == 'word_accuracy' and out['quality']['value'] == 1.0
+    counters['audio']['received'] = '61'
+    out = scoring.summarize([audio], recorded, truth, {'audio': 64}, counters, {'audio': 8},
+                            {}, {})['audio']
+    assert out['unaccounted'] == 3 and out['lost_in_transport'] == 3
+    assert scoring.expected_inputs([audio], truth) == {'audio': 2}

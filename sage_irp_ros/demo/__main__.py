@@ -126,6 +126,8 @@ def run(args) -> int:
             model = getattr(args, _model_option(spec.name), None)
             if model:
                 extra += ['-p', f'model_path:={os.path.abspath(model)}']
+            for k, v in spec.demo.params:
+                extra += ['-p', f'{k}:={v}']
             procs.append(start(spec.node_name, [
                 py, '-m', node_module(spec), *base, *extra,
                 '-p', f'diagnostics_period_s:={DIAG_PERIOD_S}']))
@@ -180,6 +182,8 @@ def run(args) -> int:
                     return False
                 done = int(c['runs']) + int(c['dropped_stale']) + int(c['bad_input'])
                 n_tel = len(mon.runs_of(spec.node_name))
+                if spec.demo.stream:  # chunks kept; settled when no segment is pending
+                    done = int(c['received']) if c.get('in_speech') == 'False' else -1
                 if int(c['received']) < sent[spec.name] or done < int(c['received']) \
                         or n_tel < int(c['runs']):
                     return False

@@ -84,6 +84,10 @@ def summarize(plugins: Sequence[PluginSpec], recorded, truth, sent, counters, ma
         bad = int(c.get('bad_input', 0))
         answered = scores[name]['answered']
         n_in = sent.get(name, 0)
+        if spec.demo.stream:  # every chunk is kept: an input is accounted for when received
+            unaccounted = max(n_in - max(received, 0), 0)
+        else:
+            unaccounted = n_in - answered - dropped - bad
         out[name] = {
             'node': f'/{spec.node_name}',
             'inputs': n_in,
@@ -92,7 +96,7 @@ def summarize(plugins: Sequence[PluginSpec], recorded, truth, sent, counters, ma
             'dropped_stale': dropped,
             'bad_input': bad,
             'lost_in_transport': max(0, n_in - received) if received >= 0 else None,
-            'unaccounted': n_in - answered - dropped - bad,
+            'unaccounted': unaccounted,
             'runs': len(recs),
             'mean_steps': round(float(np.mean(steps)), 4) if steps else None,
             'max_steps': cap,
@@ -182,9 +186,20 @@ def write_golden(summary: dict, path: str) -> None:
         f.write('\n')
 
 
+def truth_of(spec: PluginSpec, truth: dict):
+    """Return a plugin's part of the truth: ``truth[demo.truth_key]`` (a dotted key: nested)."""
+    value = truth
+    for part in spec.demo.truth_key.split('.'):
+        value = value[part]
+    return value
+
+
 def expected_inputs(plugins: Sequence[PluginSpec], truth: dict) -> Dict[str, int]:
-    """Return each plugin's number of inputs in the truth (``len(truth[demo.truth_key])``)."""
-    return {s.name: len(truth[s.demo.truth_key]) for s in plugins}
+    """Return each plugin's number of inputs in the truth (``len`` of :func:`truth_of`).
+
+    For a stream plugin that is the number of segments (utterances) it should answer.
+    """
+    return {s.name: len(truth_of(s, truth)) for s in plugins}
 
 
 def sent_inputs(plugins: Sequence[PluginSpec], messages: Dict[str, int],

@@ -39,6 +39,26 @@ def _norm(text: str) -> str:
     return ' '.join(re.findall(r"[a-z']+", text.lower()))
 
 
+TRANSCRIPT_TOPIC = '/speech/transcript'
+
+
+def score(recorded: Dict[str, list], truth: dict) -> dict:
+    """Score the replay demo's transcripts (``make demo``): word accuracy against the bag.
+
+    ``answered``: transcripts received (one per utterance); quality ``word_accuracy``:
+    1 - WER (jiwer; lower-cased words) of the transcripts in stamp order against the bag's
+    spoken sentences (``truth['audio']['transcript']``), 0 at worst.
+    """
+    import jiwer
+    said = [u['text'] for u in truth['audio']['transcript']]
+    msgs = sorted((m.header.stamp.sec * 10 ** 9 + m.header.stamp.nanosec, m.text)
+                  for _, m in recorded.get(TRANSCRIPT_TOPIC, []))
+    heard = ' '.join(_norm(t) for _, t in msgs)
+    wer = float(jiwer.wer(' '.join(_norm(t) for t in said), heard or '<empty>'))
+    return {'answered': len(msgs), 'quality': {
+        'metric': 'word_accuracy', 'value': round(max(0.0, 1.0 - wer), 4), 'n': len(said)}}
+
+
 def bag_audio(bag: str) -> np.ndarray:
     """Return the bag's ``/audio/raw`` chunks, concatenated (float32 in [-1, 1], 16 kHz mono)."""
     from sage_irp_ros.demo.scoring import read_bag

@@ -230,6 +230,12 @@ class AudioIRPNode(IRPNodeHost):
             self.outputs['text'].publish(String(data=msg.text))
             self.outputs['masked'].publish(String(data=msg.masked_text))
 
+    def diagnostic_values(self) -> Mapping[str, Any]:
+        """Whether an utterance is under way (its chunks wait), utterances, clipped chunks."""
+        seg = getattr(self, 'segmenter', None)
+        return {'in_speech': bool(seg is not None and seg.in_speech),
+                'utterances': self.utterances, 'clipped_chunks': self.clipped_chunks}
+
     def run_metadata(self, output, result) -> Mapping[str, Any]:
         """Words, mean confidence, utterance length, clipped chunks so far."""
         words = getattr(self, '_last_words', [])
