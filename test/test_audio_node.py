@@ -112,3 +112,22 @@ def test_stream_stopping_mid_utterance_is_flushed(ros, node, speech):
     feed(node, x)
     assert wait_for(lambda: tr, 20)
     assert tr[0].cut == 'flush' and 'meters' in tr[0].text
+
+
+def test_model_path_loads_another_enhancer_and_garbage_is_one_clear_failure(ros, tmp_path):
+    from sage_irp_ros.plugins.audio.plugin import DEFAULT_WEIGHTS
+    from sage_irp_ros.ros.lifecycle import StartError
+    own = tmp_path / 'mine.pt'
+    shutil.copy(DEFAULT_WEIGHTS, own)
+    shutil.copy(DEFAULT_WEIGHTS.replace('.pt', '.json'), tmp_path / 'mine.json')
+    n = ros.add_node(AudioIRPNode(context=ros.context, parameter_overrides=[
+        Parameter('model_path', value=str(own))]))
+    try:
+        assert n.lifecycle_state == 'active' and n.plugin.objective == 'mel'
+    finally:
+        n.destroy_node()
+    bad = tmp_path / 'bad.pt'
+    bad.write_bytes(b'not a checkpoint')
+    with pytest.raises(StartError, match="model_path: cannot load .*bad.pt"):
+        AudioIRPNode('audio_bad', context=ros.context, parameter_overrides=[
+            Parameter('model_path', value=str(bad))])

@@ -95,6 +95,9 @@ class AudioIRPNode(IRPNodeHost):
                                                 'clearly worse WER (docs/AUDIO.md)',
                                                 read_only=True))
         p('enhance', True, descriptor('Enhance before recognition (false: recognise the input)'))
+        p('model_path', '', descriptor('Enhancer checkpoint (train.py writes enhancer.pt with '
+                                       'its enhancer.json beside it); empty = the weights '
+                                       'shipped with the package', read_only=True))
         self.clipped_chunks = 0
         self.utterances = 0
         self._stamps: Deque[Tuple[int, int]] = collections.deque(maxlen=4096)
@@ -105,7 +108,12 @@ class AudioIRPNode(IRPNodeHost):
 
     def create_plugin(self):
         """Build the enhancer; also the VAD and the recogniser (configure time, not per input)."""
-        plugin = self.spec.make_plugin(device=self.device, precision=self.precision)
+        from sage_irp_ros.plugins.audio.plugin import DEFAULT_WEIGHTS, AudioIRP
+        if self.precision != 'fp32':
+            raise ValueError(f'the audio plugin runs in fp32, got precision={self.precision!r}')
+        plugin = self.load_file_parameter(
+            'model_path', DEFAULT_WEIGHTS,
+            lambda path: AudioIRP.from_checkpoint(path, device=self.device))
         g = self.get_parameter
         self.segmenter = Segmenter(load_silero(), threshold=g('vad_threshold').value,
                                    min_silence_s=g('min_silence_s').value,
