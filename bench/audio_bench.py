@@ -31,7 +31,6 @@ import argparse
 import glob
 import json
 import os
-import re
 import sys
 import time
 
@@ -47,17 +46,18 @@ from sage_irp_ros.core.pareto import Item, sweep  # noqa: E402
 from sage_irp_ros.core.plugin import HaltConfig  # noqa: E402
 from sage_irp_ros.plugins.audio import dsp  # noqa: E402
 from sage_irp_ros.plugins.audio.plugin import load_default  # noqa: E402
-from sage_irp_ros.plugins.audio.recognize import Recogniser, masked_text, text_of  # noqa: E402
+from sage_irp_ros.plugins.audio.recognize import (  # noqa: E402
+    Recogniser,
+    masked_text,
+    text_of,
+)
+from sage_irp_ros.plugins.audio.recognize import corpus_wer as wer  # noqa: E402
+from sage_irp_ros.plugins.audio.recognize import wer_words as norm  # noqa: E402
 from sage_irp_ros.plugins.audio.vad import Segmenter  # noqa: E402
 
 TESTDATA = '/usr/share/pocketsphinx/test/data'
 SNRS = (0, 5, 10, 20)
 CONF_THRESHOLD = 0.5
-
-
-def norm(text: str) -> str:
-    """Lower-case words only (the WER's tokens)."""
-    return ' '.join(re.findall(r"[a-z']+", text.lower()))
 
 
 def held_out_clips():
@@ -76,12 +76,6 @@ def held_out_clips():
     if not out:
         raise SystemExit('pocketsphinx-testdata is not installed (Debian package; make setup)')
     return out
-
-
-def wer(refs, hyps) -> float:
-    """Corpus WER with jiwer."""
-    import jiwer
-    return float(jiwer.wer(list(refs), [h if h else '<empty>' for h in hyps]))
 
 
 def main(argv=None) -> int:

@@ -188,13 +188,8 @@ def control_warm_starts(split: str, maps_per_kind: int, variants: int, jitter_m:
                         continue  # moved into an obstacle's margin: not a request
                     order = (('cold', None), ('memory', gate))
                     for label, gt in (order if v % 2 == 0 else order[::-1]):
-                        asked = gt is not None and gt.ask()
-                        t = time.perf_counter()
-                        res = refine(plugin, ControlProblem(pr.grid, s, g),
-                                     {'recall': recall} if asked else None, config=cfg)
-                        ms = (time.perf_counter() - t) * 1e3
-                        if asked:
-                            gt.observe(res.state.meta.get('warm_start'))
+                        res, ms = timed_with(plugin, ControlProblem(pr.grid, s, g), gt,
+                                             recall, cfg)
                         rows[label].append((res.trace.steps, ms, res.output.feasible,
                                             res.output.metrics.get('length', 0.0)))
                         if label == 'memory':

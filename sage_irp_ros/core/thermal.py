@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import glob
 import os
+import time
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
@@ -107,3 +108,37 @@ def read_thermal(root: str = DEFAULT_ROOT) -> Optional[ThermalReading]:
     if not zones:
         return None
     return ThermalReading(zones=zones, trips=trips, throttling=throttling)
+
+
+class ThermalMonitor:
+    """The device's thermal zones under ``root``, read at most once per ``period_s``.
+
+    ``read()`` returns the newest :class:`ThermalReading` (None: no zones), reading the files
+    again only when the last read is older than the period; ``changed`` says whether the last
+    fresh read started or ended throttling (for a log line).
+    """
+
+    def __init__(self, root: str = DEFAULT_ROOT, period_s: float = 1.0, clock=time.monotonic):
+        """Watch ``root``; nothing is read until the first :meth:`read`."""
+        self.root = root
+        self.period_s = float(period_s)
+        self._clock = clock
+        self._at = -float('inf')
+        self.last: Optional[ThermalReading] = None
+        self.changed = False
+
+    @property
+    def throttling(self) -> bool:
+        """Whether the last reading has a zone at its throttling trip point."""
+        return self.last is not None and bool(self.last.throttling)
+
+    def read(self) -> Optional[ThermalReading]:
+        """Return the newest reading (the files are read at most once per period)."""
+        now = self._clock()
+        self.changed = False
+        if now - self._at >= self.period_s:
+            self._at = now
+            was = self.throttling
+            self.last = read_thermal(self.root)
+            self.changed = self.throttling != was
+        return self.last

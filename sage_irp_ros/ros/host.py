@@ -86,7 +86,7 @@ from sage_irp_ros.core.loop import RefineResult
 from sage_irp_ros.core.mailbox import EXPERIENCE_CHANNEL, Mailbox, default_mailbox
 from sage_irp_ros.core.plugin import IRPPlugin
 from sage_irp_ros.core.thermal import DEFAULT_ROOT as DEFAULT_THERMAL_ROOT
-from sage_irp_ros.core.thermal import read_thermal
+from sage_irp_ros.core.thermal import ThermalMonitor
 from sage_irp_ros.msg import BudgetGrant, Experience, IRPTelemetry
 from sage_irp_ros.ros.conversions import InputError, experience_to_msg, record_to_msg
 from sage_irp_ros.ros.lifecycle import ManagedNode, StartError
@@ -274,8 +274,6 @@ class IRPNodeHost(ManagedNode):
         self.mailbox: Mailbox = default_mailbox()
         self.memory_mode = MEMORY_OFF
         self._recall_gate = None  # memory's RecallGate (configure)
-        self.thermal = None  # the device's last ThermalReading (None: no zones)
-        self._thermal_at = -math.inf
         self._experience_pub = None
         self._memory_lock = threading.Lock()
         self._reader = None  # read-only ExperienceStore for warm starts (cached)
@@ -283,6 +281,7 @@ class IRPNodeHost(ManagedNode):
         self._reader_retry_at = 0.0
         self._memory_warned = False
         self._declare_host_parameters()
+        self._thermal = ThermalMonitor(self.get_parameter('thermal_root').value)
         self.declare_plugin_parameters()
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self._diag_pub = self.create_publisher(DiagnosticArray, DIAGNOSTICS_TOPIC, 10)
@@ -661,21 +660,22 @@ class IRPNodeHost(ManagedNode):
                 self._grant = HeldGrant(msg.cycle, Budget(msg.atp_granted, msg.step_cap,
                                                           deadline), now, msg.trust_weight)
 
-    def current_grant_budget(self) -> Optional[Budget]:
-        """Return the account of the grant held now, or None when no grant is current."""
+    def _current_grant(self) -> Optional[HeldGrant]:
+        """Return the grant held now, or None when none is (or it is older than the timeout)."""
         timeout = self.get_parameter('grant_timeout_s').value
         with self._lock:
             g = self._grant
-        if g is not None and time.monotonic() - g.received_at <= timeout:
-            return g.budget
-        return None
+        return g if g is not None and time.monotonic() - g.received_at <= timeout else None
+
+    def current_grant_budget(self) -> Optional[Budget]:
+        """Return the account of the grant held now, or None when no grant is current."""
+        g = self._current_grant()
+        return None if g is None else g.budget
 
     def _budget_for_run(self) -> Tuple[Budget, Optional[HeldGrant]]:
         """Return the account of the current grant (or a default one) and the grant."""
-        timeout = self.get_parameter('grant_timeout_s').value
-        with self._lock:
-            g = self._grant
-        if g is not None and time.monotonic() - g.received_at <= timeout:
+        g = self._current_grant()
+        if g is not None:
             return g.budget, g
         atp = self.get_parameter('default_atp').value
         return Budget(atp if atp > 0 else math.inf), None
@@ -1016,11 +1016,7 @@ class IRPNodeHost(ManagedNode):
         if stale and level == DiagnosticStatus.OK and state == 'active':
             level, message = DiagnosticStatus.WARN, (
                 'no current grant from the orchestrator: runs use the default budget')
-        now = time.monotonic()
-        if now - self._thermal_at >= 1.0:  # a few small files, at most once a second
-            self._thermal_at = now
-            self.thermal = read_thermal(self.get_parameter('thermal_root').value)
-        thermal = self.thermal
+        thermal = self._thermal.read()  # a few small files, at most once a second
         if thermal is not None:
             c['thermal'] = thermal.describe()
             c['thermal_max_c'] = round(thermal.max_c, 1)

@@ -27,7 +27,7 @@ from visualization_msgs.msg import Marker, MarkerArray
 from sage_irp_ros import registry
 from sage_irp_ros.core.allocator import CycleAllocator, TrustBook
 from sage_irp_ros.core.thermal import DEFAULT_ROOT as DEFAULT_THERMAL_ROOT
-from sage_irp_ros.core.thermal import read_thermal
+from sage_irp_ros.core.thermal import ThermalMonitor
 from sage_irp_ros.msg import BudgetGrant, IRPTelemetry
 from sage_irp_ros.ros.conversions import msg_to_record
 from sage_irp_ros.ros.host import (
@@ -138,8 +138,7 @@ class OrchestratorNode(ManagedNode):
             liveness_timeout=self.get_parameter('liveness_timeout_s').value, trust=self.trust,
             first_cycle=time.time_ns() // 10 ** 6, priorities=registry.kind_priorities())
         self.overhead_ms = 0.0  # EMA of the CPU time of a cycle (allocation + publishing)
-        self.thermal = None  # the last ThermalReading (None: no zones)
-        self._thermal_at = -math.inf
+        self._thermal = ThermalMonitor(self.get_parameter('thermal_root').value)
         self._dirty = False
         self._last_save = 0.0
         qos = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
@@ -197,7 +196,7 @@ class OrchestratorNode(ManagedNode):
         t_cpu = time.thread_time()
         now = time.monotonic()
         a = self.alloc
-        a.total = float(self.get_parameter('total_atp').value) * self._thermal_scale(now)
+        a.total = float(self.get_parameter('total_atp').value) * self._thermal_scale()
         a.floor = float(self.get_parameter('floor').value)
         a.headroom = float(self.get_parameter('demand_headroom').value)
         a.liveness_timeout = float(self.get_parameter('liveness_timeout_s').value)
@@ -249,26 +248,24 @@ class OrchestratorNode(ManagedNode):
 
     # ------------------------------------------------------------------------- health
 
-    def _thermal_scale(self, now: float) -> float:
+    def _thermal_scale(self) -> float:
         """Return the total budget's factor: ``throttle_budget_scale`` while throttling, else 1.
 
         The zones are read at most once a second (a few small files).
         """
-        if now - self._thermal_at >= 1.0:
-            self._thermal_at = now
-            was = self.thermal is not None and bool(self.thermal.throttling)
-            self.thermal = read_thermal(self.get_parameter('thermal_root').value)
-            now_hot = self.thermal is not None and bool(self.thermal.throttling)
-            if now_hot != was:
-                if now_hot:
-                    self.get_logger().warning(
-                        f'device {self.thermal.describe()}: total budget x '
-                        f'{self.get_parameter("throttle_budget_scale").value}')
-                else:
-                    self.get_logger().info('device no longer throttling: full total budget')
-        if self.thermal is not None and self.thermal.throttling:
-            return float(self.get_parameter('throttle_budget_scale').value)
-        return 1.0
+        mon = self._thermal
+        reading = mon.read()
+        scale = float(self.get_parameter('throttle_budget_scale').value)
+        if mon.changed and mon.throttling:
+            self.get_logger().warning(f'device {reading.describe()}: total budget x {scale}')
+        elif mon.changed:
+            self.get_logger().info('device no longer throttling: full total budget')
+        return scale if mon.throttling else 1.0
+
+    @property
+    def thermal(self):
+        """The device's last thermal reading (None: no zones, or not read yet)."""
+        return self._thermal.last
 
     def _maybe_save(self, now: float, force: bool = False) -> None:
         if self._dirty and (force or now - self._last_save > 1.0):

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import sys
 from typing import Dict, List
 
@@ -33,10 +32,6 @@ import numpy as np
 
 CHUNK_TOPIC = '/audio/raw'
 NOISE_SEED = 4242
-
-
-def _norm(text: str) -> str:
-    return ' '.join(re.findall(r"[a-z']+", text.lower()))
 
 
 TRANSCRIPT_TOPIC = '/speech/transcript'
@@ -49,12 +44,12 @@ def score(recorded: Dict[str, list], truth: dict) -> dict:
     1 - WER (jiwer; lower-cased words) of the transcripts in stamp order against the bag's
     spoken sentences (``truth['audio']['transcript']``), 0 at worst.
     """
-    import jiwer
+    from sage_irp_ros.plugins.audio.recognize import corpus_wer, wer_words
     said = [u['text'] for u in truth['audio']['transcript']]
     msgs = sorted((m.header.stamp.sec * 10 ** 9 + m.header.stamp.nanosec, m.text)
                   for _, m in recorded.get(TRANSCRIPT_TOPIC, []))
-    heard = ' '.join(_norm(t) for _, t in msgs)
-    wer = float(jiwer.wer(' '.join(_norm(t) for t in said), heard or '<empty>'))
+    wer = corpus_wer([' '.join(wer_words(t) for t in said)],
+                     [' '.join(wer_words(t) for _, t in msgs)])
     return {'answered': len(msgs), 'quality': {
         'metric': 'word_accuracy', 'value': round(max(0.0, 1.0 - wer), 4), 'n': len(said)}}
 
@@ -99,9 +94,9 @@ def hear(stream: np.ndarray, plugin, lang, rec, segmenter, threshold: float) -> 
 
 def wer_of(truth: List[str], utts: List[Dict], key: str) -> float:
     """Corpus WER of the utterances' ``key`` text against the truth, in order."""
-    import jiwer
-    hyp = ' '.join(_norm(u[key]) for u in utts)
-    return float(jiwer.wer(' '.join(_norm(t) for t in truth), hyp or '<empty>'))
+    from sage_irp_ros.plugins.audio.recognize import corpus_wer, wer_words
+    return corpus_wer([' '.join(wer_words(t) for t in truth)],
+                      [' '.join(wer_words(u[key]) for u in utts)])
 
 
 def plot(path: str, noisy: np.ndarray, utts: List[Dict], clean_utts: List[Dict],

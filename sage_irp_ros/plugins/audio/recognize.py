@@ -106,3 +106,14 @@ def recogniser_or_none(**kwargs) -> Optional[Recogniser]:
         return Recogniser(**kwargs)
     except ImportError:
         return None
+
+
+def wer_words(text: str) -> str:
+    """Return the lower-cased words of ``text`` (letters and apostrophes): the WER's tokens."""
+    return ' '.join(re.findall(r"[a-z']+", text.lower()))
+
+
+def corpus_wer(refs, hyps) -> float:
+    """Return the corpus WER (jiwer) of hypotheses against references (empty: ``<empty>``)."""
+    import jiwer
+    return float(jiwer.wer(list(refs), [h if h else '<empty>' for h in hyps]))

@@ -15,16 +15,7 @@ from typing import Any, Callable, Dict, Mapping, Optional
 
 import numpy as np
 
-from sage_irp_ros.plugins.memory.store import to_array
-
-
-def json_default(obj):
-    """``json.dumps`` helper: numpy scalars and arrays as plain numbers and lists."""
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    raise TypeError(f'{type(obj).__name__} is not JSON serialisable')
+from sage_irp_ros.plugins.memory.store import check_key, json_default, to_array
 
 
 def summary_json(summary: Any) -> str:
@@ -34,22 +25,6 @@ def summary_json(summary: Any) -> str:
                           allow_nan=False, separators=(',', ':'))
     except (TypeError, ValueError) as exc:
         raise ValueError(f'summary is not JSON-able: {exc}') from None
-
-
-def check_key(key) -> np.ndarray:
-    """Return ``key`` as a 1-D float32 array; ValueError unless non-empty, finite, not all zero."""
-    try:
-        k = np.asarray(to_array(key), dtype=np.float32)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f'key is not a numeric vector: {exc}') from None
-    if k.ndim != 1 or k.size == 0:
-        raise ValueError(f'key must be a non-empty 1-D vector, got shape {tuple(k.shape)}')
-    bad = int(np.count_nonzero(~np.isfinite(k)))
-    if bad:
-        raise ValueError(f'key holds {bad} non-finite value(s)')
-    if not np.any(k):
-        raise ValueError('key is all zeros (similarity needs a direction)')
-    return k
 
 
 def check_latent(latent):

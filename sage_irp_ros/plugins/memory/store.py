@@ -264,7 +264,8 @@ def _utc_stamp() -> str:
     return datetime.datetime.now(datetime.timezone.utc).strftime('%Y%m%dT%H%M%SZ')
 
 
-def _json_default(obj):
+def json_default(obj):
+    """``json.dumps`` helper: numpy scalars and arrays as plain numbers and lists."""
     if isinstance(obj, np.generic):
         return obj.item()
     if isinstance(obj, np.ndarray):
@@ -296,15 +297,25 @@ def to_array(value) -> Optional[np.ndarray]:
     return np.asarray(value)
 
 
-def pack_key(key) -> Tuple[bytes, int]:
-    """Return ``(bytes, dim)`` of a key: a non-empty, finite, non-zero 1-D vector, as float32."""
-    k = np.asarray(to_array(key), dtype=np.float32)
+def check_key(key) -> np.ndarray:
+    """Return ``key`` as a 1-D float32 array; ValueError unless non-empty, finite, not all zero."""
+    try:
+        k = np.asarray(to_array(key), dtype=np.float32)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f'key is not a numeric vector: {exc}') from None
     if k.ndim != 1 or k.size == 0:
-        raise ValueError(f'a key must be a non-empty 1-D vector, got shape {k.shape}')
-    if not np.isfinite(k).all():
-        raise ValueError('a key must be finite')
+        raise ValueError(f'key must be a non-empty 1-D vector, got shape {tuple(k.shape)}')
+    bad = int(np.count_nonzero(~np.isfinite(k)))
+    if bad:
+        raise ValueError(f'key holds {bad} non-finite value(s)')
     if not np.any(k):
-        raise ValueError('a key must not be all zeros (cosine similarity needs a direction)')
+        raise ValueError('key is all zeros (similarity needs a direction)')
+    return k
+
+
+def pack_key(key) -> Tuple[bytes, int]:
+    """Return ``(bytes, dim)`` of a key (:func:`check_key`), as little-endian float32."""
+    k = check_key(key)
     return k.astype('<f4').tobytes(), int(k.size)
 
 
@@ -590,7 +601,7 @@ class ExperienceStore:
             raise ValueError(f'plugin must be a non-empty string, got {plugin!r}')
         kb, dim = pack_key(key)
         lb, ldt, lst, lsh = pack_latent(latent, self.latent_fp16)
-        text = json.dumps(summary, default=_json_default, allow_nan=False,
+        text = json.dumps(summary, default=json_default, allow_nan=False,
                           separators=(',', ':'))
         nbytes = len(kb) + (len(lb) if lb is not None else 0) + len(text.encode())
         if nbytes > self.max_bytes:
