@@ -439,7 +439,7 @@ def _align(z0: torch.Tensor, hint: torch.Tensor, max_shift: int):
     ``z0`` and the shifted hint over the cells where ``z0`` has evidence (its channel sum is
     above a tenth of its maximum); 0 when ``z0`` has none. All ``(2p+1)^2`` shifts are
     strided views of the padded hint, contracted with the masked evidence in one matrix
-    product (a convolution with a latent-sized kernel gave the same numbers 1.6x slower).
+    product (the same numbers as a convolution with a latent-sized kernel, with less work).
     """
     p = max_shift
     H, W = z0.shape[-2:]

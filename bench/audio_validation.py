@@ -1,0 +1,166 @@
+"""Validation runs behind two audio choices (never the benchmark's held-out clips or noises).
+
+Two parts, both on validation speech in *training* noises, WER against what the recogniser
+hears on the clean clip (``--part``):
+
+- ``enhancer``: which enhancer weights and which ``halt_db``. Speech: the 4 human clips of
+  pocketsphinx-testdata that are not the benchmark's (``goforward``, ``numbers``,
+  ``something``, a tidigits string) and ``--synthetic`` (16) flite/espeak-ng utterances of the
+  language corpus' dev split; noise: pink, alsa, white, brown in rotation at 0, 5, 10 dB and
+  clean. Prints WER per SNR for no enhancement, 2 and 4 fixed steps, and adaptive halting at
+  halt_db 1.5, 2, 3, 4 (with mean steps), for each ``--weights`` file. The first model (the
+  ``lsd`` objective) is in git: ``git show 4378e37:sage_irp_ros/plugins/audio/weights/
+  enhancer.pt > lsd.pt`` (and ``enhancer.json`` beside it).
+- ``repair``: the language repair's ``guess_margin`` and the confidence threshold. Speech: 40
+  flite/espeak-ng utterances of the dev split, each in a training noise at 5 and 10 dB,
+  recognised without enhancement; WER against the true sentences for masks written as plain
+  ``[MASK]`` and as ``[MASK:heard]`` at margins 0-4 nats, per threshold.
+
+    OMP_NUM_THREADS=1 .venv/bin/python bench/audio_validation.py --part repair
+    OMP_NUM_THREADS=1 .venv/bin/python bench/audio_validation.py --part enhancer \\
+        --weights sage_irp_ros/plugins/audio/weights/enhancer.pt lsd.pt
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import torch  # noqa: E402
+
+from sage_irp_ros.core.loop import refine  # noqa: E402
+from sage_irp_ros.core.plugin import HaltConfig  # noqa: E402
+from sage_irp_ros.plugins.audio import dsp  # noqa: E402
+from sage_irp_ros.plugins.audio.plugin import DEFAULT_WEIGHTS, AudioIRP  # noqa: E402
+from sage_irp_ros.plugins.audio.recognize import (  # noqa: E402
+    Recogniser,
+    Word,
+    corpus_wer,
+    masked_text,
+    text_of,
+    wer_words,
+)
+from sage_irp_ros.plugins.audio.speech import say, voices  # noqa: E402
+from sage_irp_ros.plugins.language.corpus import detokenize, load_sentences  # noqa: E402
+
+TESTDATA = '/usr/share/pocketsphinx/test/data/'
+HUMAN_VALIDATION = ('goforward.raw', 'numbers.raw', 'something.raw', 'tidigits/dhd.2934z.raw')
+
+
+def enhancer_part(weights, n_synthetic: int) -> None:
+    """Print the enhancer table for every weights file."""
+    rec = Recogniser()
+    clips = [np.fromfile(TESTDATA + f, dtype='<i2').astype(np.float32) / 32768
+             for f in HUMAN_VALIDATION]
+    sents = load_sentences(limit=3000)['dev']
+    rng = np.random.default_rng(5)
+    vs = voices()
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(n_synthetic):
+            s = sents[int(rng.integers(len(sents)))]
+            v = vs[(i * 3 + 1) % len(vs)]
+            clips.append(say(detokenize(s[:12]), v, tmp, 160))
+    refs = [wer_words(text_of(rec(x))) for x in clips]
+    noises = ['pink', 'alsa', 'white', 'brown']
+    items = []
+    for i, x in enumerate(clips):
+        nz = dsp.TRAIN_NOISES[noises[i % 4]](x.size, np.random.default_rng(50 + i))
+        for snr in (0, 5, 10, None):
+            y = x.copy() if snr is None else dsp.mix(x, nz, snr)
+            pk = np.abs(y).max()
+            if pk > 0.99:
+                y = y / pk * 0.99
+            items.append((i, snr, y.astype(np.float32)))
+
+    def table(fn):
+        by, steps = {}, {}
+        for i, snr, y in items:
+            out, k = fn(y)
+            by.setdefault(snr, ([], []))
+            by[snr][0].append(refs[i])
+            by[snr][1].append(wer_words(text_of(rec(out))))
+            steps.setdefault(snr, []).append(k)
+        return ({s: round(corpus_wer(a, b), 3) for s, (a, b) in by.items()},
+                {s: round(float(np.mean(v)), 2) for s, v in steps.items()})
+
+    for path in weights:
+        plugin = AudioIRP.from_checkpoint(path)
+        print(f'== {path} ({plugin.version})', flush=True)
+
+        def fixed(k, plugin=plugin):
+            def f(y):
+                st = plugin.init_state(y)
+                for _ in range(k):
+                    st = plugin.step(st, None)
+                return plugin.result(st).samples, k
+            return f
+        for name, fn in (('noisy', lambda y: (y, 0)), ('k2', fixed(2)), ('k4', fixed(4))):
+            print(name, table(fn)[0], flush=True)
+        for hd in (1.5, 2.0, 3.0, 4.0):
+            plugin.halt_db = hd
+
+            def adaptive(y, plugin=plugin):
+                r = refine(plugin, y, None, config=HaltConfig(0.02, 1, 8))
+                return r.output.samples, r.trace.steps
+            w, st = table(adaptive)
+            print('halt_db', hd, w, 'steps', st, flush=True)
+
+
+def repair_part() -> None:
+    """Print the repair table: WER per threshold for plain masks and guess margins."""
+    from sage_irp_ros.plugins.language.plugin import load_default as load_language
+    rec = Recogniser()
+    lang = load_language()
+    sents = load_sentences(limit=3000)['dev']
+    rng = np.random.default_rng(11)
+    vs = voices()
+    data = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(40):
+            text = detokenize(sents[int(rng.integers(len(sents)))][:12])
+            x = say(text, vs[i % len(vs)], tmp, 160)
+            nz = dsp.TRAIN_NOISES[['pink', 'alsa', 'white', 'brown', 'hum'][i % 5]](
+                x.size, np.random.default_rng(i))
+            for snr in (5, 10):
+                words = rec(dsp.mix(x, nz, snr))
+                data.append((wer_words(text), [Word(w.word, 0, 0, w.confidence)
+                                               for w in words]))
+    refs = [r for r, _ in data]
+    print('before repair', round(corpus_wer(refs, [text_of(ws) for _, ws in data]), 4))
+    for thr in (0.1, 0.3, 0.5, 0.7):
+        row = {}
+        for guesses, margins in ((False, (None,)), (True, (0.0, 1.0, 2.0, 3.0, 4.0))):
+            for mg in margins:
+                if mg is not None:
+                    lang.guess_margin = mg
+                hyps = [wer_words(str(refine(lang, masked_text(ws, thr, guesses), None,
+                                             config=lang.halt_config()).output))
+                        for _, ws in data]
+                row['plain' if not guesses else mg] = round(corpus_wer(refs, hyps), 4)
+        print('threshold', thr, row, flush=True)
+
+
+def main(argv=None) -> int:
+    """Command line."""
+    ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    ap.add_argument('--part', choices=('enhancer', 'repair'), required=True)
+    ap.add_argument('--weights', nargs='+', default=[DEFAULT_WEIGHTS])
+    ap.add_argument('--synthetic', type=int, default=16)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    if args.part == 'enhancer':
+        enhancer_part(args.weights, args.synthetic)
+    else:
+        repair_part()
+    return 0
+
+
+if __name__ == '__main__':
+    raise SystemExit(main())
