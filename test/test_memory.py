@@ -612,6 +612,31 @@ def test_nearest_does_not_read_rows_under_min_similarity(tmp_path):
         assert store.get(rid).hits == 1  # the far record was not touched, the near one was
 
 
+def test_nearest_reuses_decoded_records_until_the_store_changes(tmp_path):
+    keys = np.eye(4, dtype=np.float32)
+    with ExperienceStore(str(tmp_path / 'm.db')) as store:
+        rid = store.add('vision', keys[0], latent=np.arange(6, dtype=np.float32).reshape(2, 3))
+        a = store.nearest('vision', keys[0], touch=False)[0]
+        b = store.nearest('vision', keys[0] + 0.5 * keys[1], touch=False)[0]
+        assert a.id == b.id == rid and a is not b
+        assert a.latent is b.latent                   # decoded once, shared
+        assert a.similarity == pytest.approx(1.0) and b.similarity < 0.95  # per query
+        b.similarity = 0.0                            # a caller's record is its own
+        assert store.nearest('vision', keys[0], touch=False)[0].similarity == pytest.approx(1.0)
+        # an insert (a sleep, an eviction: any row added or deleted) empties the cache
+        store.add('vision', keys[2], latent=np.zeros((2, 3), np.float32))
+        c = store.nearest('vision', keys[0], touch=False)[0]
+        assert c.id == rid and c.latent is not a.latent
+        np.testing.assert_array_equal(c.latent, a.latent)
+        # another process (the memory node's sleep) changes the file: a reader sees it
+        reader = ExperienceStore(str(tmp_path / 'm.db'), readonly=True)
+        r0 = reader.nearest('vision', keys[0], touch=False)[0]
+        assert reader.nearest('vision', keys[0], touch=False)[0].latent is r0.latent
+        store.add('vision', keys[3], latent=np.ones((2, 3), np.float32))
+        assert reader.nearest('vision', keys[0], touch=False)[0].latent is not r0.latent
+        reader.close()
+
+
 def test_recall_gate_backs_off_without_warm_starts_and_comes_back_with_one():
     from sage_irp_ros.plugins.memory.experience import RecallGate
     g = RecallGate(patience=3, max_interval=8)

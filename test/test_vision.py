@@ -330,6 +330,47 @@ def test_memory_warm_start_helps_the_same_place_and_ignores_others(plugin, tmp_p
     assert not info['used'] and 'shape' in info['why']
 
 
+def test_a_warm_start_halts_once_it_reaches_the_remembered_energy(plugin, tmp_path):
+    # VisionIRP.halt rule (2): after at least one step, a warm start whose energy is within
+    # recall_energy_tol of the remembered run's final energy halts 'confident'.
+    if plugin.cfg.refiner != 'propagate':
+        pytest.skip('only the propagate model is remembered')
+    from sage_irp_ros.core.plugin import Schedule
+    from sage_irp_ros.plugins.memory.experience import check_experience, run_experience
+    from sage_irp_ros.plugins.memory.store import ExperienceStore
+    p = VisionIRP(plugin.net, confident_frac=0.0)  # rule (1) never fires: rule (2) alone
+    cfg = p.halt_config()
+    img0 = scenes.revisit(scenes.MEMORY_VAL_SEED0 + 990, 0.7, 0)[0]
+    store = ExperienceStore(str(tmp_path / 'm.db'))
+    store.add(**check_experience(run_experience(p, refine(p, img0, None, config=cfg), 'vision')))
+    rec = store.nearest('vision', p.memory_key(*[p.init_state(img0).meta[k]
+                                                 for k in ('inject', 'box')]))[0]
+    img = scenes.revisit(scenes.MEMORY_VAL_SEED0 + 990, 0.7, 1)[0]
+
+    def states(energy, ctx=None):
+        rec.energy = energy
+        s0 = p.init_state(img, dict(ctx or {}, recall=lambda key: rec))
+        assert s0.meta['warm_start']['used']
+        s1 = p.step(s0, Schedule(0, cfg.max_steps, cfg.max_steps, 1.0))
+        return s0, s1, [p.energy(s0), p.energy(s1)]
+
+    s0, s1, e = states(10.0)                       # remembered energy far above: reached
+    assert p.halt(s0, e[:1]) is None               # never at step 0: the hint needs a step
+    assert p.halt(s1, e) == 'confident'
+    s0, s1, e = states(e[1] / 1.1)                 # within the 15 % tolerance
+    assert p.halt(s1, e) == 'confident'
+    s0, s1, e = states(e[1] / 1.3)                 # not yet
+    assert p.halt(s1, e) is None
+    s0, s1, e = states(10.0, {'confident': False})  # the run's 'confident' rules are off
+    assert p.halt(s1, e) is None
+    cold = p.init_state(img)                       # a cold start: rule (2) does not apply
+    assert p.halt(p.step(cold, Schedule(0, 8, 8, 1.0)), [1.0, 0.0]) is None
+    with pytest.raises(ValueError):
+        VisionIRP(plugin.net, recall_energy_tol=-0.1)
+    res = refine(p, img, {'recall': lambda key: rec}, config=cfg)
+    assert res.trace.steps >= 1 and res.trace.halt_reason in ('confident', 'slope<eps')
+
+
 def test_align_finds_the_shift_and_matches_a_brute_force_cosine():
     from sage_irp_ros.plugins.vision.plugin import _align
     g = torch.Generator().manual_seed(3)
