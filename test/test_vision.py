@@ -367,6 +367,8 @@ def test_a_warm_start_halts_once_it_reaches_the_remembered_energy(plugin, tmp_pa
     assert p.halt(p.step(cold, Schedule(0, 8, 8, 1.0)), [1.0, 0.0]) is None
     with pytest.raises(ValueError):
         VisionIRP(plugin.net, recall_energy_tol=-0.1)
+    with pytest.raises(ValueError):
+        VisionIRP(plugin.net, recall_shift=-1)
     res = refine(p, img, {'recall': lambda key: rec}, config=cfg)
     assert res.trace.steps >= 1 and res.trace.halt_reason in ('confident', 'slope<eps')
 
