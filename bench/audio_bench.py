@@ -18,6 +18,8 @@ Measured (``out/bench/audio.json``):
   per second of a 5 dB stream;
 - ``cpu_silence_ratio``: CPU of a stream that is 80 % silence (a quiet room-noise bed at
   -50 dBFS, which passes the level gate, so silero-vad runs) over the same length all speech;
+- ``wer_oracle_mask_<snr>db``: the noisy input through the ideal ratio mask computed from the
+  true speech and noise (:func:`oracle_masked`): the most any mask could give the recogniser;
 - ``wer_before_repair`` / ``wer_after_repair``: the 5 dB enhanced transcripts before and after
   the language node's repair of the words under the confidence threshold, masked as the node
   sends them (``[MASK:heard]``); ``wer_after_repair_plain_masks``: masked as plain ``[MASK]``.
@@ -78,6 +80,27 @@ def held_out_clips():
     return out
 
 
+def oracle_masked(speech: np.ndarray, mixture: np.ndarray, floor: float) -> np.ndarray:
+    """The mixture through the ideal ratio mask: what a perfect mask model would give.
+
+    ``sqrt(|S|^2 / (|S|^2 + |N|^2))`` per STFT bin (the plugin's STFT: 32 ms Hann, 16 ms hop),
+    from the true speech ``S`` and noise ``N = mixture - speech``, clamped to the plugin's mask
+    range ``[floor, 1]``, applied to the mixture with its phase. It reads the clean speech, so
+    it is an upper bound on what mask refinement can do for the recogniser, not a method.
+    """
+    win = torch.hann_window(dsp.N_FFT)
+
+    def stft(a):
+        return torch.stft(torch.as_tensor(a, dtype=torch.float32), dsp.N_FFT, dsp.HOP,
+                          window=win, center=True, return_complex=True)
+    S, Y = stft(speech), stft(mixture)
+    N = stft(np.asarray(mixture, np.float32) - np.asarray(speech, np.float32))
+    ps, pn = S.abs() ** 2, N.abs() ** 2
+    mask = torch.sqrt(ps / (ps + pn).clamp_min(1e-20)).clamp(floor, 1.0)
+    return torch.istft(Y * mask, dsp.N_FFT, dsp.HOP, window=win, center=True,
+                       length=len(mixture)).numpy().astype(np.float32)
+
+
 def main(argv=None) -> int:
     """Run the benchmark; write out/bench/audio.json (and the Pareto plot)."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -95,17 +118,17 @@ def main(argv=None) -> int:
     if args.quick:
         clips, snrs, k_max = clips[:2] + clips[5:7], (5, 20), 2
     noises = list(dsp.HELD_OUT_NOISES)
-    items, conds = [], []
+    items, conds, cleans = [], [], []
     for ci, (name, x, ref) in enumerate(clips):
         noise_name = noises[ci % len(noises)]
         noise = dsp.HELD_OUT_NOISES[noise_name](x.size, np.random.default_rng(100 + ci))
         for snr in (*snrs, None):
             y = x.copy() if snr is None else dsp.mix(x, noise, float(snr))
             peak = float(np.abs(y).max())
-            if peak > 0.99:
-                y = y / peak * 0.99
-            items.append(Item(x0=y, truth=(len(items), ref)))
+            gain = 0.99 / peak if peak > 0.99 else 1.0
+            items.append(Item(x0=(y * gain).astype(np.float32), truth=(len(items), ref)))
             conds.append({'clip': name, 'noise': noise_name, 'snr': snr})
+            cleans.append((x * gain).astype(np.float32))  # the speech in the mixture
 
     cache = {}
 
@@ -155,6 +178,11 @@ def main(argv=None) -> int:
         tag = 'clean' if snr is None else f'{snr}db'
         w_noisy = wer([refs[i] for i in ids], [hyps_noisy[i] for i in ids])
         w_enh = wer([refs[i] for i in ids], [hyps_ad[i] for i in ids])
+        if snr is not None:  # the ceiling of any mask: the ideal one, from the true speech
+            res[f'wer_oracle_mask_{tag}'] = round(wer(
+                [refs[i] for i in ids],
+                [norm(text_of(rec(oracle_masked(cleans[i], items[i].x0, plugin.floor))))
+                 for i in ids]), 4)
         if snr is None:
             res['wer_clean'] = round(w_noisy, 4)
             res['wer_clean_enhanced'] = round(w_enh, 4)

@@ -64,6 +64,7 @@ class AudioIRP(IRPPlugin):
     #: bands, mean removed) or 'lsd' (log-spectral distance), as the weights were trained.
     objective = 'lsd'
     ENERGY_NAMES = {'mel': 'predicted mel distance to clean speech',
+                    'mel_irm': 'predicted mel distance to clean speech',
                     'lsd': 'predicted log-spectral distance to clean speech'}
 
     @property

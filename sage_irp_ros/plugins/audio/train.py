@@ -9,8 +9,12 @@ types are held out), plus clean speech (20 % of the items). The network is unrol
 distance of every step's estimate in the recogniser's mel bands (each band's mean removed, as
 its cepstral mean normalisation does) with a small compressed-magnitude term, plus the error
 head's regression onto that true distance (dB) of every step's input estimate (the energy of
-the plugin); ``--objective lsd``: the compressed-magnitude error and the log-spectral distance
-(the first model).
+the plugin); ``--objective mel_irm``: the same plus ``IRM_WEIGHT`` x the squared error of every
+step's mask to the ideal ratio mask of the mixture (tried, not better on validation:
+docs/AUDIO.md); ``--objective lsd``: the compressed-magnitude error and the log-spectral
+distance (the first model). A batch whose loss or gradient is not finite is skipped (counted
+in the JSON as ``skipped_non_finite_batches``): long runs of the recipe otherwise ended in NaN
+weights.
 
     python -m sage_irp_ros.plugins.audio.train --seed 0 --minutes 7
 
@@ -49,7 +53,9 @@ LSD_FLOOR = 1e-4
 #: powers 50 dB under the clean utterance's loudest band count as equal.
 MEL = torch.from_numpy(mel_filterbank())
 MEL_FLOOR = 1e-5
-OBJECTIVES = ('mel', 'lsd')
+OBJECTIVES = ('mel', 'mel_irm', 'lsd')
+#: Weight of the ideal-ratio-mask term of ``--objective mel_irm``.
+IRM_WEIGHT = 0.1
 
 
 def stft(x: torch.Tensor) -> torch.Tensor:
@@ -80,7 +86,7 @@ def mel_dist_db(est_mag: torch.Tensor, clean_mag: torch.Tensor) -> torch.Tensor:
     return d.square().mean(dim=1).sqrt()
 
 
-DISTANCES = {'mel': mel_dist_db, 'lsd': lsd_db}
+DISTANCES = {'mel': mel_dist_db, 'mel_irm': mel_dist_db, 'lsd': lsd_db}
 
 
 def make_item(rng, utts, seg):
@@ -117,6 +123,10 @@ def run_steps(model, noisy, clean, unroll, objective='mel'):
     dist = DISTANCES[objective]
     X, S = stft(noisy), stft(clean)
     xm, sm = X.abs(), S.abs()
+    irm = None
+    if objective == 'mel_irm':  # the ideal ratio mask of the mixture, in the mask's range
+        pn = stft(noisy - clean).abs().square()
+        irm = (sm.square() / (sm.square() + pn).clamp_min(1e-20)).sqrt().clamp(0.05, 1.0)
     scale = xm.amax(dim=(1, 2), keepdim=True).clamp_min(1e-8)
     logx = log_power(xm)
     mask = torch.ones_like(xm)
@@ -126,8 +136,10 @@ def run_steps(model, noisy, clean, unroll, objective='mel'):
         true = dist(mask.detach() * xm, sm)
         loss_e = loss_e + (err - true).square().mean() / 25.0
         mag = ((nxt * xm / scale + 1e-8) ** 0.3 - (sm / scale + 1e-8) ** 0.3).square().mean()
-        if objective == 'mel':
+        if objective in ('mel', 'mel_irm'):
             loss_m = loss_m + 0.3 * mag + 0.003 * dist(nxt * xm, sm).mean()
+            if irm is not None:
+                loss_m = loss_m + IRM_WEIGHT * (nxt - irm).square().mean()
         else:
             loss_m = loss_m + mag
         mask = nxt
@@ -167,6 +179,7 @@ def main(argv=None) -> int:
     t_train = time.time()
     budget = args.minutes * 60
     it = 0
+    skipped = 0
     ema = None
     while time.time() - t_train < budget:
         frac = (time.time() - t_train) / budget
@@ -177,9 +190,14 @@ def main(argv=None) -> int:
         clean = torch.from_numpy(np.stack([p[1] for p in pairs]))
         lm, le, lsd = run_steps(model, noisy, clean, args.unroll, args.objective)
         loss = lm * 100 + le
+        if not torch.isfinite(loss):  # a bad batch must not turn the weights into NaN
+            skipped += 1
+            continue
         opt.zero_grad()
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        if not torch.isfinite(torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)):
+            skipped += 1
+            continue
         opt.step()
         it += 1
         cur = (lm.item() * 100, le.item(), lsd)
@@ -193,7 +211,8 @@ def main(argv=None) -> int:
     meta = {'seed': args.seed, 'command': 'python -m sage_irp_ros.plugins.audio.train '
             + ' '.join(sys.argv[1:] if argv is None else argv),
             'hidden': args.hidden, 'iterations': it, 'train_seconds': round(time.time() - t0),
-            'utterances': len(utts), 'final_loss_mask': round(ema[0], 4),
+            'utterances': len(utts), 'skipped_non_finite_batches': skipped,
+            'final_loss_mask': round(ema[0], 4),
             'final_loss_err': round(ema[1], 4), 'objective': args.objective,
             f'final_{args.objective}_db': round(ema[2], 3),
             'train_noises': sorted(TRAIN_NOISES) + ['babble'], 'train_snrs_db': TRAIN_SNRS,
