@@ -2,6 +2,7 @@
 
     python bench/memory_bench.py [--places 20] [--day1 20] [--day2 4] [--norecur 80]
                                  [--n-sleep 10000] [--threads 1] [--out out/bench/memory.json]
+                                 [--validation] [--recall-energy-tol T] [--recall-shift S]
 
 The robot's days, as the node host and the memory node run them (ROS-free here, same code:
 ``VisionIRP`` with ``ctx['recall']`` backed by an ``ExperienceStore``, experiences stored from
@@ -23,6 +24,8 @@ The robot's days, as the node host and the memory node run them (ROS-free here, 
 4. **Day 2, no recurrence**: ``--norecur`` places never seen, cold and with the same memory:
    ``atp_delta_norecur`` = ATP(with memory) / ATP(cold) - 1 (the lookup is paid, hints about
    other places must be ignored), and their mIoU and steps.
+   ``lookup_ms_recurring``: the median ms of the look-up's parts in the after-sleep runs (the
+   plugin's key, the store's search, the warm start's checks and alignment), timed in place.
 5. **Recall**: recall@1 of the day-2 recurring frames (the nearest record is of the same
    place) in the store before sleep (a copy) and after; ``recall_ratio`` = after / before.
 6. **Sleep at scale** (``--n-sleep``): that many stored vision experiences (held-out places,
@@ -116,6 +119,47 @@ def timed_with(plugin, img, gate, recall, config):
     if asked:
         gate.observe(res.state.meta.get('warm_start'))
     return res, ms
+
+
+class LookupTimer:
+    """Times the parts of a warm start's look-up on one plugin instance (ms per call).
+
+    Wraps the instance's ``memory_key`` and ``warm_start`` (the hint's checks and its
+    alignment) and a ``recall`` callable (the store's search): the same calls, timed where
+    they run, inside the runs. ``report()``: the median of each part over the runs it saw.
+    """
+
+    def __init__(self, plugin):
+        """Wrap ``plugin``'s key and warm start (instance attributes: the class is untouched)."""
+        self.ms = {'key': [], 'search': [], 'warm_start': []}
+        for name, part in (('memory_key', 'key'), ('warm_start', 'warm_start')):
+            setattr(plugin, name, self._timed(getattr(plugin, name), part))
+
+    def _timed(self, fn, part):
+        def wrapped(*a, **k):
+            t = time.perf_counter()
+            try:
+                return fn(*a, **k)
+            finally:
+                self.ms[part].append((time.perf_counter() - t) * 1e3)
+        return wrapped
+
+    def recall(self, recall):
+        """Return ``recall`` timed as the search."""
+        return self._timed(recall, 'search')
+
+    def clear(self) -> None:
+        """Forget what was timed so far."""
+        for v in self.ms.values():
+            v.clear()
+
+    def report(self) -> dict:
+        """Median ms of each part and of their sum per look-up, with the count."""
+        out = {k: round(float(np.median(v)), 4) for k, v in self.ms.items() if v}
+        out['n'] = len(self.ms['search'])
+        if out['n']:
+            out['sum_of_medians'] = round(sum(out[k] for k in self.ms if k in out), 4)
+        return out
 
 
 def experience_of(plugin, res, place_id=None):
@@ -231,6 +275,11 @@ def main(argv=None) -> int:
                     help='validation seeds instead of held-out ones (for choosing thresholds)')
     ap.add_argument('--recall-similarity', type=float, default=None)
     ap.add_argument('--recall-agreement', type=float, default=None)
+    ap.add_argument('--recall-energy-tol', type=float, default=None,
+                    help="VisionIRP's recall_energy_tol (when a warm start has reached the "
+                         "remembered run's energy; chosen on validation)")
+    ap.add_argument('--recall-shift', type=int, default=None,
+                    help="VisionIRP's recall_shift (the hint's alignment search, in cells)")
     ap.add_argument('--control-maps', type=int, default=5,
                     help='held-out maps per kind for the control warm starts (0: skip)')
     ap.add_argument('--size-weight', type=float, default=1.0,
@@ -240,7 +289,9 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     t_all = time.perf_counter()
     kw = {k: v for k, v in (('recall_similarity', args.recall_similarity),
-                            ('recall_agreement', args.recall_agreement)) if v is not None}
+                            ('recall_agreement', args.recall_agreement),
+                            ('recall_energy_tol', args.recall_energy_tol),
+                            ('recall_shift', args.recall_shift)) if v is not None}
     plugin = VisionIRP.from_checkpoint(args.weights, **kw)
     if plugin.cfg.task != 'tags':
         raise SystemExit('the memory benchmark needs the tags/propagate vision model')
@@ -280,10 +331,13 @@ def main(argv=None) -> int:
         after = store.stats()
 
         # --- day 2: recurring, cold and after sleep, interleaved; memory looked up as the node
-        # host does (RecallGate: on every input while it gives warm starts, fewer when not)
+        # host does (RecallGate: on every input while it gives warm starts, fewer when not).
+        # The look-up's parts are timed inside these runs (LookupTimer; ATP includes them).
         cold, warm = Day(C), Day(C)
         gate = RecallGate()
         frames = []
+        parts = LookupTimer(plugin)
+        timed_recall = parts.recall(recall)
         for v in range(args.day1, args.day1 + args.day2):
             for i in range(args.places):
                 s, d = place(seed0, i)
@@ -291,8 +345,10 @@ def main(argv=None) -> int:
                 frames.append((img, s))
                 order = ((cold, None), (warm, gate))
                 for day, g in (order if (v + i) % 2 == 0 else order[::-1]):
-                    res, ms = timed_with(plugin, img, g, recall, config)
+                    res, ms = timed_with(plugin, img, g, timed_recall, config)
                     day.add(res, gt, ms)
+        lookup_ms = parts.report()
+        parts.clear()
 
         # --- day 2: places never seen
         ncold, nwarm = Day(C), Day(C)
@@ -375,9 +431,12 @@ def main(argv=None) -> int:
         'stream': {'places': args.places, 'day1_visits': args.day1, 'day2_visits': args.day2,
                    'norecur_places': args.norecur, 'max_shift_px': 3,
                    'seeds': f'{"validation" if args.validation else "held-out"} {seed0} ..'},
+        'lookup_ms_recurring': lookup_ms,
         'sleep_size_weight': sleeper().size_weight,
         'warm_start': {'recall_similarity': plugin.recall_similarity,
                        'recall_agreement': plugin.recall_agreement,
+                       'recall_energy_tol': plugin.recall_energy_tol,
+                       'recall_shift': plugin.recall_shift,
                        'recall_gate': {'patience': gate.patience,
                                        'max_interval': gate.max_interval,
                                        'recurring_asked': gate.asked,

@@ -779,7 +779,7 @@ class ExperienceStore:
 
         A robot at a place it knows asks for the same few records input after input: the
         cache (the ``RECORD_CACHE`` most recently returned) saves reading and decoding the
-        latent each time (0.2 -> 0.05 ms a look-up of a 64 KB vision latent on this CPU). Any
+        latent (64 KB for a vision latent) each time. Any
         insert or delete (a new experience, a sleep, an eviction) changes ``gen`` and empties
         it. A cached record's ``hits`` and ``last_used`` are those of its first read, and its
         arrays are shared by every caller: read them, do not modify them.

@@ -267,11 +267,10 @@ class VisionIRP(IRPPlugin):
         frame can see its tags, is ignored. The start is then ``max(z0, aligned hint)``: the
         encoder's own evidence is never lost; the first step moves what the shift left off.
         (Weighting the hint by this frame's "object" probability, and searching 3 cells, were
-        tried on validation streams: fewer steps saved, no better mIoU. Searching 1 cell
-        costs a third of searching 2, 0.2 ms less a warm start, with the same steps, but mIoU
-        0.12 points lower over 80 validation places and 1 point lower on the 10 hard ones of
-        ``test_memory_warm_start_helps_the_same_place_and_ignores_others``: not the default.
-        docs/MEMORY.md.) Returns the latent and the ``warm_start`` record
+        tried on validation streams: fewer steps saved, no better mIoU. Searching 1 cell is
+        cheaper, with the same steps on the validation stream, but it fails the 1-point
+        quality bound of ``test_memory_warm_start_helps_the_same_place_and_ignores_others``
+        on hard places seen once: not the default. docs/MEMORY.md.) Returns the latent and the ``warm_start`` record
         for telemetry (``used``, ``similarity``, ``source``, ``id``, and why not).
         """
         lat, info = recalled_hint(record, self.recall_similarity)
@@ -368,8 +367,9 @@ class VisionIRP(IRPPlugin):
         until one step has moved them onto this frame's evidence (stopping a warm start at
         step 0 cost 1.4 mIoU points on validation streams, one step 0.2). Without rule (2) a
         warm start waited for the slope rule, about 1.5 steps; the tolerance, 0.15, was
-        chosen on validation streams (0: 1.19 steps, 0.15: 0.90, 0.3: 0.88, mIoU within 0.05
-        points of each other): docs/MEMORY.md.
+        chosen on the validation stream (``bench/memory_bench.py --validation
+        --recall-energy-tol T``; 0: 1.19 steps, 0.15: 0.90, 0.3: 0.88, mIoU within 0.04 points
+        of each other): docs/MEMORY.md.
         """
         m = state.meta
         if not m['confident_rule']:  # off for this plugin or run: both rules
