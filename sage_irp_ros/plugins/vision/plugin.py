@@ -270,8 +270,9 @@ class VisionIRP(IRPPlugin):
         tried on validation streams: fewer steps saved, no better mIoU. Searching 1 cell is
         cheaper, with the same steps on the validation stream, but it fails the 1-point
         quality bound of ``test_memory_warm_start_helps_the_same_place_and_ignores_others``
-        on hard places seen once: not the default. docs/MEMORY.md.) Returns the latent and the ``warm_start`` record
-        for telemetry (``used``, ``similarity``, ``source``, ``id``, and why not).
+        on hard places seen once: not the default. docs/MEMORY.md.) Returns the latent and
+        the ``warm_start`` record for telemetry (``used``, ``similarity``, ``source``, ``id``,
+        and why not).
         """
         lat, info = recalled_hint(record, self.recall_similarity)
         if lat is None:
