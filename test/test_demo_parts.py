@@ -245,6 +245,9 @@ def test_summarize_from_registry_hooks():
     assert s['quality']['value'] == 0.6667 and s['atp_granted_by_orchestrator'] == 7.0
     table = scoring.format_table(out)
     assert 'language' in table and 'token_accuracy 0.667 (n=2)' in table
+    header, _, row = table.splitlines()
+    assert [c.strip() for c in header.split('|')][1:4] == ['inputs', 'received', 'answered']
+    assert [c.strip() for c in row.split('|')][1:4] == ['2', '2', '2']
     golden = scoring.golden_of({'bag': 'b', 'rate': 1.0, 'mode': 'regression', 'plugins': out})
     assert golden['plugins']['language'] == {'inputs': 2, 'answered': 2, 'mean_steps': 3.0,
                                              'quality': {'metric': 'token_accuracy',

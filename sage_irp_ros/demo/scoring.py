@@ -119,14 +119,20 @@ def summarize(plugins: Sequence[PluginSpec], recorded, truth, sent, counters, ma
 
 
 def format_table(plugins: dict) -> str:
-    """Return the summary table (``summary['plugins']``) as text."""
-    cols = ('plugin', 'inputs', 'answered', 'dropped', 'mean steps', 'max', 'saved',
+    """Return the summary table (``summary['plugins']``) as text.
+
+    ``received`` is the node's own count (``-`` when it did not report one): an input sent but
+    not received was lost in transport; one received but neither answered nor dropped was lost
+    in the node.
+    """
+    cols = ('plugin', 'inputs', 'received', 'answered', 'dropped', 'mean steps', 'max', 'saved',
             'halt reasons', 'quality', 'ATP granted', 'ATP spent', 'trust')
     rows = []
     for name, s in plugins.items():
         q = s['quality']
         rows.append((
-            name, str(s['inputs']), str(s['answered']), str(s['dropped_stale']),
+            name, str(s['inputs']), '-' if s['received'] < 0 else str(s['received']),
+            str(s['answered']), str(s['dropped_stale']),
             '-' if s['mean_steps'] is None else f'{s["mean_steps"]:.2f}', str(s['max_steps']),
             '-' if s['compute_saved'] is None else f'{100 * s["compute_saved"]:.0f} %',
             ', '.join(f'{h} {n}' for h, n in s['halt_reasons'].items()) or '-',
