@@ -47,6 +47,7 @@ from sage_irp_ros.core.loop import refine  # noqa: E402
 from sage_irp_ros.core.pareto import Item, sweep  # noqa: E402
 from sage_irp_ros.core.plugin import HaltConfig  # noqa: E402
 from sage_irp_ros.plugins.audio import dsp  # noqa: E402
+from sage_irp_ros.plugins.audio.model import ideal_ratio_mask  # noqa: E402
 from sage_irp_ros.plugins.audio.plugin import load_default  # noqa: E402
 from sage_irp_ros.plugins.audio.recognize import (  # noqa: E402
     Recogniser,
@@ -55,6 +56,7 @@ from sage_irp_ros.plugins.audio.recognize import (  # noqa: E402
 )
 from sage_irp_ros.plugins.audio.recognize import corpus_wer as wer  # noqa: E402
 from sage_irp_ros.plugins.audio.recognize import wer_words as norm  # noqa: E402
+from sage_irp_ros.plugins.audio.train import stft  # noqa: E402
 from sage_irp_ros.plugins.audio.vad import Segmenter  # noqa: E402
 
 TESTDATA = '/usr/share/pocketsphinx/test/data'
@@ -83,22 +85,17 @@ def held_out_clips():
 def oracle_masked(speech: np.ndarray, mixture: np.ndarray, floor: float) -> np.ndarray:
     """The mixture through the ideal ratio mask: what a perfect mask model would give.
 
-    ``sqrt(|S|^2 / (|S|^2 + |N|^2))`` per STFT bin (the plugin's STFT: 32 ms Hann, 16 ms hop),
-    from the true speech ``S`` and noise ``N = mixture - speech``, clamped to the plugin's mask
-    range ``[floor, 1]``, applied to the mixture with its phase. It reads the clean speech, so
-    it is an upper bound on what mask refinement can do for the recogniser, not a method.
+    ``model.ideal_ratio_mask`` of the true speech ``S`` and noise ``N = mixture - speech`` on
+    the plugin's STFT (32 ms Hann, 16 ms hop; ``train.stft``), in the plugin's mask range
+    ``[floor, 1]``, applied to the mixture with its phase. It reads the clean speech, so it is
+    an upper bound on what mask refinement can do for the recogniser, not a method.
     """
-    win = torch.hann_window(dsp.N_FFT)
-
-    def stft(a):
-        return torch.stft(torch.as_tensor(a, dtype=torch.float32), dsp.N_FFT, dsp.HOP,
-                          window=win, center=True, return_complex=True)
-    S, Y = stft(speech), stft(mixture)
-    N = stft(np.asarray(mixture, np.float32) - np.asarray(speech, np.float32))
-    ps, pn = S.abs() ** 2, N.abs() ** 2
-    mask = torch.sqrt(ps / (ps + pn).clamp_min(1e-20)).clamp(floor, 1.0)
-    return torch.istft(Y * mask, dsp.N_FFT, dsp.HOP, window=win, center=True,
-                       length=len(mixture)).numpy().astype(np.float32)
+    s = torch.as_tensor(speech, dtype=torch.float32)
+    y = torch.as_tensor(mixture, dtype=torch.float32)
+    Y = stft(y)
+    mask = ideal_ratio_mask(stft(s).abs(), stft(y - s).abs(), floor)
+    return torch.istft(Y * mask, dsp.N_FFT, dsp.HOP, window=torch.hann_window(dsp.N_FFT),
+                       center=True, length=len(mixture)).numpy().astype(np.float32)
 
 
 def main(argv=None) -> int:

@@ -274,6 +274,7 @@ class IRPNodeHost(ManagedNode):
         self.mailbox: Mailbox = default_mailbox()
         self.memory_mode = MEMORY_OFF
         self._recall_gate = None  # memory's RecallGate (configure)
+        self._recall_min_similarity = None  # the plugin's recall_threshold (configure)
         self._experience_pub = None
         self._memory_lock = threading.Lock()
         self._reader = None  # read-only ExperienceStore for warm starts (cached)
@@ -531,10 +532,11 @@ class IRPNodeHost(ManagedNode):
         if mode not in MEMORY_MODES:
             raise ValueError(f'memory must be one of {", ".join(MEMORY_MODES)}, got {mode!r}')
         self.memory_mode = mode
-        from sage_irp_ros.plugins.memory.experience import RecallGate
+        from sage_irp_ros.plugins.memory.experience import RecallGate, recall_threshold
         self._recall_gate = RecallGate(
             max_interval=self.get_parameter('recall_max_interval').value)
         self.plugin = self.create_plugin()
+        self._recall_min_similarity = recall_threshold(self.plugin)
         self._declare_halt_parameters(self.plugin.halt_config())
         self._halt_config = self._read_halt_config({})
         if self._priced_for != (device, precision):
@@ -886,7 +888,6 @@ class IRPNodeHost(ManagedNode):
         Never raises: a missing or damaged store, or a key the store cannot search by, is
         logged (once per outage), counted, and the run starts cold.
         """
-        from sage_irp_ros.plugins.memory.experience import recall_threshold
         with self._lock:
             self.counters.recalls += 1
         store = self._memory_reader()
@@ -894,7 +895,7 @@ class IRPNodeHost(ManagedNode):
             return None
         try:
             hits = store.nearest(self.spec.name, key, k=1, touch=False,
-                                 min_similarity=recall_threshold(self.plugin))
+                                 min_similarity=self._recall_min_similarity)
         except ValueError as exc:  # the plugin's key (NaN, all zeros, not 1-D)
             with self._lock:
                 self.counters.experience_errors += 1

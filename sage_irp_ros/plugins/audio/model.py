@@ -20,6 +20,21 @@ from torch import nn
 
 from sage_irp_ros.plugins.audio.dsp import N_BINS
 
+#: The lowest mask value (about -26 dB): the plugin's default floor, and the ideal mask's.
+MASK_FLOOR = 0.05
+
+
+def ideal_ratio_mask(speech_mag: torch.Tensor, noise_mag: torch.Tensor,
+                     floor: float = MASK_FLOOR) -> torch.Tensor:
+    """Return the ideal ratio mask ``sqrt(|S|^2 / (|S|^2 + |N|^2))`` per bin, in [floor, 1].
+
+    Computed from the true speech and noise magnitudes, so it is no method: the training target
+    of ``train.py --objective mel_irm``, and the benchmark's ceiling of any mask
+    (``bench/audio_bench.py``, ``wer_oracle_mask_*``).
+    """
+    ps, pn = speech_mag.square(), noise_mag.square()
+    return (ps / (ps + pn).clamp_min(1e-20)).sqrt().clamp(floor, 1.0)
+
 
 class MaskRefiner(nn.Module):
     """One step of mask refinement and the error (energy) of the current estimate."""

@@ -16,7 +16,7 @@ import torch
 
 from sage_irp_ros.core.plugin import HALT_CONFIDENT, HaltConfig, IRPPlugin, IRPState, Schedule
 from sage_irp_ros.plugins.audio.dsp import HOP, N_FFT, RATE
-from sage_irp_ros.plugins.audio.model import MaskRefiner, log_power
+from sage_irp_ros.plugins.audio.model import MASK_FLOOR, MaskRefiner, log_power
 
 WEIGHTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'weights')
 DEFAULT_WEIGHTS = os.path.join(WEIGHTS_DIR, 'enhancer.pt')
@@ -73,7 +73,7 @@ class AudioIRP(IRPPlugin):
         return self.ENERGY_NAMES.get(self.objective, self.objective)
 
     def __init__(self, model: MaskRefiner, version: str = '1', halt_db: float = 3.0,
-                 floor: float = 0.05, device: str = 'cpu'):
+                 floor: float = MASK_FLOOR, device: str = 'cpu'):
         self.model = model.to(device).eval()
         self.version = version
         self.halt_db = float(halt_db)

@@ -42,7 +42,7 @@ from sage_irp_ros.plugins.audio.dsp import (
     mel_filterbank,
     mix,
 )
-from sage_irp_ros.plugins.audio.model import MaskRefiner, log_power
+from sage_irp_ros.plugins.audio.model import MaskRefiner, ideal_ratio_mask, log_power
 from sage_irp_ros.plugins.audio.speech import make_speech
 
 WEIGHTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'weights')
@@ -125,8 +125,7 @@ def run_steps(model, noisy, clean, unroll, objective='mel'):
     xm, sm = X.abs(), S.abs()
     irm = None
     if objective == 'mel_irm':  # the ideal ratio mask of the mixture, in the mask's range
-        pn = stft(noisy - clean).abs().square()
-        irm = (sm.square() / (sm.square() + pn).clamp_min(1e-20)).sqrt().clamp(0.05, 1.0)
+        irm = ideal_ratio_mask(sm, stft(noisy - clean).abs())
     scale = xm.amax(dim=(1, 2), keepdim=True).clamp_min(1e-8)
     logx = log_power(xm)
     mask = torch.ones_like(xm)
