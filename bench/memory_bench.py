@@ -24,6 +24,8 @@ The robot's days, as the node host and the memory node run them (ROS-free here, 
 4. **Day 2, no recurrence**: ``--norecur`` places never seen, cold and with the same memory:
    ``atp_delta_norecur`` = ATP(with memory) / ATP(cold) - 1 (the lookup is paid, hints about
    other places must be ignored), and their mIoU and steps.
+   ``fixed_cold_recurring``: the same frames refined cold for a fixed 1 and 2 steps (no
+   halting): the simple baseline at about the warm runs' compute.
    ``lookup_ms_recurring``: the median ms of the look-up's parts in the after-sleep runs (the
    plugin's key, the store's search, the warm start's checks and alignment), timed in place.
 5. **Recall**: recall@1 of the day-2 recurring frames (the nearest record is of the same
@@ -338,6 +340,8 @@ def main(argv=None) -> int:
         frames = []
         parts = LookupTimer(plugin)
         timed_recall = parts.recall(recall)
+        # the simple baseline at the warm runs' compute: cold runs of a fixed 1 or 2 steps
+        fixed = {k: Day(C) for k in (1, 2)}
         for v in range(args.day1, args.day1 + args.day2):
             for i in range(args.places):
                 s, d = place(seed0, i)
@@ -346,6 +350,9 @@ def main(argv=None) -> int:
                 order = ((cold, None), (warm, gate))
                 for day, g in (order if (v + i) % 2 == 0 else order[::-1]):
                     res, ms = timed_with(plugin, img, g, timed_recall, config)
+                    day.add(res, gt, ms)
+                for k, day in fixed.items():
+                    res, ms = timed(plugin, img, {'confident': False}, plugin.no_halt_config(k))
                     day.add(res, gt, ms)
         lookup_ms = parts.report()
         parts.clear()
@@ -410,6 +417,7 @@ def main(argv=None) -> int:
         'miou_delta_recurring': round(100.0 * (w['miou'] - c['miou']), 3),
         'steps_saving_recurring': round(1.0 - w['steps_mean'] / max(c['steps_mean'], 1e-9), 4),
         'atp_delta_norecur': round(nw['atp_mean_ms'] / nc['atp_mean_ms'] - 1.0, 4),
+        'fixed_cold_recurring': {f'k={k}': d.report() for k, d in fixed.items()},
         'miou_delta_norecur': round(100.0 * (nw['miou'] - nc['miou']), 3),
         'steps_delta_norecur': round(nw['steps_mean'] - nc['steps_mean'], 3),
         'compression_ratio': round(before['bytes_used'] / max(after['bytes_used'], 1), 3),
