@@ -282,6 +282,9 @@ def main(argv=None) -> int:
                          "remembered run's energy; chosen on validation)")
     ap.add_argument('--recall-shift', type=int, default=None,
                     help="VisionIRP's recall_shift (the hint's alignment search, in cells)")
+    ap.add_argument('--eager-encoder', action='store_true',
+                    help="VisionIRP(compile_encoder=False): the encoder as plain PyTorch "
+                         '(the default runs it compiled on a CPU)')
     ap.add_argument('--control-maps', type=int, default=5,
                     help='held-out maps per kind for the control warm starts (0: skip)')
     ap.add_argument('--size-weight', type=float, default=1.0,
@@ -294,7 +297,7 @@ def main(argv=None) -> int:
                             ('recall_agreement', args.recall_agreement),
                             ('recall_energy_tol', args.recall_energy_tol),
                             ('recall_shift', args.recall_shift)) if v is not None}
-    plugin = VisionIRP.from_checkpoint(args.weights, **kw)
+    plugin = VisionIRP.from_checkpoint(args.weights, compile_encoder=not args.eager_encoder, **kw)
     if plugin.cfg.task != 'tags':
         raise SystemExit('the memory benchmark needs the tags/propagate vision model')
     C = len(plugin.classes)
@@ -452,6 +455,7 @@ def main(argv=None) -> int:
                                        'norecur_asked': ngate.asked,
                                        'norecur_skipped': ngate.skipped}},
         'atp': 'wall ms of the whole run (recall, encoding, steps, decoding), batch 1',
+        'encoder_compiled': plugin.encoder_compiled,
         'device': 'cpu', 'device_name': platform.processor() or platform.machine(),
         'torch_threads': torch.get_num_threads(), 'torch': torch.__version__,
         'command': 'python bench/memory_bench.py ' + ' '.join(sys.argv[1:] if argv is None

@@ -391,3 +391,28 @@ def test_align_finds_the_shift_and_matches_a_brute_force_cosine():
             best = max(best, float(a @ b / (a.norm() * b.norm()).clamp_min(1e-12)))
     assert abs(best - agree) < 1e-5
     assert _align(torch.zeros(1, 6, 12, 12), hint, 2)[2] == 0.0
+
+
+def test_the_compiled_encoder_gives_the_eager_runs_and_falls_back_when_it_cannot_apply(plugin):
+    # On a CPU the plugin runs its encoder as a frozen TorchScript graph (compile_encoder):
+    # the same masks, steps and energies as the eager encoder, on frames of other sizes too.
+    from sage_irp_ros.plugins.vision.plugin import compile_encoder_cpu
+    if plugin.cfg.refiner != 'propagate':
+        pytest.skip('only the propagate model is compiled')
+    fast = VisionIRP(plugin.net)
+    eager = VisionIRP(plugin.net, compile_encoder=False)
+    assert fast.encoder_compiled and not eager.encoder_compiled
+    assert VisionIRP(plugin.net)._encode is fast._encode  # one graph per set of weights
+    rng = np.random.default_rng(5)
+    imgs = [scenes.revisit(scenes.MEMORY_VAL_SEED0 + 7, 0.6, 0)[0],
+            rng.integers(0, 256, (480, 640, 3), dtype=np.uint8),
+            rng.integers(0, 256, (37, 90, 3), dtype=np.uint8)]
+    for img in imgs:
+        a = refine(fast, img, None, config=fast.halt_config())
+        b = refine(eager, img, None, config=eager.halt_config())
+        assert np.array_equal(a.output, b.output)
+        assert a.trace.steps == b.trace.steps
+        assert np.allclose(a.trace.energies, b.trace.energies, atol=1e-5)
+    # what it does not apply to stays eager: half precision, the older residual models
+    assert compile_encoder_cpu(plugin.net, torch.float16) is None
+    assert compile_encoder_cpu(torch.nn.Conv2d(3, 3, 1)) is None

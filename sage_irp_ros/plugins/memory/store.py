@@ -818,8 +818,8 @@ class ExperienceStore:
         ``summary`` None) and is not touched; a caller that would not use it pays no read of its
         latent.
         """
-        kb, dim = pack_key(key)
-        q = unpack_key(kb)
+        q = check_key(key)  # float32, the values pack_key stores
+        dim = int(q.size)
         q = q / np.linalg.norm(q)
         if k < 1:
             return []
@@ -834,7 +834,8 @@ class ExperienceStore:
                 if len(ids) == 0:
                     continue
                 sims = mat @ q
-                top = np.argpartition(-sims, min(k, len(ids)) - 1)[:k]
+                top = ([int(np.argmax(sims))] if k == 1
+                       else np.argpartition(-sims, min(k, len(ids)) - 1)[:k])
                 cands += [(-float(sims[i]), order, int(ids[i]), source) for i in top]
             cands.sort()
             out = []

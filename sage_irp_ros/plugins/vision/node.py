@@ -53,6 +53,10 @@ class VisionIRPNode(IRPNodeHost):
         self.declare_parameter('unknown_output', 'mask', descriptor(
             'What to publish for a frame flagged unknown: "mask" (as usual), "none" (no mask, '
             'no overlay) or "unknown" (an all-unknown mask, every pixel 255)'))
+        self.declare_parameter('compile_encoder', True, descriptor(
+            'On a CPU device, run the encoder as a frozen TorchScript graph optimised for '
+            'inference (checked against the eager encoder at load; eager when it differs)',
+            read_only=True))
         self.declare_parameter('max_input_pixels', 4096 * 4096, descriptor(
             'Largest accepted image (width * height)', read_only=True,
             int_range=(1, 1 << 30)))
@@ -60,16 +64,19 @@ class VisionIRPNode(IRPNodeHost):
     def create_plugin(self) -> VisionIRP:
         """Load the model on the configured device and precision."""
         path = self.get_parameter('model_path').value or DEFAULT_WEIGHTS
+        compiled = bool(self.get_parameter('compile_encoder').value)
         plugin = self.load_file_parameter(
             'model_path', DEFAULT_WEIGHTS,
             lambda p: VisionIRP.from_checkpoint(p, device=self.device,
-                                                precision=self.precision))
+                                                precision=self.precision,
+                                                compile_encoder=compiled))
         names = [n for n in self.get_parameter('class_names').value if n]
         if names and len(names) != len(plugin.classes):
             raise ValueError(f'class_names has {len(names)} entries but the model has '
                              f'{len(plugin.classes)} classes {plugin.classes}')
         self.class_names = tuple(names) if names else plugin.classes
-        self.get_logger().info(f'vision model {path}: classes {self.class_names}')
+        self.get_logger().info(f'vision model {path}: classes {self.class_names}, encoder '
+                               f"{'compiled' if plugin.encoder_compiled else 'eager'}")
         return plugin
 
     def decode(self, msg) -> Tuple[Any, Optional[Mapping[str, Any]]]:

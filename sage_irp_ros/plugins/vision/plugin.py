@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import os
+import threading
+from collections import OrderedDict
 from typing import Any, Mapping, Optional, Tuple
 
 import numpy as np
@@ -18,7 +22,7 @@ from sage_irp_ros.core.plugin import (
     Schedule,
     recalled_hint,
 )
-from sage_irp_ros.plugins.vision.model import VisionConfig, load_checkpoint
+from sage_irp_ros.plugins.vision.model import PropagationNet, VisionConfig, load_checkpoint
 from sage_irp_ros.plugins.vision.unknown import (
     UnknownDetector,
     class_doubt,
@@ -77,7 +81,8 @@ class VisionIRP(IRPPlugin):
                  confident: bool = True, confident_frac: Optional[float] = None,
                  unknown: Optional[UnknownDetector] = None, pad: str = 'stride',
                  recall_similarity: float = 0.8, recall_agreement: float = 0.5,
-                 recall_energy_tol: float = 0.15, recall_shift: int = 2):
+                 recall_energy_tol: float = 0.15, recall_shift: int = 2,
+                 compile_encoder: bool = True):
         """Wrap a trained ``net`` on ``device`` ('cpu', 'cuda', 'cuda:1', ...) at ``precision``.
 
         ``precision`` is 'fp32' or 'fp16'; fp16 is accepted on CUDA only (CPU half-precision
@@ -92,7 +97,10 @@ class VisionIRP(IRPPlugin):
         ``recall_agreement``: when a remembered latent is good enough to start from (see
         :meth:`warm_start`); ``recall_shift``: how far (latent cells) a hint is shifted to
         fit the frame; ``recall_energy_tol``: when a warm start has reached what the
-        remembered run reached (see :meth:`halt`).
+        remembered run reached (see :meth:`halt`). ``compile_encoder``: on a CPU device, run
+        the encoder as a frozen TorchScript graph optimised for inference (oneDNN convolutions
+        with prepacked weights; :func:`compile_encoder`), checked against the eager encoder
+        at construction and left eager when it differs or fails; ignored on CUDA.
         """
         if precision not in PRECISIONS:
             raise ValueError(f'precision must be one of {PRECISIONS}, got {precision!r}')
@@ -124,6 +132,12 @@ class VisionIRP(IRPPlugin):
         if int(recall_shift) != recall_shift or recall_shift < 0:
             raise ValueError(f'recall_shift must be an integer >= 0, got {recall_shift!r}')
         self.recall_shift = int(recall_shift)
+        self.encoder_compiled = False
+        self._encode = self.net.encode
+        if compile_encoder and dev.type == 'cpu':
+            fast = compile_encoder_cpu(self.net, self.dtype)
+            if fast is not None:
+                self._encode, self.encoder_compiled = fast, True
 
     # --- construction -------------------------------------------------------------------
     @classmethod
@@ -221,7 +235,7 @@ class VisionIRP(IRPPlugin):
         """
         x, hw, box = self._to_input(x0)
         with torch.inference_mode():
-            z, inject, skip = self.net.encode(x)
+            z, inject, skip = self._encode(x)
         ctx = ctx or {}
         confident = self.confident and bool(ctx.get('confident', True))
         meta = {'inject': inject, 'skip': skip, 'logits': None, 'coarse': None, 'E': None,
@@ -364,9 +378,9 @@ class VisionIRP(IRPPlugin):
         (``state.meta['warm_start']`` used, with the remembered run's final ``energy``) that
         has taken at least one step and whose energy is within ``recall_energy_tol`` (relative)
         of the remembered run's: it has reached what that run reached, so more steps would
-        only repeat it. The step is needed: the shifted hint's outlines sit up to a cell off
-        until one step has moved them onto this frame's evidence (stopping a warm start at
-        step 0 cost 1.4 mIoU points on validation streams, one step 0.2). Without rule (2) a
+        only repeat it. The step is needed: a hint from a hard place, above all one seen once,
+        carries outlines and mistakes that the step corrects (without it such warm starts lost
+        several mIoU points on validation places; docs/MEMORY.md). Without rule (2) a
         warm start waited for the slope rule, about 1.5 steps; the tolerance, 0.15, was
         chosen on the validation stream (``bench/memory_bench.py --validation
         --recall-energy-tol T``; 0: 1.19 steps, 0.15: 0.90, 0.3: 0.88, mIoU within 0.04 points
@@ -489,6 +503,99 @@ def _align(z0: torch.Tensor, hint: torch.Tensor, max_shift: int):
     r, c = divmod(i, k)
     shifted = padded[None, :, r:r + H, c:c + W].to(hint.dtype)
     return shifted, (p - r, p - c), max(float(cos[r, c]), 0.0)
+
+
+class _Encoder(torch.nn.Module):
+    """The network's ``encode`` as a module's ``forward`` (what TorchScript traces)."""
+
+    def __init__(self, net: torch.nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor):
+        z, inject, skip = self.net.encode(x)
+        return z, inject, tuple(skip)
+
+
+def compile_encoder_cpu(net: torch.nn.Module, dtype: torch.dtype = torch.float32,
+                        probes: Tuple[Tuple[int, int], ...] = ((64, 64), (48, 64), (64, 8)),
+                        atol: float = 1e-4):
+    """Return ``net.encode`` as a frozen, inference-optimised TorchScript graph, or None.
+
+    Only the committed ``propagate`` model (:class:`PropagationNet`) at fp32. The encoder is
+    the largest fixed part of every run (about 1.5 ms of a 6.5 ms cold run on
+    this CPU, one thread): ``torch.jit.optimize_for_inference`` runs its convolutions through
+    oneDNN with prepacked weights and fuses the activations: 1.50 -> 1.18 ms inside runs
+    (``bench/vision_encoder_bench.py``; the step and the decoders were measured slower that
+    way and stay eager). The graph is traced once per set of weights (cached by a fingerprint
+    of them, so reconfiguring a node reuses it); it is checked on letterboxed input shapes
+    (``probes``, random pixels) against the eager encoder, every output within ``atol``: on a
+    mismatch or any error (a build without oneDNN, ...) the result is None and the caller
+    keeps the eager encoder.
+    """
+    if dtype != torch.float32 or not isinstance(net, PropagationNet):
+        return None
+    key = _weights_fingerprint(net) + repr((probes, atol))
+    with _COMPILED_LOCK:
+        if key in _COMPILED:
+            _COMPILED.move_to_end(key)
+            return _COMPILED[key]
+    fast = _compile_and_check(net, probes, atol)
+    with _COMPILED_LOCK:
+        _COMPILED[key] = fast
+        while len(_COMPILED) > _COMPILED_MAX:
+            _COMPILED.popitem(last=False)
+    return fast
+
+
+# Compiled encoders by the weights they froze (``compile_encoder_cpu``): a node that is
+# configured again, or a second plugin on the same weights, reuses the graph instead of
+# tracing anew (about 80 ms, and TorchScript keeps some memory per graph it has built).
+_COMPILED: 'OrderedDict[str, Any]' = OrderedDict()
+_COMPILED_LOCK = threading.Lock()
+_COMPILED_MAX = 4
+
+
+def _weights_fingerprint(net: torch.nn.Module) -> str:
+    """SHA-1 of the network's configuration and every tensor of its state dict."""
+    h = hashlib.sha1(json.dumps(net.cfg.to_dict(), sort_keys=True).encode())
+    for name, t in net.state_dict().items():
+        a = t.detach().to('cpu', torch.float32).contiguous().numpy()
+        h.update(name.encode())
+        h.update(repr(a.shape).encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def _compile_and_check(net: torch.nn.Module, probes, atol: float):
+    """Trace, freeze and optimise ``net.encode``; check it on ``probes``; None on failure."""
+    import warnings
+    try:
+        g = torch.Generator().manual_seed(0)
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter('ignore')
+            probe = torch.rand((1, 3) + probes[0], generator=g)
+            fast = torch.jit.optimize_for_inference(torch.jit.freeze(
+                torch.jit.trace(_Encoder(net).eval(), (probe,), check_trace=False)))
+        with torch.inference_mode():
+            for h, w in probes:
+                x = torch.rand((1, 3, h, w), generator=g)
+                ref = _Encoder(net)(x)
+                for _ in range(2):  # the profiling executor's first calls take other paths
+                    got = fast(x)
+                flat_ref = [ref[0], ref[1], *ref[2]]
+                flat_got = [got[0], got[1], *got[2]]
+                if len(flat_ref) != len(flat_got) or any(
+                        a.shape != b.shape or not torch.allclose(a, b, atol=atol, rtol=0)
+                        for a, b in zip(flat_ref, flat_got, strict=True)):
+                    return None
+    except Exception:  # noqa: BLE001 - compiling is an optimisation: eager always works
+        return None
+
+    def encode(x: torch.Tensor):
+        z, inject, skip = fast(x)
+        return z, inject, tuple(skip)
+    return encode
 
 
 def letterbox_box(h: int, w: int, size: int) -> Tuple[int, int, int, int]:
