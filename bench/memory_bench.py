@@ -3,6 +3,7 @@
     python bench/memory_bench.py [--places 20] [--day1 20] [--day2 4] [--norecur 80]
                                  [--n-sleep 10000] [--threads 1] [--out out/bench/memory.json]
                                  [--validation] [--recall-energy-tol T] [--recall-shift S]
+                                 [--recall-halt-members M] [--eager-encoder]
 
 The robot's days, as the node host and the memory node run them (ROS-free here, same code:
 ``VisionIRP`` with ``ctx['recall']`` backed by an ``ExperienceStore``, experiences stored from
@@ -282,6 +283,9 @@ def main(argv=None) -> int:
                          "remembered run's energy; chosen on validation)")
     ap.add_argument('--recall-shift', type=int, default=None,
                     help="VisionIRP's recall_shift (the hint's alignment search, in cells)")
+    ap.add_argument('--recall-halt-members', type=int, default=None,
+                    help="VisionIRP's recall_halt_members (the fewest visits a hint stands for "
+                         'to halt a warm start at step 0; a large number: never)')
     ap.add_argument('--eager-encoder', action='store_true',
                     help="VisionIRP(compile_encoder=False): the encoder as plain PyTorch "
                          '(the default runs it compiled on a CPU)')
@@ -296,7 +300,9 @@ def main(argv=None) -> int:
     kw = {k: v for k, v in (('recall_similarity', args.recall_similarity),
                             ('recall_agreement', args.recall_agreement),
                             ('recall_energy_tol', args.recall_energy_tol),
-                            ('recall_shift', args.recall_shift)) if v is not None}
+                            ('recall_shift', args.recall_shift),
+                            ('recall_halt_members', args.recall_halt_members))
+          if v is not None}
     plugin = VisionIRP.from_checkpoint(args.weights, compile_encoder=not args.eager_encoder, **kw)
     if plugin.cfg.task != 'tags':
         raise SystemExit('the memory benchmark needs the tags/propagate vision model')
@@ -448,6 +454,7 @@ def main(argv=None) -> int:
                        'recall_agreement': plugin.recall_agreement,
                        'recall_energy_tol': plugin.recall_energy_tol,
                        'recall_shift': plugin.recall_shift,
+                       'recall_halt_members': plugin.recall_halt_members,
                        'recall_gate': {'patience': gate.patience,
                                        'max_interval': gate.max_interval,
                                        'recurring_asked': gate.asked,

@@ -331,8 +331,9 @@ def test_memory_warm_start_helps_the_same_place_and_ignores_others(plugin, tmp_p
 
 
 def test_a_warm_start_halts_once_it_reaches_the_remembered_energy(plugin, tmp_path):
-    # VisionIRP.halt rule (2): after at least one step, a warm start whose energy is within
-    # recall_energy_tol of the remembered run's final energy halts 'confident'.
+    # VisionIRP.halt rule (2): a warm start whose energy is within recall_energy_tol of the
+    # remembered run's final energy halts 'confident': after one step when the hint is one raw
+    # experience, from step 0 when it is a consolidated memory of several visits.
     if plugin.cfg.refiner != 'propagate':
         pytest.skip('only the propagate model is remembered')
     from sage_irp_ros.core.plugin import Schedule
@@ -355,8 +356,15 @@ def test_a_warm_start_halts_once_it_reaches_the_remembered_energy(plugin, tmp_pa
         return s0, s1, [p.energy(s0), p.energy(s1)]
 
     s0, s1, e = states(10.0)                       # remembered energy far above: reached
-    assert p.halt(s0, e[:1]) is None               # never at step 0: the hint needs a step
+    assert p.halt(s0, e[:1]) is None               # one raw experience: not before a step
     assert p.halt(s1, e) == 'confident'
+    rec.members = 3                                # a prototype of three visits: at step 0
+    s0, s1, e = states(10.0)
+    assert s0.meta['warm_start']['members'] == 3
+    assert p.halt(s0, e[:1]) == 'confident'
+    s0, s1, e = states(e[0] / 1.3)                 # ... but only once it is near enough
+    assert p.halt(s0, e[:1]) is None
+    rec.members = 1
     s0, s1, e = states(e[1] / 1.1)                 # within the 15 % tolerance
     assert p.halt(s1, e) == 'confident'
     s0, s1, e = states(e[1] / 1.3)                 # not yet
@@ -369,6 +377,8 @@ def test_a_warm_start_halts_once_it_reaches_the_remembered_energy(plugin, tmp_pa
         VisionIRP(plugin.net, recall_energy_tol=-0.1)
     with pytest.raises(ValueError):
         VisionIRP(plugin.net, recall_shift=-1)
+    with pytest.raises(ValueError):
+        VisionIRP(plugin.net, recall_halt_members=0)
     res = refine(p, img, {'recall': lambda key: rec}, config=cfg)
     assert res.trace.steps >= 1 and res.trace.halt_reason in ('confident', 'slope<eps')
 

@@ -202,8 +202,9 @@ def recalled_hint(record: Any, min_similarity: float) -> tuple:
     """Begin a plugin's warm start: ``(hint latent or None, the warm_start telemetry dict)``.
 
     ``record`` is what ``ctx['recall'](key)`` returned (memory's nearest record, or None). The
-    dict has ``used`` False, and ``similarity``, ``source``, ``id`` (and ``energy``, the
-    remembered run's final energy) when there is a record; ``why`` says why no hint is given:
+    dict has ``used`` False, and ``similarity``, ``source``, ``id``, ``members`` (the runs the
+    record stands for: 1 for a raw experience) (and ``energy``, the remembered run's final
+    energy) when there is a record; ``why`` says why no hint is given:
     ``no memory``, ``not similar enough`` (under ``min_similarity``) or ``no latent``. The
     plugin then checks the hint against its own input, sets ``used`` and keeps the dict as
     ``state.meta['warm_start']`` (``docs/MEMORY.md``).
@@ -213,7 +214,7 @@ def recalled_hint(record: Any, min_similarity: float) -> tuple:
         info['why'] = 'no memory'
         return None, info
     info.update(similarity=float(record.similarity or 0.0), source=str(record.source),
-                id=int(record.id))
+                id=int(record.id), members=int(getattr(record, 'members', 1) or 1))
     if getattr(record, 'energy', None) is not None:
         info['energy'] = float(record.energy)
     if record.similarity is None or record.similarity < min_similarity:

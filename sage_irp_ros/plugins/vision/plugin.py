@@ -82,7 +82,7 @@ class VisionIRP(IRPPlugin):
                  unknown: Optional[UnknownDetector] = None, pad: str = 'stride',
                  recall_similarity: float = 0.8, recall_agreement: float = 0.5,
                  recall_energy_tol: float = 0.15, recall_shift: int = 2,
-                 compile_encoder: bool = True):
+                 recall_halt_members: int = 2, compile_encoder: bool = True):
         """Wrap a trained ``net`` on ``device`` ('cpu', 'cuda', 'cuda:1', ...) at ``precision``.
 
         ``precision`` is 'fp32' or 'fp16'; fp16 is accepted on CUDA only (CPU half-precision
@@ -97,10 +97,12 @@ class VisionIRP(IRPPlugin):
         ``recall_agreement``: when a remembered latent is good enough to start from (see
         :meth:`warm_start`); ``recall_shift``: how far (latent cells) a hint is shifted to
         fit the frame; ``recall_energy_tol``: when a warm start has reached what the
-        remembered run reached (see :meth:`halt`). ``compile_encoder``: on a CPU device, run
-        the encoder as a frozen TorchScript graph optimised for inference (oneDNN convolutions
-        with prepacked weights; :func:`compile_encoder`), checked against the eager encoder
-        at construction and left eager when it differs or fails; ignored on CUDA.
+        remembered run reached, and ``recall_halt_members``: the fewest runs a hint must
+        stand for to halt that way before a step (see :meth:`halt`). ``compile_encoder``: on
+        a CPU device, run the encoder as a frozen TorchScript graph optimised for inference
+        (oneDNN convolutions with prepacked weights; :func:`compile_encoder_cpu`), checked
+        against the eager encoder at construction and left eager when it differs or fails;
+        ignored on CUDA.
         """
         if precision not in PRECISIONS:
             raise ValueError(f'precision must be one of {PRECISIONS}, got {precision!r}')
@@ -132,6 +134,10 @@ class VisionIRP(IRPPlugin):
         if int(recall_shift) != recall_shift or recall_shift < 0:
             raise ValueError(f'recall_shift must be an integer >= 0, got {recall_shift!r}')
         self.recall_shift = int(recall_shift)
+        if int(recall_halt_members) != recall_halt_members or recall_halt_members < 1:
+            raise ValueError(f'recall_halt_members must be an integer >= 1, got '
+                             f'{recall_halt_members!r}')
+        self.recall_halt_members = int(recall_halt_members)
         self.encoder_compiled = False
         self._encode = self.net.encode
         if compile_encoder and dev.type == 'cpu':
@@ -375,16 +381,19 @@ class VisionIRP(IRPPlugin):
         """'confident' when the frame is as certain as a finished run: two rules.
 
         (1) The fraction of uncertain pixels is below ``confident_frac``. (2) A warm start
-        (``state.meta['warm_start']`` used, with the remembered run's final ``energy``) that
-        has taken at least one step and whose energy is within ``recall_energy_tol`` (relative)
-        of the remembered run's: it has reached what that run reached, so more steps would
-        only repeat it. The step is needed: a hint from a hard place, above all one seen once,
-        carries outlines and mistakes that the step corrects (without it such warm starts lost
-        several mIoU points on validation places; docs/MEMORY.md). Without rule (2) a
-        warm start waited for the slope rule, about 1.5 steps; the tolerance, 0.15, was
-        chosen on the validation stream (``bench/memory_bench.py --validation
-        --recall-energy-tol T``; 0: 1.19 steps, 0.15: 0.90, 0.3: 0.88, mIoU within 0.04 points
-        of each other): docs/MEMORY.md.
+        (``state.meta['warm_start']`` used, with the remembered run's final ``energy``) whose
+        energy is within ``recall_energy_tol`` (relative) of the remembered run's: it has
+        reached what that run reached, so more steps would only repeat it. A hint that is one
+        raw experience (``members`` 1) must first take a step: a run remembered once carries
+        its own outlines and mistakes, which the step corrects (warm starts from single
+        experiences of hard places that stopped at step 0 lost several mIoU points on
+        validation places). A consolidated hint (a prototype of ``members`` >=
+        ``recall_halt_members``, 2, visits) may halt at step 0: on validation streams after a
+        sleep this saved steps at no loss of mIoU (docs/MEMORY.md). Without rule (2) a warm
+        start waited for the slope rule, about 1.5 steps; the tolerance, 0.15, was chosen on
+        the validation stream (``bench/memory_bench.py --validation --recall-energy-tol T``,
+        with the one-step condition for every hint then: 0: 1.19 steps, 0.15: 0.90, 0.3:
+        0.88, mIoU within 0.04 points of each other): docs/MEMORY.md.
         """
         m = state.meta
         if not m['confident_rule']:  # off for this plugin or run: both rules
@@ -393,7 +402,9 @@ class VisionIRP(IRPPlugin):
         if m['uncertain'] < self.confident_frac:
             return HALT_CONFIDENT
         ws = m.get('warm_start')
-        if (ws and ws.get('used') and len(energies) >= 2 and ws.get('energy') is not None
+        if (ws and ws.get('used')
+                and (len(energies) >= 2 or ws.get('members', 1) >= self.recall_halt_members)
+                and ws.get('energy') is not None
                 and math.isfinite(ws['energy'])
                 and energies[-1] <= ws['energy'] * (1.0 + self.recall_energy_tol)):
             return HALT_CONFIDENT
