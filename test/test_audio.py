@@ -206,3 +206,32 @@ def test_training_objectives_give_finite_losses_and_mel_irm_adds_the_ideal_mask_
         assert all(p.grad is not None for p in model.parameters())
         got[objective] = lm.item()
     assert got['mel_irm'] > got['mel']  # the same model and data plus a squared error
+
+
+def test_the_noise_aware_model_reads_the_noise_floor_and_room_keeps_speech_in_range():
+    # train.py --noise-aware: a fourth input block, each bin's log-power over its quantile over
+    # the utterance (the noise floor); --augment: train.room (tempo, tilt, reverberation).
+    import torch
+
+    from sage_irp_ros.plugins.audio import train
+    from sage_irp_ros.plugins.audio.model import NOISE_QUANTILE, MaskRefiner
+    torch.manual_seed(0)
+    logx = torch.rand(2, 257, 40)
+    mask = torch.ones_like(logx)
+    plain, aware = MaskRefiner(hidden=8), MaskRefiner(hidden=8, noise_aware=True)
+    assert plain.features(logx, mask).shape == (2, 3 * 257, 40)
+    f = aware.features(logx, mask)
+    assert f.shape == (2, 4 * 257, 40)
+    floor = torch.quantile(logx, NOISE_QUANTILE, dim=2, keepdim=True)
+    assert torch.allclose(f[:, 3 * 257:], logx - floor)
+    nxt, err = aware(logx, mask, floor=0.05)
+    assert nxt.shape == mask.shape and err.shape == (2, 40) and torch.isfinite(err).all()
+    rng = np.random.default_rng(3)
+    s = (0.3 * np.sin(2 * np.pi * 440 * np.arange(RATE) / RATE)).astype(np.float32)
+    outs = [train.room(s, rng) for _ in range(6)]
+    assert all(o.dtype == np.float32 and np.isfinite(o).all() for o in outs)
+    assert all(0.85 * s.size < o.size < 1.15 * s.size for o in outs)
+    assert all(abs(float(np.abs(o).max()) - 0.5) < 1e-4 for o in outs)
+    assert len({o.size for o in outs}) > 1  # the tempo is drawn
+    noisy, clean = train.make_item(rng, [s], RATE // 2, augment=True)
+    assert noisy.shape == clean.shape == (RATE // 2,)

@@ -22,6 +22,8 @@ from sage_irp_ros.plugins.audio.dsp import N_BINS
 
 #: The lowest mask value (about -26 dB): the plugin's default floor, and the ideal mask's.
 MASK_FLOOR = 0.05
+#: The per-bin quantile of the log-power over frames a noise-aware model reads as noise floor.
+NOISE_QUANTILE = 0.1
 
 
 def ideal_ratio_mask(speech_mag: torch.Tensor, noise_mag: torch.Tensor,
@@ -39,22 +41,32 @@ def ideal_ratio_mask(speech_mag: torch.Tensor, noise_mag: torch.Tensor,
 class MaskRefiner(nn.Module):
     """One step of mask refinement and the error (energy) of the current estimate."""
 
-    def __init__(self, hidden: int = 96, n_bins: int = N_BINS, step_size: float = 0.5):
+    def __init__(self, hidden: int = 96, n_bins: int = N_BINS, step_size: float = 0.5,
+                 noise_aware: bool = False):
         super().__init__()
         self.hidden = hidden
         self.step_size = step_size
-        self.inp = nn.Conv1d(3 * n_bins, hidden, 1)
+        self.noise_aware = bool(noise_aware)
+        self.inp = nn.Conv1d((4 if self.noise_aware else 3) * n_bins, hidden, 1)
         self.c1 = nn.Conv1d(hidden, hidden, 5, padding=2)
         self.c2 = nn.Conv1d(hidden, hidden, 5, padding=4, dilation=2)
         self.delta = nn.Conv1d(hidden, n_bins, 1)
         self.err = nn.Conv1d(hidden, 1, 1)
         self.act = nn.GELU()
 
-    @staticmethod
-    def features(logx: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Stack noisy log-power, estimate log-power and mask: (B, 3F, T)."""
+    def features(self, logx: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Stack noisy log-power, estimate log-power and mask: (B, 3F, T).
+
+        ``noise_aware``: a fourth block, the noisy log-power over the utterance's noise floor
+        (per bin, the ``NOISE_QUANTILE`` quantile of the log-power over the frames: the level
+        the bin rarely goes under, which speech pauses and stationary noise set), (B, 4F, T).
+        The other inputs see +-12 frames; this one says what the whole utterance's noise is.
+        """
         est = logx + 0.5 * torch.log10(mask.clamp_min(1e-3))  # log-power units: 1 = 40 dB
-        return torch.cat([logx, est, mask * 2 - 1], dim=1)
+        parts = [logx, est, mask * 2 - 1]
+        if self.noise_aware:
+            parts.append(logx - torch.quantile(logx, NOISE_QUANTILE, dim=2, keepdim=True))
+        return torch.cat(parts, dim=1)
 
     def trunk(self, logx: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Shared features of both heads: (B, hidden, T)."""

@@ -90,7 +90,8 @@ class AudioIRP(IRPPlugin):
         if os.path.exists(meta_path):
             with open(meta_path) as f:
                 meta = json.load(f)
-        model = MaskRefiner(hidden=int(meta.get('hidden', 96)))
+        model = MaskRefiner(hidden=int(meta.get('hidden', 96)),
+                            noise_aware=bool(meta.get('noise_aware', False)))
         model.load_state_dict(torch.load(path, map_location='cpu', weights_only=True))
         plugin = cls(model, version=f"enhancer-{meta.get('objective', 'lsd')}-seed"
                                     f"{meta.get('seed', '?')}", device=device, **kwargs)

@@ -32,6 +32,7 @@ import time
 
 import numpy as np
 import torch
+from scipy.signal import fftconvolve, resample_poly
 
 from sage_irp_ros.plugins.audio.dsp import (
     HOP,
@@ -89,9 +90,33 @@ def mel_dist_db(est_mag: torch.Tensor, clean_mag: torch.Tensor) -> torch.Tensor:
 DISTANCES = {'mel': mel_dist_db, 'mel_irm': mel_dist_db, 'lsd': lsd_db}
 
 
-def make_item(rng, utts, seg):
-    """One training pair (noisy, clean) of ``seg`` samples."""
+def room(s: np.ndarray, rng) -> np.ndarray:
+    """``s`` as a microphone in a room might hear it: tempo, tilt and reverberation drawn.
+
+    For ``--augment``: the training voices are dry synthetic speech; the robot hears people in
+    rooms. Speed 0.9-1.1 (resampled), a first-order tilt ``y[n] = x[n] - a x[n-1]`` with ``a``
+    in [-0.5, 0.7], and with probability 0.6 a synthetic room impulse response (the direct
+    path, then exponentially decaying noise, RT60 0.1-0.6 s), all drawn from ``rng``.
+    """
+    speed = float(rng.uniform(0.9, 1.1))
+    s = resample_poly(s, 100, int(round(100 * speed))).astype(np.float32)
+    a = float(rng.uniform(-0.5, 0.7))
+    s = np.concatenate([s[:1], s[1:] - a * s[:-1]])
+    if rng.random() < 0.6:
+        rt60 = float(rng.uniform(0.1, 0.6))
+        n = int(rt60 * RATE)
+        rir = rng.standard_normal(n) * np.exp(-6.9 * np.arange(n) / n) * 0.2
+        rir[0] = 1.0
+        s = fftconvolve(s, rir)[:s.size]
+    peak = float(np.abs(s).max())
+    return (s / peak * 0.5 if peak > 0 else s).astype(np.float32)
+
+
+def make_item(rng, utts, seg, augment: bool = False):
+    """One training pair (noisy, clean) of ``seg`` samples (``augment``: :func:`room`)."""
     s = utts[int(rng.integers(len(utts)))]
+    if augment:
+        s = room(s, rng)
     if s.size < seg:
         off = int(rng.integers(0, seg - s.size + 1))
         s = np.pad(s, (off, seg - s.size - off))
@@ -162,6 +187,11 @@ def main(argv=None) -> int:
     ap.add_argument('--objective', choices=OBJECTIVES, default='mel',
                     help="what the mask and the energy measure: 'mel' (the recogniser's mel "
                          "bands after mean removal) or 'lsd' (log-spectral distance)")
+    ap.add_argument('--augment', action='store_true',
+                    help='hear the training voices through train.room (tempo, tilt, reverb)')
+    ap.add_argument('--noise-aware', action='store_true',
+                    help="the model also reads each bin's level over the utterance's noise floor "
+                         '(model.MaskRefiner noise_aware)')
     ap.add_argument('--out', default=WEIGHTS_DIR)
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
@@ -172,7 +202,7 @@ def main(argv=None) -> int:
     utts = [x for _, _, x in data]
     print(f'{len(utts)} utterances, {sum(u.size for u in utts) / RATE / 60:.1f} min of speech '
           f'in {time.time() - t0:.0f} s', flush=True)
-    model = MaskRefiner(hidden=args.hidden)
+    model = MaskRefiner(hidden=args.hidden, noise_aware=args.noise_aware)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
     seg = int(args.seconds * RATE)
     t_train = time.time()
@@ -184,7 +214,7 @@ def main(argv=None) -> int:
         frac = (time.time() - t_train) / budget
         for g in opt.param_groups:
             g['lr'] = args.lr * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0)))
-        pairs = [make_item(rng, utts, seg) for _ in range(args.batch)]
+        pairs = [make_item(rng, utts, seg, args.augment) for _ in range(args.batch)]
         noisy = torch.from_numpy(np.stack([p[0] for p in pairs]))
         clean = torch.from_numpy(np.stack([p[1] for p in pairs]))
         lm, le, lsd = run_steps(model, noisy, clean, args.unroll, args.objective)
@@ -209,7 +239,8 @@ def main(argv=None) -> int:
     torch.save(model.state_dict(), os.path.join(args.out, 'enhancer.pt'))
     meta = {'seed': args.seed, 'command': 'python -m sage_irp_ros.plugins.audio.train '
             + ' '.join(sys.argv[1:] if argv is None else argv),
-            'hidden': args.hidden, 'iterations': it, 'train_seconds': round(time.time() - t0),
+            'hidden': args.hidden, 'noise_aware': args.noise_aware, 'augment': args.augment,
+            'iterations': it, 'train_seconds': round(time.time() - t0),
             'utterances': len(utts), 'skipped_non_finite_batches': skipped,
             'final_loss_mask': round(ema[0], 4),
             'final_loss_err': round(ema[1], 4), 'objective': args.objective,
