@@ -135,6 +135,7 @@ class LookupTimer:
     def __init__(self, plugin):
         """Wrap ``plugin``'s key and warm start (instance attributes: the class is untouched)."""
         self.ms = {'key': [], 'search': [], 'warm_start': []}
+        self.plugin = plugin
         for name, part in (('memory_key', 'key'), ('warm_start', 'warm_start')):
             setattr(plugin, name, self._timed(getattr(plugin, name), part))
 
@@ -151,10 +152,10 @@ class LookupTimer:
         """Return ``recall`` timed as the search."""
         return self._timed(recall, 'search')
 
-    def clear(self) -> None:
-        """Forget what was timed so far."""
-        for v in self.ms.values():
-            v.clear()
+    def close(self) -> None:
+        """Unwrap the plugin: its key and warm start are the class's again."""
+        for name in ('memory_key', 'warm_start'):
+            self.plugin.__dict__.pop(name, None)
 
     def report(self) -> dict:
         """Median ms of each part and of their sum per look-up, with the count."""
@@ -364,7 +365,7 @@ def main(argv=None) -> int:
                     res, ms = timed(plugin, img, {'confident': False}, plugin.no_halt_config(k))
                     day.add(res, gt, ms)
         lookup_ms = parts.report()
-        parts.clear()
+        parts.close()
 
         # --- day 2: places never seen
         ncold, nwarm = Day(C), Day(C)

@@ -32,7 +32,7 @@ import time
 
 import numpy as np
 import torch
-from scipy.signal import fftconvolve, resample_poly
+from scipy.signal import fftconvolve
 
 from sage_irp_ros.plugins.audio.dsp import (
     HOP,
@@ -42,6 +42,7 @@ from sage_irp_ros.plugins.audio.dsp import (
     TRAIN_SNRS,
     mel_filterbank,
     mix,
+    resample,
 )
 from sage_irp_ros.plugins.audio.model import MaskRefiner, ideal_ratio_mask, log_power
 from sage_irp_ros.plugins.audio.speech import make_speech
@@ -99,7 +100,7 @@ def room(s: np.ndarray, rng) -> np.ndarray:
     path, then exponentially decaying noise, RT60 0.1-0.6 s), all drawn from ``rng``.
     """
     speed = float(rng.uniform(0.9, 1.1))
-    s = resample_poly(s, 100, int(round(100 * speed))).astype(np.float32)
+    s = resample(s, int(round(100 * speed)), 100)  # played back 'speed' times as fast
     a = float(rng.uniform(-0.5, 0.7))
     s = np.concatenate([s[:1], s[1:] - a * s[:-1]])
     if rng.random() < 0.6:
