@@ -534,14 +534,14 @@ def compile_encoder_cpu(net: torch.nn.Module, dtype: torch.dtype = torch.float32
     """Return ``net.encode`` as a frozen, inference-optimised TorchScript graph, or None.
 
     Only the committed ``propagate`` model (:class:`PropagationNet`) at fp32. The encoder is
-    the largest fixed part of every run (about 1.5 ms of a 6.5 ms cold run on
-    this CPU, one thread): ``torch.jit.optimize_for_inference`` runs its convolutions through
-    oneDNN with prepacked weights and fuses the activations: about 0.3 ms less inside runs
-    (ratio 0.78-0.79, ``bench/vision_encoder_bench.py``; the step and the decoders were
-    measured slower that way and stay eager). The graph is traced once per set of weights (cached by a fingerprint
-    of them, so reconfiguring a node reuses it); it is checked on letterboxed input shapes
-    (``probes``, random pixels) against the eager encoder, every output within ``atol``: on a
-    mismatch or any error (a build without oneDNN, ...) the result is None and the caller
+    the largest fixed part of every run (about 1.5 ms of a 6.5 ms cold run on this CPU, one
+    thread): ``torch.jit.optimize_for_inference`` runs its convolutions through oneDNN with
+    prepacked weights and fuses the activations: about 0.3 ms less inside runs (ratio
+    0.78-0.79, ``bench/vision_encoder_bench.py``; the step and the decoders were measured
+    slower that way and stay eager). The graph is traced once per set of weights (cached by a
+    fingerprint of them, so reconfiguring a node reuses it); it is checked on letterboxed input
+    shapes (``probes``, random pixels) against the eager encoder, every output within ``atol``:
+    on a mismatch or any error (a build without oneDNN, ...) the result is None and the caller
     keeps the eager encoder.
     """
     if dtype != torch.float32 or not isinstance(net, PropagationNet):
