@@ -22,7 +22,9 @@ Measured (``out/bench/audio.json``):
   true speech and noise (:func:`oracle_masked`): the most any mask could give the recogniser;
 - ``wer_before_repair`` / ``wer_after_repair``: the 5 dB enhanced transcripts before and after
   the language node's repair of the words under the confidence threshold, masked as the node
-  sends them (``[MASK:heard]``); ``wer_after_repair_plain_masks``: masked as plain ``[MASK]``.
+  sends them (``[MASK:heard|alt|alt]``: only the recogniser's N-best alternatives may replace
+  a word); ``wer_after_repair_sounds_alike``: masked as ``[MASK:heard]`` (``n_best`` 0: words
+  that sound alike); ``wer_after_repair_plain_masks``: masked as plain ``[MASK]``.
 
     python bench/audio_bench.py [--quick]
 """
@@ -227,21 +229,24 @@ def main(argv=None) -> int:
     res['cpu_80pct_silence_s'] = round(cpu_quiet, 3)
 
     # Language repair of the low-confidence words (5 dB, enhanced): as the node sends them
-    # ([MASK:heard], repaired only to a word that sounds alike) and as plain [MASK]s.
+    # ([MASK:heard|alt|alt], repaired only to the recogniser's N-best alternatives), as
+    # [MASK:heard] (n_best 0: repaired only to a word that sounds alike) and as plain [MASK]s.
     try:
         from sage_irp_ros.plugins.language.plugin import load_default as load_language
         lang = load_language()
         before, rr = [], []
-        after = {True: [], False: []}
-        changed = {True: 0, False: 0}
+        modes = {'alternatives': (True, True), 'sounds_alike': (True, False),
+                 'plain_masks': (False, False)}
+        after = {m: [] for m in modes}
+        changed = {m: 0 for m in modes}
         for i in sel(5):
             r = refine(plugin, items[i].x0, None, config=cfg_k)
             words = rec(r.output.samples)
             text = norm(text_of(words))
             before.append(text)
             rr.append(refs[i])
-            for guesses in (True, False):
-                masked = masked_text(words, CONF_THRESHOLD, guesses)
+            for mode, (guesses, alts) in modes.items():
+                masked = masked_text(words, CONF_THRESHOLD, guesses, alts)
                 out = text
                 if '[MASK' in masked:
                     try:
@@ -249,15 +254,18 @@ def main(argv=None) -> int:
                         out = norm(str(lr.output))
                     except ValueError:
                         pass
-                changed[guesses] += sum(a != b for a, b in
-                                        zip(out.split(), text.split(), strict=False))
-                after[guesses].append(out)
+                changed[mode] += sum(a != b for a, b in
+                                     zip(out.split(), text.split(), strict=False))
+                after[mode].append(out)
         res['wer_before_repair'] = round(wer(rr, before), 4)
-        res['wer_after_repair'] = round(wer(rr, after[True]), 4)
-        res['repair_words_changed'] = changed[True]
-        res['wer_after_repair_plain_masks'] = round(wer(rr, after[False]), 4)
-        res['repair_words_changed_plain_masks'] = changed[False]
+        res['wer_after_repair'] = round(wer(rr, after['alternatives']), 4)
+        res['repair_words_changed'] = changed['alternatives']
+        for mode in ('sounds_alike', 'plain_masks'):
+            res[f'wer_after_repair_{mode}'] = round(wer(rr, after[mode]), 4)
+            res[f'repair_words_changed_{mode}'] = changed[mode]
         res['repair_guess_margin'] = lang.guess_margin
+        res['repair_alternatives_margin'] = lang.alternatives_margin
+        res['repair_n_best'] = rec.n_best
     except Exception as exc:  # noqa: BLE001 - report, do not hide the rest
         res['repair_error'] = repr(exc)
 

@@ -130,20 +130,23 @@ def repair_part() -> None:
                 x.size, np.random.default_rng(i))
             for snr in (5, 10):
                 words = rec(dsp.mix(x, nz, snr))
-                data.append((wer_words(text), [Word(w.word, 0, 0, w.confidence)
-                                               for w in words]))
+                data.append((wer_words(text), [Word(w.word, 0, 0, w.confidence,
+                                                    w.alternatives) for w in words]))
     refs = [r for r, _ in data]
     print('before repair', round(corpus_wer(refs, [text_of(ws) for _, ws in data]), 4))
     for thr in (0.1, 0.3, 0.5, 0.7):
         row = {}
-        for guesses, margins in ((False, (None,)), (True, (0.0, 1.0, 2.0, 3.0, 4.0))):
+        for mode, margins in (('plain', (None,)), ('sounds', (0.0, 1.0, 2.0, 3.0, 4.0)),
+                              ('alts', (0.0, 1.0, 2.0, 3.0, 4.0))):
             for mg in margins:
                 if mg is not None:
                     lang.guess_margin = mg
-                hyps = [wer_words(str(refine(lang, masked_text(ws, thr, guesses), None,
+                hyps = [wer_words(str(refine(lang, masked_text(ws, thr, mode != 'plain',
+                                                               mode == 'alts'), None,
                                              config=lang.halt_config()).output))
                         for _, ws in data]
-                row['plain' if not guesses else mg] = round(corpus_wer(refs, hyps), 4)
+                row[mode if mg is None else f'{mode} {mg:g}'] = round(corpus_wer(refs, hyps),
+                                                                       4)
         print('threshold', thr, row, flush=True)
 
 

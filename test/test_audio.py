@@ -137,11 +137,50 @@ def test_recogniser_words_timing_confidence_and_masking():
     assert [w.start for w in words] == sorted(w.start for w in words)
     masked = masked_text(words, 1.01, guesses=False)
     assert masked.split() == ['[MASK]'] * len(words)
-    assert masked_text(words, 1.01).split() == [f'[MASK:{w.word}]' for w in words]
+    assert masked_text(words, 1.01, alternatives=False).split() == [
+        f'[MASK:{w.word}]' for w in words]
+    # with the N-best alternatives: a rivalled word lists its rivals, an unrivalled one stays
+    assert masked_text(words, 1.01).split() == [
+        f"[MASK:{'|'.join([w.word, *w.alternatives])}]" if w.alternatives else w.word
+        for w in words]
     assert masked_text(words, 0.0) == text_of(words)
     from sage_irp_ros.plugins.audio.recognize import Word
     odd = [Word('a.b', 0, 1, 0.1), Word("they're", 1, 2, 0.1)]
-    assert masked_text(odd, 0.5) == "[MASK] [MASK:they're]"
+    assert masked_text(odd, 0.5, alternatives=False) == "[MASK] [MASK:they're]"
+    rivals = [Word('ten', 0, 1, 0.1, ('and', 'a.m.', 'in')), Word('go', 1, 2, 0.1),
+              Word('meters', 2, 3, 0.9, ('years',))]
+    assert masked_text(rivals, 0.5) == '[MASK:ten|and|in] go meters'
+
+
+def test_alternatives_come_from_aligning_the_n_best_list():
+    from sage_irp_ros.plugins.audio.recognize import align_words, alternatives_from_nbest
+    best = 'go forward ten meters'.split()
+    assert align_words(best, 'go for word ten meters'.split()) == [
+        (0, 'go'), (None, 'for'), (1, 'word'), (2, 'ten'), (3, 'meters')]
+    assert align_words(best, 'go ten'.split()) == [(0, 'go'), (2, 'ten')]
+    assert align_words([], ['a']) == [(None, 'a')]
+    nbest = ['go forward ten meters', 'go forward and meters', 'go forward and meters',
+             'go <sil> forward in years', 'go forward [NOISE] ten(2) leaders',
+             'go forward can majors', 'go forward him readers']
+    assert alternatives_from_nbest(best, nbest) == [
+        (), (), ('and', 'in', 'can'), ('years', 'leaders', 'majors')]
+    assert alternatives_from_nbest(best, nbest, per_word=1) == [(), (), ('and',), ('years',)]
+    assert alternatives_from_nbest([], nbest) == []
+
+
+def test_the_recogniser_lists_alternatives_for_doubtful_words():
+    path = os.path.join(TESTDATA, 'goforward.raw')
+    if not os.path.exists(path):
+        pytest.skip('pocketsphinx-testdata not installed')
+    from sage_irp_ros.plugins.audio.recognize import Recogniser
+    x = np.fromfile(path, dtype='<i2').astype(np.float32) / 32768
+    words = Recogniser()(x)
+    assert [w.word for w in words] == ['go', 'forward', 'ten', 'meters']
+    assert all(w.word not in w.alternatives and len(w.alternatives) <= 3 for w in words)
+    # the doubtful words have rivals in the N-best list; a sure one does not
+    assert words[0].alternatives == () and words[0].confidence > 0.9
+    assert words[2].confidence < 0.5 and words[2].alternatives
+    assert all(w.alternatives == () for w in Recogniser(n_best=0)(x))
 
 
 def test_demo_hears_the_bag_as_recorded_and_in_noise(tmp_path):

@@ -238,6 +238,14 @@ def test_guessed_mask_syntax_is_one_token():
     assert toks == ['i', '[MASK:know]', "it's", '[MASK]', "[MASK:they're]", '.']
     assert corpus.guess_of('[MASK:know]') == 'know' and corpus.guess_of('[MASK]') is None
     assert corpus.is_mask('[MASK]') and corpus.is_mask('[MASK:x]') and not corpus.is_mask('x')
+    toks = [t for t, _, _ in corpus.words("go [MASK:Ten|and|In] [MASK:x|it's]|")]
+    assert toks == ['go', '[MASK:ten|and|in]', "[MASK:x|it's]", '|']
+    assert corpus.guess_of('[MASK:ten|and|in]') == 'ten'
+    assert corpus.alternatives_of('[MASK:ten|and|in]') == ('and', 'in')
+    assert corpus.alternatives_of('[MASK:ten]') is None
+    assert corpus.alternatives_of('[MASK]') is None
+    # a dangling bar is not part of the token: the mask ends at the last listed word
+    assert [t for t, _, _ in corpus.words('[MASK:a|]')] == ['[', 'mask', ':', 'a', '|', ']']
 
 
 def test_sounds_like_is_one_phone_away():
@@ -263,6 +271,24 @@ def test_a_guess_is_kept_unless_the_model_is_surer_by_the_margin(plugin):
     assert word in plugin.sounds_like('tables') | {'tables'}
     # a plain mask may take any word; the guess's words are not forced on it
     assert '[MASK' not in refine(free, 'put the cup on the [MASK]', None, config=cfg).output
+
+
+def test_listed_alternatives_are_the_only_repairs(plugin):
+    cfg = plugin.halt_config()
+    free = LanguageIRP(plugin.net, plugin.vocab, guess_margin=0.0,
+                       sounds_like=plugin.sounds_like)
+    text = 'please put the cup on the [MASK:tables|cables|fables] near the door'
+    for alts in ('cables|fables', 'door|floor', 'zzxqv'):
+        t = f'please put the cup on the [MASK:tables|{alts}] near the door'
+        word = refine(free, t, None, config=cfg).output.split()[6]
+        assert word in {'tables', *alts.split('|')}
+    # the list replaces the sounds-alike words: an unknown alternative leaves only the guess
+    assert refine(free, 'put it on the [MASK:tables|zzxqv]', None,
+                  config=cfg).output.endswith('the tables')
+    # and with an unreachable margin the guess is kept whatever the list
+    sure = LanguageIRP(plugin.net, plugin.vocab, guess_margin=1e6,
+                       sounds_like=plugin.sounds_like)
+    assert refine(sure, text, None, config=cfg).output.endswith('the tables near the door')
 
 
 def test_a_guess_outside_the_vocabulary_is_kept_as_heard(plugin):

@@ -18,9 +18,11 @@ recognised by pocketsphinx, and published:
   confidence and timing, the enhancement's steps and energies;
 - ``text_topic`` (``speech/transcript_text``): ``std_msgs/String``, the transcript;
 - ``masked_topic`` (``speech/text``, the language node's input): ``std_msgs/String``, the
-  transcript with each word under ``confidence_threshold`` as ``[MASK:heard]`` (what was
-  heard, so the language node repairs it only to a word that sounds alike and keeps it unless
-  it is sure; ``mask_guesses: false``: a plain ``[MASK]``).
+  transcript with each word under ``confidence_threshold`` as ``[MASK:heard|alt|alt]`` (what
+  was heard and its rivals in the recogniser's N-best list, so the language node repairs it
+  only to one of them; a word without rivals stays as heard; ``n_best: 0``: ``[MASK:heard]``,
+  repaired only to a word that sounds alike and kept unless the language model is sure;
+  ``mask_guesses: false``: a plain ``[MASK]``).
 
 Bad chunks (an empty or huge chunk, a sample count that does not split into the channels, an
 unknown encoding, a rate or channel count out of range, non-finite floats) are refused, logged
@@ -87,6 +89,10 @@ class AudioIRPNode(IRPNodeHost):
                                                   'masked_topic', float_range=(0.0, 1.0)))
         p('mask_guesses', True, descriptor('Masked words carry what was heard, [MASK:word] '
                                            '(false: a plain [MASK])'))
+        p('n_best', 10, descriptor('pocketsphinx N-best hypotheses that give each word its '
+                                   'alternatives, [MASK:word|alt|alt] (0: none; a masked word '
+                                   'is then [MASK:word], repaired to words that sound alike)',
+                                   read_only=True, int_range=(0, 100)))
         p('keyphrase', '', descriptor('pocketsphinx keyword spotting: the phrase to listen for '
                                       '(empty: the full language model)', read_only=True))
         p('grammar', '', descriptor('pocketsphinx JSGF grammar file (empty: the language model)',
@@ -119,7 +125,8 @@ class AudioIRPNode(IRPNodeHost):
                                    min_silence_s=g('min_silence_s').value,
                                    max_seconds=g('max_utterance_s').value)
         self.recogniser = Recogniser(keyphrase=g('keyphrase').value, grammar=g('grammar').value,
-                                     fast=g('fast_recognition').value)
+                                     fast=g('fast_recognition').value,
+                                     n_best=g('n_best').value)
         return plugin
 
     def create_outputs(self) -> None:
@@ -221,8 +228,10 @@ class AudioIRPNode(IRPNodeHost):
         trace = result.trace
         energies = list(trace.energies) if getattr(trace, 'energies', None) else []
         msg = Transcript(header=header, text=text_of(words), masked_text=masked_text(
-                             words, thr, self.get_parameter('mask_guesses').value),
+                             words, thr, self.get_parameter('mask_guesses').value,
+                             self.recogniser.n_best > 0),
                          words=[w.word for w in words],
+                         alternatives=['|'.join(w.alternatives) for w in words],
                          confidences=[float(w.confidence) for w in words],
                          start_s=[float(w.start) for w in words],
                          end_s=[float(w.end) for w in words],

@@ -1,16 +1,17 @@
 """Recognition with pocketsphinx (its bundled en-us model; nothing downloads), no ROS.
 
 :class:`Recogniser` turns 16 kHz mono float samples into :class:`Word` s with start/end times
-(s, from the utterance's first sample) and confidences (the word's posterior probability from
-pocketsphinx's lattice, 0..1). Optionally a keyword list (``kws``) or a JSGF grammar restricts
-what it hears.
+(s, from the utterance's first sample), confidences (the word's posterior probability from
+pocketsphinx's lattice, 0..1) and alternatives (other words the recogniser's N-best list puts in
+the word's place: :func:`alternatives_from_nbest`). Optionally a keyword list (``kws``) or a
+JSGF grammar restricts what it hears.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -31,12 +32,69 @@ class Word:
     start: float
     end: float
     confidence: float
+    #: Other words heard in this word's place by the N-best list, most probable first.
+    alternatives: Tuple[str, ...] = ()
+
+
+def align_words(ref: Sequence[str], hyp: Sequence[str]) -> List[Tuple[Optional[int], str]]:
+    """Align ``hyp`` to ``ref`` by word edit distance; ``[(ref index or None, hyp word)]``.
+
+    Every word of ``hyp`` gets the index of the ``ref`` word it matches or substitutes, or
+    None when it is inserted (deleted ``ref`` words get nothing). Ties prefer a substitution
+    of the later word (traced back from the end).
+    """
+    n, m = len(ref), len(hyp)
+    d = [[0] * (m + 1) for _ in range(n + 1)]
+    for i in range(n + 1):
+        d[i][0] = i
+    for j in range(m + 1):
+        d[0][j] = j
+    for i in range(1, n + 1):
+        for j in range(1, m + 1):
+            d[i][j] = min(d[i - 1][j - 1] + (ref[i - 1] != hyp[j - 1]),
+                          d[i - 1][j] + 1, d[i][j - 1] + 1)
+    out = []
+    i, j = n, m
+    while j > 0:
+        if i > 0 and d[i][j] == d[i - 1][j - 1] + (ref[i - 1] != hyp[j - 1]):
+            out.append((i - 1, hyp[j - 1]))
+            i, j = i - 1, j - 1
+        elif i > 0 and d[i][j] == d[i - 1][j] + 1:
+            i -= 1
+        else:
+            out.append((None, hyp[j - 1]))
+            j -= 1
+    return out[::-1]
+
+
+def alternatives_from_nbest(best: Sequence[str], nbest: Iterable[str],
+                            per_word: int = 3) -> List[Tuple[str, ...]]:
+    """Per word of the 1-best ``best``, the words the N-best strings substitute for it.
+
+    Each N-best hypothesis (in the recogniser's order, repeats skipped) is aligned to ``best``
+    (:func:`align_words`); a word it puts in place of ``best[i]`` becomes an alternative of
+    word ``i``, in order of first appearance, at most ``per_word``. Fillers are not words.
+    """
+    alts: List[List[str]] = [[] for _ in best]
+    seen = set()
+    for h in nbest:
+        words = [_ALT_RE.sub('', w) for w in h.split() if w not in _FILLERS
+                 and not w.startswith('[')]
+        key = tuple(words)
+        if key in seen:
+            continue
+        seen.add(key)
+        for i, w in align_words(best, words):
+            if i is not None and w != best[i] and w not in alts[i] and len(alts[i]) < per_word:
+                alts[i].append(w)
+    return [tuple(a) for a in alts]
 
 
 class Recogniser:
     """pocketsphinx's en-us model on whole utterances."""
 
-    def __init__(self, keyphrase: str = '', grammar: str = '', fast: bool = False):
+    def __init__(self, keyphrase: str = '', grammar: str = '', fast: bool = False,
+                 n_best: int = 10):
         from pocketsphinx import Config, Decoder
         cfg = Config(samprate=RATE, loglevel='FATAL')
         # Whole utterances: the cepstral mean of the utterance itself (batch CMN) instead of a
@@ -53,6 +111,9 @@ class Recogniser:
         if grammar:
             cfg['jsgf'] = grammar
         self.decoder = Decoder(cfg)
+        #: How many N-best hypotheses give the words' alternatives (0: none; a keyword or
+        #: grammar search has no N-best list).
+        self.n_best = 0 if (keyphrase or grammar) else int(n_best)
         # pocketsphinx carries its cepstral mean from one utterance to the next; each utterance
         # starts from the model's initial mean instead, so a transcript does not depend on what
         # was heard before (deterministic node, order-independent benchmark).
@@ -75,6 +136,15 @@ class Recogniser:
             out.append(Word(_ALT_RE.sub('', s.word), s.start_frame / FRAME_RATE,
                             (s.end_frame + 1) / FRAME_RATE,
                             float(min(max(s.prob, 0.0), 1.0))))
+        if self.n_best > 0 and out:
+            hyps = []
+            for h in d.nbest():
+                if len(hyps) >= self.n_best:
+                    break
+                hyps.append(h.hypstr)
+            for w, alts in zip(out, alternatives_from_nbest([w.word for w in out], hyps),
+                               strict=True):
+                w.alternatives = alts
         return out
 
 
@@ -86,17 +156,24 @@ def text_of(words: List[Word]) -> str:
 _GUESSABLE_RE = re.compile(r"[A-Za-z0-9]+(?:'[A-Za-z]+)*")
 
 
-def masked_text(words: List[Word], threshold: float, guesses: bool = True) -> str:
+def masked_text(words: List[Word], threshold: float, guesses: bool = True,
+                alternatives: bool = True) -> str:
     """Return the transcript with every word under ``threshold`` confidence masked.
 
-    ``guesses``: a masked word is written ``[MASK:word]`` (what was heard, so the language
-    node repairs it only to a word that sounds alike, and keeps it unless it is sure:
-    ``docs/AUDIO.md``); otherwise ``[MASK]`` (anything may fill it).
+    ``guesses``: a masked word is written with what was heard, ``[MASK:word]``, so the
+    language node keeps it unless it is sure of a better word (``docs/AUDIO.md``); otherwise
+    ``[MASK]`` (anything may fill it). ``alternatives`` (with ``guesses``): a word the N-best
+    list gave alternatives is written ``[MASK:word|alt|alt]``, so only those may replace it,
+    and a word with none is left as heard: the recogniser had no rival for it. Without
+    ``alternatives`` the language node chooses among words that sound alike.
     """
     def mask(w: Word) -> str:
-        if guesses and _GUESSABLE_RE.fullmatch(w.word):
+        if not (guesses and _GUESSABLE_RE.fullmatch(w.word)):
+            return '[MASK]'
+        if not alternatives:
             return f'[MASK:{w.word}]'
-        return '[MASK]'
+        alts = [a for a in w.alternatives if _GUESSABLE_RE.fullmatch(a)]
+        return f"[MASK:{'|'.join([w.word, *alts])}]" if alts else w.word
     return ' '.join(w.word if w.confidence >= threshold else mask(w) for w in words)
 
 

@@ -57,13 +57,14 @@ RECIPE = {
 
 #: The mask token: one per missing word (or punctuation mark).
 MASK_TEXT = '[MASK]'
-#: A doubtful word with what the sender heard: ``[MASK:heard]`` (the sender's guess).
+#: A doubtful word with what the sender heard: ``[MASK:heard]`` (the sender's guess), or
+#: ``[MASK:heard|alt|alt]`` with the only other words it may be (the recogniser's alternatives).
 MASK_GUESS_PREFIX = '[MASK:'
-# One token: the mask marker (plain, or with the sender's guess), a word (letters/digits with
-# inner apostrophes: "don't", "robot's"), or any single other non-space character
-# (punctuation, symbols).
-_TOKEN_RE = re.compile(r"\[MASK(?::[A-Za-z0-9]+(?:'[A-Za-z]+)*)?\]|[A-Za-z0-9]+(?:'[A-Za-z]+)*"
-                       r"|[^\sA-Za-z0-9]")
+_WORD = r"[A-Za-z0-9]+(?:'[A-Za-z]+)*"
+# One token: the mask marker (plain, or with the sender's guess and alternatives), a word
+# (letters/digits with inner apostrophes: "don't", "robot's"), or any single other non-space
+# character (punctuation, symbols).
+_TOKEN_RE = re.compile(rf"\[MASK(?::{_WORD}(?:\|{_WORD})*)?\]|{_WORD}|[^\sA-Za-z0-9]")
 _SENT_SPLIT_RE = re.compile(r'(?<=[.!?])["\')\]]?\s+(?=["\'(\[]?[A-Z0-9])')
 
 
@@ -74,8 +75,8 @@ class CorpusMissing(FileNotFoundError):
 def words(text: str) -> List[Tuple[str, int, int]]:
     """Split ``text`` into ``(token, start, end)`` character spans (token lower-cased).
 
-    ``[MASK]`` stays one token (kept upper-case), and so does ``[MASK:heard]`` (its guess
-    lower-cased); every other token is lower-cased.
+    ``[MASK]`` stays one token (kept upper-case), and so does ``[MASK:heard]`` or
+    ``[MASK:heard|alt|alt]`` (its words lower-cased); every other token is lower-cased.
     """
     out = []
     for m in _TOKEN_RE.finditer(text):
@@ -95,7 +96,20 @@ def is_mask(tok: str) -> bool:
 
 def guess_of(tok: str) -> Optional[str]:
     """Return the sender's guess of a ``[MASK:heard]`` token (``heard``); else None."""
-    return tok[len(MASK_GUESS_PREFIX):-1] if tok.startswith(MASK_GUESS_PREFIX) else None
+    if not tok.startswith(MASK_GUESS_PREFIX):
+        return None
+    return tok[len(MASK_GUESS_PREFIX):-1].split('|', 1)[0]
+
+
+def alternatives_of(tok: str) -> Optional[Tuple[str, ...]]:
+    """Return the alternatives of a ``[MASK:heard|alt|alt]`` token; None when it has none.
+
+    None means the sender gave no list (``[MASK]``, ``[MASK:heard]``): the receiver chooses
+    the candidates. A list means the fill is ``heard`` or one of these words.
+    """
+    if not tok.startswith(MASK_GUESS_PREFIX) or '|' not in tok:
+        return None
+    return tuple(tok[len(MASK_GUESS_PREFIX):-1].split('|')[1:])
 
 
 def to_ascii(text: str) -> str:

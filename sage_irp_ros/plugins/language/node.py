@@ -3,7 +3,8 @@
 Subscribes to ``std_msgs/String`` utterances in which each lost word is marked ``[MASK]`` (a
 run of n lost words: n masks) or, when the sender heard something, ``[MASK:heard]`` (repaired
 only to a word that sounds like ``heard``, kept unless the model is ``guess_margin`` nats
-surer) and publishes the repaired text on ``output_topic`` and its meaning latent
+surer) or ``[MASK:heard|alt|alt]`` (only the listed alternatives may replace ``heard``, by
+``alternatives_margin`` nats) and publishes the repaired text on ``output_topic`` and its meaning latent
 (``std_msgs/Float32MultiArray``, L2-normalised) on ``meaning_topic``, plus telemetry. Text
 with nothing to repair passes through after zero steps.
 """
@@ -39,6 +40,11 @@ class LanguageIRPNode(IRPNodeHost):
         self.declare_parameter('guess_margin', LanguageIRP.GUESS_MARGIN, descriptor(
             'Nats by which a fill must beat the heard word of a [MASK:heard] to replace it',
             read_only=True, float_range=(0.0, 100.0)))
+        self.declare_parameter('alternatives_margin', LanguageIRP.ALTERNATIVES_MARGIN,
+                               descriptor('Nats by which a fill must beat the heard word of a '
+                                          '[MASK:heard|alt|alt] (only the listed words may '
+                                          'fill it) to replace it', read_only=True,
+                                          float_range=(0.0, 100.0)))
 
     def create_plugin(self) -> LanguageIRP:
         """Load the model on ``self.device`` (fp32)."""
@@ -46,7 +52,8 @@ class LanguageIRPNode(IRPNodeHost):
         net = self.load_file_parameter('model_path', DEFAULT_WEIGHTS,
                                        lambda p: load_checkpoint(p)[0])
         return LanguageIRP(net, vocab, device=self.device,
-                           guess_margin=self.get_parameter('guess_margin').value)
+                           guess_margin=self.get_parameter('guess_margin').value,
+                           alternatives_margin=self.get_parameter('alternatives_margin').value)
 
     def decode(self, msg) -> Tuple[Any, Optional[Mapping[str, Any]]]:
         """Check the text (non-empty, not oversize)."""

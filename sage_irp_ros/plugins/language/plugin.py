@@ -13,7 +13,11 @@ A doubtful word can be sent with what was heard: ``[MASK:heard]`` (the audio nod
 its low-confidence words). Such a mask is filled only with a word that sounds like ``heard``
 (:mod:`~sage_irp_ros.plugins.language.sounds`: at most one phone apart), and ``heard`` itself
 is kept unless the model's choice is more probable than it by ``guess_margin`` nats. A guess
-outside the model's vocabulary is kept as heard (the model cannot judge it).
+outside the model's vocabulary is kept as heard (the model cannot judge it). A sender that knows
+what else the word may be lists it: ``[MASK:heard|alt|alt]`` (the audio node's recogniser
+alternatives from its N-best list); such a mask is filled only with ``heard`` or one of the
+listed words (those in the vocabulary), and ``heard`` is kept unless the model's choice is more
+probable by ``alternatives_margin`` (0 nats: the recogniser proposed them itself).
 """
 
 from __future__ import annotations
@@ -27,7 +31,13 @@ import torch
 
 from sage_irp_ros.core.loop import HaltConfig
 from sage_irp_ros.core.plugin import HALT_STABLE, IRPPlugin, IRPState, Schedule
-from sage_irp_ros.plugins.language.corpus import MASK_TEXT, guess_of, is_mask, words
+from sage_irp_ros.plugins.language.corpus import (
+    MASK_TEXT,
+    alternatives_of,
+    guess_of,
+    is_mask,
+    words,
+)
 from sage_irp_ros.plugins.language.model import (
     SPECIALS,
     MaskedLM,
@@ -90,10 +100,14 @@ class LanguageIRP(IRPPlugin):
     #: Nats by which the model's choice must beat a sender's guess (``[MASK:heard]``) to
     #: replace it; chosen on validation speech (docs/AUDIO.md, "Language repair").
     GUESS_MARGIN = 3.0
+    #: The same for a guess with listed alternatives (``[MASK:heard|alt|alt]``): the
+    #: recogniser itself proposed them, so no margin; chosen on validation speech too.
+    ALTERNATIVES_MARGIN = 0.0
 
     def __init__(self, net: MaskedLM, vocab: Vocab, horizon: int = 8, keep_p: float = 0.95,
                  stable_eps: float = 1e-3, stable_K: int = 2, device: str = 'cpu',
-                 guess_margin: float = GUESS_MARGIN, sounds_like: Any = None):
+                 guess_margin: float = GUESS_MARGIN, sounds_like: Any = None,
+                 alternatives_margin: float = ALTERNATIVES_MARGIN):
         """Wrap a trained ``net`` and its ``vocab`` with the schedule and halting parameters.
 
         ``device`` is 'cpu', 'cuda' or 'cuda:N' (fp32 on either: the model is 1.9 M parameters
@@ -103,7 +117,8 @@ class LanguageIRP(IRPPlugin):
         starting trust threshold (probability) of that schedule; ``stable_eps`` the
         cosine-distance threshold and ``stable_K`` the window of the ``stable`` rule.
         ``guess_margin``: how much more probable (nats) the model's choice must be than a
-        sender's guess to replace it; ``sounds_like``: a ``word -> words`` callable (default:
+        sender's guess to replace it; ``alternatives_margin``: the same when the sender listed
+        the alternatives; ``sounds_like``: a ``word -> words`` callable (default:
         :class:`~sage_irp_ros.plugins.language.sounds.SoundsLike` over the vocabulary, built
         when the first guess arrives).
         """
@@ -115,9 +130,11 @@ class LanguageIRP(IRPPlugin):
                              f'({net.cfg.vocab_size})')
         if horizon < 1 or stable_K < 1 or not stable_eps >= 0 or not 0 < keep_p <= 1:
             raise ValueError('horizon, stable_K >= 1, stable_eps >= 0, 0 < keep_p <= 1 needed')
-        if not guess_margin >= 0:
-            raise ValueError(f'guess_margin must be >= 0, got {guess_margin}')
+        if not (guess_margin >= 0 and alternatives_margin >= 0):
+            raise ValueError(f'guess_margin and alternatives_margin must be >= 0, got '
+                             f'{guess_margin} and {alternatives_margin}')
         self.guess_margin = float(guess_margin)
+        self.alternatives_margin = float(alternatives_margin)
         self._sounds_like = sounds_like
         dev = torch.device(device)
         if dev.type == 'cuda' and not torch.cuda.is_available():
@@ -192,7 +209,7 @@ class LanguageIRP(IRPPlugin):
             raise ValueError(f'{len(spans)} tokens (words and punctuation marks): the plugin '
                              f'takes at most {self.MAX_TOKENS} per utterance')
         toks = [t for t, _, _ in spans]
-        masked, guesses, kept = [], [], {}
+        masked, guesses, alts, kept = [], [], [], {}
         for i, t in enumerate(toks):
             if not is_mask(t):
                 continue
@@ -202,10 +219,12 @@ class LanguageIRP(IRPPlugin):
                 continue
             masked.append(i)
             guesses.append(g)
+            alts.append(alternatives_of(t))
             toks[i] = MASK_TEXT
         meta = {'text': x0, 'spans': [(a, b) for _, a, b in spans], 'masked': masked,
-                'masked_set': frozenset(masked), 'guesses': guesses, 'kept_guesses': kept,
-                'allow': self._allowed(guesses), 'guess_lp': None,
+                'masked_set': frozenset(masked), 'guesses': guesses, 'alternatives': alts,
+                'kept_guesses': kept,
+                'allow': self._allowed(guesses, alts), 'guess_lp': None,
                 'nll': np.full(len(masked), self.log_v), 'filled': False, 'dmeaning': []}
         ids = torch.tensor([self.vocab.encode(toks)], dtype=torch.long, device=self.device)
         # The windows the network reads (one: the whole text, when it fits) and, per window,
@@ -233,20 +252,22 @@ class LanguageIRP(IRPPlugin):
                 self._sounds_like = lambda w: frozenset()  # no dictionary: guesses are kept
         return self._sounds_like(word)
 
-    def _allowed(self, guesses: List[Optional[str]]) -> Optional[torch.Tensor]:
+    def _allowed(self, guesses: List[Optional[str]],
+                 alts: List[Optional[Tuple[str, ...]]]) -> Optional[torch.Tensor]:
         """(n_masked, V) additive mask: 0 where a fill is allowed, -inf where not; None: all.
 
-        A plain mask allows every word; a guessed one the guess and the words that sound
-        like it.
+        A plain mask allows every word; a guessed one the guess and its listed alternatives
+        when the sender gave them, else the words that sound like it.
         """
         if not any(g is not None for g in guesses):
             return None
         allow = torch.zeros(len(guesses), len(self.vocab), device=self.device)
         t2i = self.vocab.token_to_id
-        for j, g in enumerate(guesses):
+        for j, (g, alt) in enumerate(zip(guesses, alts, strict=True)):
             if g is None:
                 continue
-            ok = [t2i[w] for w in self.sounds_like(g) if w in t2i] + [t2i[g]]
+            cands = self.sounds_like(g) if alt is None else alt
+            ok = [t2i[w] for w in cands if w in t2i] + [t2i[g]]
             allow[j] = -math.inf
             allow[j, ok] = 0.0
         return allow
@@ -310,17 +331,20 @@ class LanguageIRP(IRPPlugin):
         """Return the words at the masked positions, in order.
 
         A plain mask not yet filled reads ``[MASK]``; a guessed one its guess until a fill
-        beats the guess by ``guess_margin`` nats.
+        beats the guess by ``guess_margin`` nats (``alternatives_margin`` with listed
+        alternatives).
         """
         m = state.meta
         ids = state.payload[0]
         out = []
-        for j, (i, g) in enumerate(zip(m['masked'], m['guesses'], strict=True)):
+        for j, (i, g, alt) in enumerate(zip(m['masked'], m['guesses'], m['alternatives'],
+                                           strict=True)):
             if not m['filled']:
                 out.append(MASK_TEXT if g is None else g)
                 continue
             word = self.vocab.id_to_token[int(ids[i])]
-            if g is not None and -m['nll'][j] - m['guess_lp'][j] <= self.guess_margin:
+            margin = self.guess_margin if alt is None else self.alternatives_margin
+            if g is not None and -m['nll'][j] - m['guess_lp'][j] <= margin:
                 word = g
             out.append(word)
         return out
