@@ -4,9 +4,9 @@ Subscribes to ``std_msgs/String`` utterances in which each lost word is marked `
 run of n lost words: n masks) or, when the sender heard something, ``[MASK:heard]`` (repaired
 only to a word that sounds like ``heard``, kept unless the model is ``guess_margin`` nats
 surer) or ``[MASK:heard|alt|alt]`` (only the listed alternatives may replace ``heard``, by
-``alternatives_margin`` nats) and publishes the repaired text on ``output_topic`` and its meaning latent
-(``std_msgs/Float32MultiArray``, L2-normalised) on ``meaning_topic``, plus telemetry. Text
-with nothing to repair passes through after zero steps.
+``alternatives_margin`` nats) and publishes the repaired text on ``output_topic`` and its
+meaning latent (``std_msgs/Float32MultiArray``, L2-normalised) on ``meaning_topic``, plus
+telemetry. Text with nothing to repair passes through after zero steps.
 """
 
 from __future__ import annotations
