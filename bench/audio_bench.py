@@ -15,7 +15,8 @@ Measured (``out/bench/audio.json``):
   ``sage_irp_ros.core.pareto`` over all conditions together; ``adaptive_gain_compute``);
 - ``steps_mean_clean`` and steps per SNR;
 - ``rtf``: CPU seconds of the whole pipeline (VAD on 100 ms chunks, enhancement, recognition)
-  per second of a 5 dB stream;
+  per second of a 5 dB stream; ``rtf_with_partials``: the same with partial results every
+  0.5 s of speech (the node's ``partial_interval_s``);
 - ``cpu_silence_ratio``: CPU of a stream that is 80 % silence (a quiet room-noise bed at
   -50 dBFS, which passes the level gate, so silero-vad runs) over the same length all speech;
 - ``wer_oracle_mask_<snr>db``: the noisy input through the ideal ratio mask computed from the
@@ -52,6 +53,7 @@ from sage_irp_ros.plugins.audio import dsp  # noqa: E402
 from sage_irp_ros.plugins.audio.model import ideal_ratio_mask  # noqa: E402
 from sage_irp_ros.plugins.audio.plugin import load_default  # noqa: E402
 from sage_irp_ros.plugins.audio.recognize import (  # noqa: E402
+    PartialRecogniser,
     Recogniser,
     masked_text,
     text_of,
@@ -193,12 +195,31 @@ def main(argv=None) -> int:
     res['adaptive_gain_compute'] = summary['adaptive_gain_compute']
 
     # RTF of the whole pipeline on a 5 dB stream; CPU of 80 % silence vs all speech.
-    def pipeline_cpu(stream):
+    def pipeline_cpu(stream, partial_s=0.0):
+        """CPU s of the node's work on ``stream`` in 100 ms chunks; utterances heard.
+
+        ``partial_s`` > 0: also what the node does with ``partial_interval_s`` (a streaming
+        decoder fed each utterance's speech as it comes, its words read every interval).
+        """
         seg = Segmenter()
+        pr = PartialRecogniser() if partial_s > 0 else None
+        k, at = 0, 0.0
         t = time.process_time()
         n_utt = 0
         for i in range(0, stream.size, 1600):
-            for u in seg.feed(stream[i:i + 1600]):
+            ended = seg.feed(stream[i:i + 1600])
+            if pr is not None:  # as AudioIRPNode._stream_partial
+                if ended or not seg.in_speech:
+                    pr.stop()
+                    k, at = 0, 0.0
+                if seg.in_speech:
+                    new, k = seg.speech_since(k)
+                    if new.size:
+                        pr.feed(new)
+                    if pr.seconds - at >= partial_s:
+                        at = pr.seconds
+                        pr.words()
+            for u in ended:
                 r = refine(plugin, u.samples, None, config=plugin.halt_config())
                 rec(r.output.samples)
                 n_utt += 1
@@ -214,6 +235,8 @@ def main(argv=None) -> int:
     speech = np.concatenate([np.concatenate([y, gap]) for y in five]).astype(np.float32)
     cpu, n_utt = pipeline_cpu(speech)
     res['rtf'] = round(cpu / (speech.size / dsp.RATE), 4)
+    cpu_p, _ = pipeline_cpu(speech, partial_s=0.5)
+    res['rtf_with_partials'] = round(cpu_p / (speech.size / dsp.RATE), 4)
     res['rtf_stream_s'] = round(speech.size / dsp.RATE, 2)
     res['rtf_utterances'] = n_utt
     n = speech.size

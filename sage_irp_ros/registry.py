@@ -354,6 +354,9 @@ BUILTIN: Tuple[PluginSpec, ...] = (
         outputs=(Port('output', 'sage_irp_ros/msg/Transcript', 'speech/transcript',
                       description='words with confidence and timing, enhancement steps'),
                  Port('text', _STRING, 'speech/transcript_text', description='the transcript'),
+                 Port('partial', 'sage_irp_ros/msg/Transcript', 'speech/partial',
+                      description='what has been said so far while an utterance goes on '
+                                  '(partial_interval_s > 0)'),
                  Port('masked', _STRING, 'speech/text',
                       description='the transcript, low-confidence words as [MASK] (the '
                                   'language node\'s input)')),

@@ -70,6 +70,29 @@ def test_speech_in_chunks_of_any_size_gives_transcript_text_and_masked(ros, node
     assert node.counters.bad_input == 0 and node.counters.runs == 1
 
 
+def test_partial_results_while_an_utterance_goes_on(ros, speech):
+    node = ros.add_node(AudioIRPNode(context=ros.context, parameter_overrides=[
+        Parameter('partial_interval_s', value=0.3)]))
+    try:
+        tr = ros.collect(Transcript, '/speech/transcript')
+        part = ros.collect(Transcript, '/speech/partial')
+        assert wait_for(lambda: node.outputs['partial'].get_subscription_count() > 0, 5)
+        x = to_int16(np.concatenate([np.zeros(RATE // 2), speech, np.zeros(RATE)]))
+        feed(node, x)
+        assert wait_for(lambda: tr, 20)
+        assert wait_for(lambda: len(part) == node.partials, 5)
+        # one preview per 0.3 s of speech, before the final transcript, of the same utterance
+        assert len(part) >= int(speech.size / RATE / 0.3) - 1 >= 2
+        assert all(p.cut == 'partial' and p.header.stamp == tr[0].header.stamp and
+                   not p.confidences and len(p.words) == len(p.start_s) for p in part)
+        assert [p.duration_s for p in part] == sorted(p.duration_s for p in part)
+        assert len(part[-1].words) >= 2 and 0 < part[-1].end_s[-1] <= part[-1].duration_s + 0.01
+        # the final transcript is still the enhanced utterance's, with confidences
+        assert tr[0].cut == 'silence' and len(tr[0].confidences) == len(tr[0].words)
+    finally:
+        node.destroy_node()
+
+
 def test_stamped_48k_stereo_float_keeps_its_time(ros, node, speech):
     tr = ros.collect(Transcript, '/speech/transcript')
     from sage_irp_ros.plugins.audio.dsp import resample

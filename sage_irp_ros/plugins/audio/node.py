@@ -17,6 +17,9 @@ recognised by pocketsphinx, and published:
 - ``output_topic`` (``speech/transcript``): ``sage_irp_ros/Transcript``: words with
   confidence and timing, the enhancement's steps and energies;
 - ``text_topic`` (``speech/transcript_text``): ``std_msgs/String``, the transcript;
+- ``partial_topic`` (``speech/partial``), with ``partial_interval_s`` > 0: ``Transcript`` s of
+  what has been said so far while an utterance goes on (``cut`` ``partial``; the raw audio
+  through a streaming decoder; no confidences yet), one per ``partial_interval_s`` of speech;
 - ``masked_topic`` (``speech/text``, the language node's input): ``std_msgs/String``, the
   transcript with each word under ``confidence_threshold`` as ``[MASK:heard|alt|alt]`` (what
   was heard and its rivals in the recogniser's N-best list, so the language node repairs it
@@ -41,7 +44,12 @@ from std_msgs.msg import Header, String
 
 from sage_irp_ros.msg import AudioChunk, Transcript
 from sage_irp_ros.plugins.audio.dsp import RATE, AudioFormatError, StreamResampler, downmix
-from sage_irp_ros.plugins.audio.recognize import Recogniser, masked_text, text_of
+from sage_irp_ros.plugins.audio.recognize import (
+    PartialRecogniser,
+    Recogniser,
+    masked_text,
+    text_of,
+)
 from sage_irp_ros.plugins.audio.vad import Segmenter, Utterance, load_silero
 from sage_irp_ros.ros.conversions import InputError
 from sage_irp_ros.ros.host import TIMER_TRIGGER, Inputs, IRPNodeHost, descriptor, run_node
@@ -100,6 +108,10 @@ class AudioIRPNode(IRPNodeHost):
         p('fast_recognition', False, descriptor('Narrower pocketsphinx beams: about 3x faster, '
                                                 'clearly worse WER (docs/AUDIO.md)',
                                                 read_only=True))
+        p('partial_interval_s', 0.0, descriptor(
+            'Publish what has been said so far on partial_topic every this many seconds of '
+            'speech while an utterance goes on (a streaming decoder on the raw audio; 0: off)',
+            read_only=True, float_range=(0.0, 10.0)))
         p('enhance', True, descriptor('Enhance before recognition (false: recognise the input)'))
         p('model_path', '', descriptor('Enhancer checkpoint (train.py writes enhancer.pt with '
                                        'its enhancer.json beside it); empty = the weights '
@@ -111,6 +123,10 @@ class AudioIRPNode(IRPNodeHost):
         self._utt: Optional[Utterance] = None
         self._flush_timer = None
         self._resampler: Optional[StreamResampler] = None
+        self.partial: Optional[PartialRecogniser] = None
+        self.partials = 0
+        self._partial_k = 0
+        self._partial_at = 0.0
 
     def create_plugin(self):
         """Build the enhancer; also the VAD and the recogniser (configure time, not per input)."""
@@ -127,6 +143,10 @@ class AudioIRPNode(IRPNodeHost):
         self.recogniser = Recogniser(keyphrase=g('keyphrase').value, grammar=g('grammar').value,
                                      fast=g('fast_recognition').value,
                                      n_best=g('n_best').value)
+        self.partial = PartialRecogniser(keyphrase=g('keyphrase').value,
+                                         grammar=g('grammar').value,
+                                         fast=g('fast_recognition').value) \
+            if g('partial_interval_s').value > 0 else None
         return plugin
 
     def create_outputs(self) -> None:
@@ -177,6 +197,7 @@ class AudioIRPNode(IRPNodeHost):
             timeout = self.get_parameter('stream_timeout_s').value
             if self.segmenter.in_speech and time.monotonic() - self._last_chunk > timeout:
                 utts = self.segmenter.flush()
+                self._stream_partial(utts)
         else:
             try:
                 x, stamp = self._chunk(inputs)
@@ -186,11 +207,40 @@ class AudioIRPNode(IRPNodeHost):
             self._last_chunk = time.monotonic()
             self._stamps.append((self.segmenter.position + self.segmenter._pending.size, stamp))
             utts = self.segmenter.feed(x)
+            self._stream_partial(utts)
         for utt in utts:
             self._utt = utt
             self.utterances += 1
             super()._process(Inputs(inputs.trigger, inputs.msgs, inputs.received))
         self._utt = None
+
+    def _stream_partial(self, ended: List[Utterance]) -> None:
+        """Feed the utterance under way to the partial recogniser; publish each interval."""
+        pr = self.partial
+        if pr is None:
+            return
+        seg = self.segmenter
+        if ended or not seg.in_speech:  # the utterance it was hearing is over
+            pr.stop()
+            self._partial_k, self._partial_at = 0, 0.0
+        if not seg.in_speech:
+            return
+        new, self._partial_k = seg.speech_since(self._partial_k)
+        if new.size:
+            pr.feed(new)
+        if pr.seconds - self._partial_at < self.get_parameter('partial_interval_s').value:
+            return
+        self._partial_at = pr.seconds
+        words = pr.words()
+        header = Header()
+        header.stamp.sec, header.stamp.nanosec = divmod(self._stamp_of(seg.speech_start),
+                                                        10 ** 9)
+        self.outputs['partial'].publish(Transcript(
+            header=header, text=text_of(words), words=[w.word for w in words],
+            start_s=[float(w.start) for w in words], end_s=[float(w.end) for w in words],
+            duration_s=float(pr.seconds), cut='partial', energy_initial=float('nan'),
+            energy_final=float('nan')))
+        self.partials += 1
 
     def decode_inputs(self, inputs: Inputs) -> Tuple[Any, Optional[Mapping[str, Any]]]:
         """Return the utterance that just ended (the VAD's)."""
@@ -251,7 +301,8 @@ class AudioIRPNode(IRPNodeHost):
         """Whether an utterance is under way (its chunks wait), utterances, clipped chunks."""
         seg = getattr(self, 'segmenter', None)
         return {'in_speech': bool(seg is not None and seg.in_speech),
-                'utterances': self.utterances, 'clipped_chunks': self.clipped_chunks}
+                'utterances': self.utterances, 'clipped_chunks': self.clipped_chunks,
+                'partials': self.partials}
 
     def run_metadata(self, output, result) -> Mapping[str, Any]:
         """Words, mean confidence, utterance length, clipped chunks so far."""

@@ -9,6 +9,8 @@ JSGF grammar restricts what it hears.
 
 from __future__ import annotations
 
+import itertools
+import math
 import re
 from dataclasses import dataclass
 from typing import Iterable, List, Optional, Sequence, Tuple
@@ -90,27 +92,46 @@ def alternatives_from_nbest(best: Sequence[str], nbest: Iterable[str],
     return [tuple(a) for a in alts]
 
 
+def _decoder(keyphrase: str, grammar: str, fast: bool, cmn: str):
+    """Return a pocketsphinx decoder of the bundled en-us model (16 kHz)."""
+    from pocketsphinx import Config, Decoder
+    cfg = Config(samprate=RATE, loglevel='FATAL')
+    cfg['cmn'] = cmn
+    if fast:
+        # Narrower beams: about a third of the time, clearly worse WER (docs/AUDIO.md).
+        cfg['beam'] = 1e-40
+        cfg['wbeam'] = 1e-20
+        cfg['maxhmmpf'] = 3000
+    if keyphrase:
+        cfg['keyphrase'] = keyphrase
+        cfg['kws_threshold'] = 1e-20
+    if grammar:
+        cfg['jsgf'] = grammar
+    return Decoder(cfg)
+
+
+def _words_of(decoder, confidence: bool = True) -> List[Word]:
+    """Return the decoder's best words (fillers dropped); posteriors when ``confidence``."""
+    if decoder.hyp() is None:
+        return []
+    out = []
+    for s in decoder.seg():
+        if s.word in _FILLERS or s.word.startswith('['):
+            continue
+        out.append(Word(_ALT_RE.sub('', s.word), s.start_frame / FRAME_RATE,
+                        (s.end_frame + 1) / FRAME_RATE,
+                        float(min(max(s.prob, 0.0), 1.0)) if confidence else math.nan))
+    return out
+
+
 class Recogniser:
     """pocketsphinx's en-us model on whole utterances."""
 
     def __init__(self, keyphrase: str = '', grammar: str = '', fast: bool = False,
                  n_best: int = 10):
-        from pocketsphinx import Config, Decoder
-        cfg = Config(samprate=RATE, loglevel='FATAL')
         # Whole utterances: the cepstral mean of the utterance itself (batch CMN) instead of a
         # running estimate (the same clean WER on the benchmark's clips, 0.228 both).
-        cfg['cmn'] = 'batch'
-        if fast:
-            # Narrower beams: about a third of the time, clearly worse WER (docs/AUDIO.md).
-            cfg['beam'] = 1e-40
-            cfg['wbeam'] = 1e-20
-            cfg['maxhmmpf'] = 3000
-        if keyphrase:
-            cfg['keyphrase'] = keyphrase
-            cfg['kws_threshold'] = 1e-20
-        if grammar:
-            cfg['jsgf'] = grammar
-        self.decoder = Decoder(cfg)
+        self.decoder = _decoder(keyphrase, grammar, fast, 'batch')
         #: How many N-best hypotheses give the words' alternatives (0: none; a keyword or
         #: grammar search has no N-best list).
         self.n_best = 0 if (keyphrase or grammar) else int(n_best)
@@ -127,25 +148,59 @@ class Recogniser:
         d.start_utt()
         d.process_raw(to_int16(np.asarray(samples, np.float32)).tobytes(), full_utt=True)
         d.end_utt()
-        if d.hyp() is None:
-            return []
-        out = []
-        for s in d.seg():
-            if s.word in _FILLERS or s.word.startswith('['):
-                continue
-            out.append(Word(_ALT_RE.sub('', s.word), s.start_frame / FRAME_RATE,
-                            (s.end_frame + 1) / FRAME_RATE,
-                            float(min(max(s.prob, 0.0), 1.0))))
+        out = _words_of(d)
         if self.n_best > 0 and out:
             hyps = []
-            for h in d.nbest():
+            # The lattice search may yield an empty entry (None): skipped, and the search is
+            # not followed further than a few times the list's length.
+            for h in itertools.islice(d.nbest(), 4 * self.n_best):
                 if len(hyps) >= self.n_best:
                     break
-                hyps.append(h.hypstr)
+                if h is not None and h.hypstr is not None:
+                    hyps.append(h.hypstr)
             for w, alts in zip(out, alternatives_from_nbest([w.word for w in out], hyps),
                                strict=True):
                 w.alternatives = alts
         return out
+
+
+class PartialRecogniser:
+    """Streaming pocketsphinx: what has been said so far, while an utterance goes on.
+
+    A preview, not the transcript: it hears the raw audio as it comes (before enhancement,
+    which needs the whole utterance) with a running cepstral mean, carried from one utterance
+    to the next as a live decoder does (the utterance is not whole yet, so batch CMN cannot
+    apply; starting each utterance from the model's initial mean misheard the first words).
+    Mid-utterance pocketsphinx has no word posteriors, so the words' confidences are NaN. The
+    final transcript comes from :class:`Recogniser` on the enhanced utterance. ``fast``: the
+    narrow beams (misheard most words of a synthetic voice: docs/AUDIO.md).
+    """
+
+    def __init__(self, keyphrase: str = '', grammar: str = '', fast: bool = False):
+        self.decoder = _decoder(keyphrase, grammar, fast, 'live')
+        #: True between the first :meth:`feed` of an utterance and :meth:`stop`.
+        self.active = False
+        #: Seconds of audio fed in the utterance under way.
+        self.seconds = 0.0
+
+    def feed(self, samples: np.ndarray) -> None:
+        """Decode the next samples of the utterance (16 kHz mono float); starts one if needed."""
+        if not self.active:
+            self.decoder.start_utt()
+            self.active, self.seconds = True, 0.0
+        x = np.asarray(samples, np.float32).reshape(-1)
+        self.decoder.process_raw(to_int16(x).tobytes(), False, False)
+        self.seconds += x.size / RATE
+
+    def words(self) -> List[Word]:
+        """Return the best words so far (times from the utterance's start; confidence NaN)."""
+        return _words_of(self.decoder, confidence=False) if self.active else []
+
+    def stop(self) -> None:
+        """End the utterance under way (its partial result is dropped)."""
+        if self.active:
+            self.decoder.end_utt()
+            self.active = False
 
 
 def text_of(words: List[Word]) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import List
+from typing import List, Tuple
 
 import numpy as np
 
@@ -88,6 +88,22 @@ class Segmenter:
     def in_speech(self) -> bool:
         """True while an utterance is under way."""
         return self._in_speech
+
+    @property
+    def speech_start(self) -> int:
+        """Stream index of the first sample of the utterance under way (or the last one)."""
+        return self._speech_start
+
+    def speech_since(self, k: int) -> Tuple[np.ndarray, int]:
+        """Return the utterance under way from its ``k``-th piece on, and its piece count.
+
+        For streaming consumers (partial results): call with the count of the previous call
+        to get only the new samples. Empty when no utterance is under way.
+        """
+        if not self._in_speech:
+            return np.zeros(0, np.float32), 0
+        new = self._speech[k:]
+        return (np.concatenate(new) if new else np.zeros(0, np.float32)), len(self._speech)
 
     def prob(self, window: np.ndarray) -> float:
         """Speech probability of one 512-sample window (0 under the level gates).
