@@ -14,7 +14,10 @@ hears on the clean clip (``--part``):
 - ``repair``: the language repair's ``guess_margin`` and the confidence threshold. Speech: 40
   flite/espeak-ng utterances of the dev split, each in a training noise at 5 and 10 dB,
   recognised without enhancement; WER against the true sentences for masks written as plain
-  ``[MASK]`` and as ``[MASK:heard]`` at margins 0-4 nats, per threshold.
+  ``[MASK]``, as ``[MASK:heard]`` (words that sound alike) and as ``[MASK:heard|alt|alt]`` (the
+  recogniser's N-best alternatives) at margins 0-4 nats, per threshold. ``--texts other``: the
+  utterances read sentences of fortune files outside the language model's corpus instead (the
+  robot's speech need not be the model's kind of text).
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/audio_validation.py --part repair
     OMP_NUM_THREADS=1 .venv/bin/python bench/audio_validation.py --part enhancer \\
@@ -113,12 +116,45 @@ def enhancer_part(weights, n_synthetic: int) -> None:
             print('halt_db', hd, w, 'steps', st, flush=True)
 
 
-def repair_part() -> None:
-    """Print the repair table: WER per threshold for plain masks and guess margins."""
+#: Fortune files the language model never read (``corpus.FORTUNE_FILES`` are its corpus): the
+#: text of ``--texts other``, as far from the model's corpus as the benchmark's clips may be.
+OTHER_FORTUNES = ('songs-poems', 'startrek', 'riddles', 'goedel', 'pratchett', 'tao',
+                  'paradoxum', 'men-women', 'art')
+
+
+def other_sentences():
+    """Tokenised sentences (4-12 words, at most 3 other tokens) of :data:`OTHER_FORTUNES`."""
+    import glob as _glob
+    import re
+
+    from sage_irp_ros.plugins.language.corpus import FORTUNES_DIR, tokens
+    out = []
+    for name in OTHER_FORTUNES:
+        for path in _glob.glob(os.path.join(FORTUNES_DIR, name)):
+            text = open(path, encoding='utf-8', errors='replace').read()
+            for cookie in re.split(r'\n%\n', text):
+                body = ' '.join(ln.strip() for ln in cookie.splitlines()
+                                if ln.strip() and not ln.strip().startswith('--'))
+                for sent in re.split(r'(?<=[.!?])\s+', body):
+                    toks = tokens(sent)
+                    n_words = sum(t[0].isalpha() for t in toks)
+                    if 4 <= n_words <= 12 and n_words >= len(toks) - 3:
+                        out.append(toks)
+    if not out:
+        raise SystemExit('no other fortune files (Debian fortunes-min / fortunes)')
+    return out
+
+
+def repair_part(texts: str = 'dev') -> None:
+    """Print the repair table: WER per threshold for plain masks and guess margins.
+
+    ``texts``: ``dev``, the language corpus' dev split (the model's own kind of text), or
+    ``other``, sentences of fortune files outside its corpus (:data:`OTHER_FORTUNES`).
+    """
     from sage_irp_ros.plugins.language.plugin import load_default as load_language
     rec = Recogniser()
     lang = load_language()
-    sents = load_sentences(limit=3000)['dev']
+    sents = load_sentences(limit=3000)['dev'] if texts == 'dev' else other_sentences()
     rng = np.random.default_rng(11)
     vs = voices()
     data = []
@@ -156,12 +192,14 @@ def main(argv=None) -> int:
     ap.add_argument('--part', choices=('enhancer', 'repair'), required=True)
     ap.add_argument('--weights', nargs='+', default=[DEFAULT_WEIGHTS])
     ap.add_argument('--synthetic', type=int, default=16)
+    ap.add_argument('--texts', choices=('dev', 'other'), default='dev',
+                    help='repair: the language corpus\' dev split, or text outside it')
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     if args.part == 'enhancer':
         enhancer_part(args.weights, args.synthetic)
     else:
-        repair_part()
+        repair_part(args.texts)
     return 0
 
 
