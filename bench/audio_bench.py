@@ -53,7 +53,7 @@ from sage_irp_ros.plugins.audio import dsp  # noqa: E402
 from sage_irp_ros.plugins.audio.model import ideal_ratio_mask  # noqa: E402
 from sage_irp_ros.plugins.audio.plugin import load_default  # noqa: E402
 from sage_irp_ros.plugins.audio.recognize import (  # noqa: E402
-    PartialRecogniser,
+    PartialTranscriber,
     Recogniser,
     masked_text,
     text_of,
@@ -202,23 +202,13 @@ def main(argv=None) -> int:
         decoder fed each utterance's speech as it comes, its words read every interval).
         """
         seg = Segmenter()
-        pr = PartialRecogniser() if partial_s > 0 else None
-        k, at = 0, 0.0
+        partial = PartialTranscriber(seg, partial_s) if partial_s > 0 else None
         t = time.process_time()
         n_utt = 0
         for i in range(0, stream.size, 1600):
             ended = seg.feed(stream[i:i + 1600])
-            if pr is not None:  # as AudioIRPNode._stream_partial
-                if ended or not seg.in_speech:
-                    pr.stop()
-                    k, at = 0, 0.0
-                if seg.in_speech:
-                    new, k = seg.speech_since(k)
-                    if new.size:
-                        pr.feed(new)
-                    if pr.seconds - at >= partial_s:
-                        at = pr.seconds
-                        pr.words()
+            if partial is not None:  # as AudioIRPNode._stream_partial
+                partial.update(bool(ended))
             for u in ended:
                 r = refine(plugin, u.samples, None, config=plugin.halt_config())
                 rec(r.output.samples)

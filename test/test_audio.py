@@ -174,6 +174,36 @@ def test_partial_recogniser_hears_an_utterance_as_it_goes():
     pr.stop()
 
 
+def test_partial_transcriber_follows_the_segmenter():
+    path = os.path.join(TESTDATA, 'goforward.raw')
+    if not os.path.exists(path):
+        pytest.skip('pocketsphinx-testdata not installed')
+    from sage_irp_ros.plugins.audio.recognize import PartialTranscriber, text_of
+    from sage_irp_ros.plugins.audio.vad import Segmenter
+    x = np.fromfile(path, dtype='<i2').astype(np.float32) / 32768
+    stream = np.concatenate([np.zeros(RATE // 2, np.float32), x, np.zeros(RATE, np.float32),
+                             x, np.zeros(RATE, np.float32)])
+    seg = Segmenter()
+    pt = PartialTranscriber(seg, 0.5)
+    with pytest.raises(ValueError, match='interval_s'):
+        PartialTranscriber(seg, 0.0)
+    got, utts, during = [], [], []
+    for i in range(0, stream.size, 1600):
+        ended = seg.feed(stream[i:i + 1600])
+        utts += ended
+        words = pt.update(bool(ended))
+        if words is not None:
+            got.append((len(utts), pt.seconds, text_of(words)))
+            during.append(seg.in_speech)
+    assert len(utts) == 2 and all(during)
+    # about one preview per 0.5 s of each utterance, each later than the one before
+    for k in (0, 1):
+        mine = [g for g in got if g[0] == k]
+        assert len(mine) >= int(utts[k].seconds / 0.5) - 1
+        assert [g[1] for g in mine] == sorted(g[1] for g in mine)
+    assert 'forward' in got[-1][2] and not pt.recogniser.active and pt.seconds == 0.0
+
+
 def test_alternatives_come_from_aligning_the_n_best_list():
     from sage_irp_ros.plugins.audio.recognize import align_words, alternatives_from_nbest
     best = 'go forward ten meters'.split()
@@ -237,6 +267,9 @@ def test_demo_hears_the_bag_as_recorded_and_in_noise(tmp_path):
     clean = rep['as_recorded']
     assert len(clean['utterances']) == 2 and clean['wer_enhanced'] <= 0.2
     assert all(u['steps'] <= 1 for u in clean['utterances'])  # clean speech: halts at once
+    # the node's partial results, one per 0.5 s of each utterance, arrived while it was said
+    assert all(len(u['partials']) >= int(u['seconds'] / 0.5) - 1 for u in clean['utterances'])
+    assert any(p for u in clean['utterances'] for p in u['partials'])
     noisy = rep['noise_5db']
     assert noisy['utterances'] and all(u['energies_db'] for u in noisy['utterances'])
     # noise is heard as noise: the first energy of every noisy utterance is above the clean ones

@@ -64,18 +64,37 @@ def bag_audio(bag: str) -> np.ndarray:
         np.float32) / 32768.0
 
 
-def hear(stream: np.ndarray, plugin, lang, rec, segmenter, threshold: float) -> List[Dict]:
-    """Run the node's pipeline over ``stream`` in 100 ms chunks; one record per utterance."""
+def hear(stream: np.ndarray, plugin, lang, rec, segmenter, threshold: float,
+         partial_s: float = 0.5) -> List[Dict]:
+    """Run the node's pipeline over ``stream`` in 100 ms chunks; one record per utterance.
+
+    With ``partial_s`` > 0, also the node's partial results (``partial_interval_s``): what
+    had been said after every ``partial_s`` of each utterance.
+    """
     from sage_irp_ros.core.loop import refine
     from sage_irp_ros.plugins.audio.dsp import RATE
-    from sage_irp_ros.plugins.audio.recognize import masked_text, text_of
+    from sage_irp_ros.plugins.audio.recognize import PartialTranscriber, masked_text, text_of
     segmenter.reset()
-    utts = []
+    partial = PartialTranscriber(segmenter, partial_s) if partial_s > 0 else None
+    utts, partials, current = [], [], []
     for i in range(0, stream.size, RATE // 10):
-        utts += segmenter.feed(stream[i:i + RATE // 10])
-    utts += segmenter.flush()
+        ended = segmenter.feed(stream[i:i + RATE // 10])
+        for _ in ended:  # the previews belong to the utterance that ended
+            partials.append(current)
+            current = []
+        if not ended and not segmenter.in_speech:
+            current = []  # an utterance too short to keep ended: its previews go with it
+        utts += ended
+        words = partial.update(bool(ended)) if partial is not None else None
+        if words is not None:
+            current.append(text_of(words))
+    ended = segmenter.flush()
+    for _ in ended:
+        partials.append(current)
+        current = []
+    utts += ended
     out = []
-    for u in utts:
+    for u, previews in zip(utts, partials, strict=True):
         r = refine(plugin, u.samples, None, config=plugin.halt_config())
         words = rec(r.output.samples)
         raw = text_of(rec(u.samples))
@@ -85,7 +104,8 @@ def hear(stream: np.ndarray, plugin, lang, rec, segmenter, threshold: float) -> 
             repaired = str(refine(lang, masked, None, config=lang.halt_config()).output)
         out.append({'start_s': round(u.start_sample / RATE, 3), 'seconds': round(u.seconds, 3),
                     'cut': u.cut, 'heard_unenhanced': raw, 'heard': text_of(words),
-                    'masked': masked, 'repaired': repaired, 'steps': r.trace.steps,
+                    'partials': previews, 'masked': masked, 'repaired': repaired,
+                    'steps': r.trace.steps,
                     'energies_db': [round(e, 3) for e in r.trace.energies],
                     'halt_reason': r.trace.halt_reason,
                     'enhanced': r.output.samples, 'start_sample': u.start_sample})
@@ -188,7 +208,9 @@ def main(argv=None) -> int:
                   f'    heard (no enhancement): {u["heard_unenhanced"]}\n'
                   f'    heard (enhanced, {u["steps"]} steps, {u["halt_reason"]}, energy '
                   f'{" -> ".join(f"{e:.2f}" for e in u["energies_db"])} dB): {u["heard"]}\n'
-                  f'    masked:   {u["masked"]}\n    repaired: {u["repaired"]}')
+                  f'    masked:   {u["masked"]}\n    repaired: {u["repaired"]}\n'
+                  f'    while it was said (partial results every 0.5 s): '
+                  f'{" | ".join(u["partials"]) or "-"}')
         w = {k: round(wer_of(truth, utts, key), 4) for k, key in (
             ('wer_unenhanced', 'heard_unenhanced'), ('wer_enhanced', 'heard'),
             ('wer_repaired', 'repaired'))}

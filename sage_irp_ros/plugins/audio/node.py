@@ -46,6 +46,7 @@ from sage_irp_ros.msg import AudioChunk, Transcript
 from sage_irp_ros.plugins.audio.dsp import RATE, AudioFormatError, StreamResampler, downmix
 from sage_irp_ros.plugins.audio.recognize import (
     PartialRecogniser,
+    PartialTranscriber,
     Recogniser,
     masked_text,
     text_of,
@@ -123,10 +124,8 @@ class AudioIRPNode(IRPNodeHost):
         self._utt: Optional[Utterance] = None
         self._flush_timer = None
         self._resampler: Optional[StreamResampler] = None
-        self.partial: Optional[PartialRecogniser] = None
+        self.partial: Optional[PartialTranscriber] = None
         self.partials = 0
-        self._partial_k = 0
-        self._partial_at = 0.0
 
     def create_plugin(self):
         """Build the enhancer; also the VAD and the recogniser (configure time, not per input)."""
@@ -143,9 +142,10 @@ class AudioIRPNode(IRPNodeHost):
         self.recogniser = Recogniser(keyphrase=g('keyphrase').value, grammar=g('grammar').value,
                                      fast=g('fast_recognition').value,
                                      n_best=g('n_best').value)
-        self.partial = PartialRecogniser(keyphrase=g('keyphrase').value,
-                                         grammar=g('grammar').value,
-                                         fast=g('fast_recognition').value) \
+        self.partial = PartialTranscriber(
+            self.segmenter, g('partial_interval_s').value,
+            PartialRecogniser(keyphrase=g('keyphrase').value, grammar=g('grammar').value,
+                              fast=g('fast_recognition').value)) \
             if g('partial_interval_s').value > 0 else None
         return plugin
 
@@ -215,30 +215,19 @@ class AudioIRPNode(IRPNodeHost):
         self._utt = None
 
     def _stream_partial(self, ended: List[Utterance]) -> None:
-        """Feed the utterance under way to the partial recogniser; publish each interval."""
-        pr = self.partial
-        if pr is None:
+        """Publish what has been said so far, once per ``partial_interval_s`` of speech."""
+        if self.partial is None:
             return
-        seg = self.segmenter
-        if ended or not seg.in_speech:  # the utterance it was hearing is over
-            pr.stop()
-            self._partial_k, self._partial_at = 0, 0.0
-        if not seg.in_speech:
+        words = self.partial.update(bool(ended))
+        if words is None:
             return
-        new, self._partial_k = seg.speech_since(self._partial_k)
-        if new.size:
-            pr.feed(new)
-        if pr.seconds - self._partial_at < self.get_parameter('partial_interval_s').value:
-            return
-        self._partial_at = pr.seconds
-        words = pr.words()
         header = Header()
-        header.stamp.sec, header.stamp.nanosec = divmod(self._stamp_of(seg.speech_start),
-                                                        10 ** 9)
+        header.stamp.sec, header.stamp.nanosec = divmod(
+            self._stamp_of(self.segmenter.speech_start), 10 ** 9)
         self.outputs['partial'].publish(Transcript(
             header=header, text=text_of(words), words=[w.word for w in words],
             start_s=[float(w.start) for w in words], end_s=[float(w.end) for w in words],
-            duration_s=float(pr.seconds), cut='partial', energy_initial=float('nan'),
+            duration_s=float(self.partial.seconds), cut='partial', energy_initial=float('nan'),
             energy_final=float('nan')))
         self.partials += 1
 

@@ -203,6 +203,46 @@ class PartialRecogniser:
             self.active = False
 
 
+class PartialTranscriber:
+    """Partial results for the utterance a :class:`~.vad.Segmenter` has under way.
+
+    Call :meth:`update` after every ``feed`` or ``flush`` of the segmenter: it hands the new
+    speech to a :class:`PartialRecogniser` and returns the words so far once per
+    ``interval_s`` of speech (else None). An utterance that ends drops its partial result.
+    """
+
+    def __init__(self, segmenter, interval_s: float, recogniser: Optional[PartialRecogniser]
+                 = None):
+        if not interval_s > 0:
+            raise ValueError(f'interval_s must be > 0, got {interval_s}')
+        self.segmenter = segmenter
+        self.interval_s = float(interval_s)
+        self.recogniser = recogniser if recogniser is not None else PartialRecogniser()
+        self._k = 0
+        self._at = 0.0
+
+    @property
+    def seconds(self) -> float:
+        """Seconds of the utterance under way heard so far."""
+        return self.recogniser.seconds if self.recogniser.active else 0.0
+
+    def update(self, ended: bool) -> Optional[List[Word]]:
+        """Hear what the segmenter took; ``ended``: an utterance ended in that call."""
+        seg, rec = self.segmenter, self.recogniser
+        if ended or not seg.in_speech:  # the utterance it was hearing is over
+            rec.stop()
+            self._k, self._at = 0, 0.0
+        if not seg.in_speech:
+            return None
+        new, self._k = seg.speech_since(self._k)
+        if new.size:
+            rec.feed(new)
+        if rec.seconds - self._at < self.interval_s:
+            return None
+        self._at = rec.seconds
+        return rec.words()
+
+
 def text_of(words: List[Word]) -> str:
     """Return the transcript as a string."""
     return ' '.join(w.word for w in words)
