@@ -23,9 +23,12 @@ Measured (``out/bench/audio.json``):
   true speech and noise (:func:`oracle_masked`): the most any mask could give the recogniser;
 - ``wer_before_repair`` / ``wer_after_repair``: the 5 dB enhanced transcripts before and after
   the language node's repair of the words under the confidence threshold, masked as the node
-  sends them (``[MASK:heard|alt|alt]``: only the recogniser's N-best alternatives may replace
-  a word); ``wer_after_repair_sounds_alike``: masked as ``[MASK:heard]`` (``n_best`` 0: words
-  that sound alike); ``wer_after_repair_plain_masks``: masked as plain ``[MASK]``.
+  sends them (``[MASK:heard=p|alt=p|alt=p]``: only the recogniser's N-best alternatives may
+  replace a word, weighed by the recogniser's probabilities and the language model's);
+  ``wer_after_repair_alternatives_lm_only``: the same list without the probabilities (the
+  language model alone chooses); ``wer_after_repair_sounds_alike``: masked as
+  ``[MASK:heard]`` (``n_best`` 0: words that sound alike); ``wer_after_repair_plain_masks``:
+  masked as plain ``[MASK]``.
 
     python bench/audio_bench.py [--quick]
 """
@@ -248,8 +251,8 @@ def main(argv=None) -> int:
         from sage_irp_ros.plugins.language.plugin import load_default as load_language
         lang = load_language()
         before, rr = [], []
-        modes = {'alternatives': (True, True), 'sounds_alike': (True, False),
-                 'plain_masks': (False, False)}
+        modes = {'alternatives': (True, True, True), 'alternatives_lm_only': (True, True, False),
+                 'sounds_alike': (True, False, False), 'plain_masks': (False, False, False)}
         after = {m: [] for m in modes}
         changed = {m: 0 for m in modes}
         for i in sel(5):
@@ -258,8 +261,8 @@ def main(argv=None) -> int:
             text = norm(text_of(words))
             before.append(text)
             rr.append(refs[i])
-            for mode, (guesses, alts) in modes.items():
-                masked = masked_text(words, CONF_THRESHOLD, guesses, alts)
+            for mode, (guesses, alts, probs) in modes.items():
+                masked = masked_text(words, CONF_THRESHOLD, guesses, alts, probs)
                 out = text
                 if '[MASK' in masked:
                     try:
@@ -273,11 +276,12 @@ def main(argv=None) -> int:
         res['wer_before_repair'] = round(wer(rr, before), 4)
         res['wer_after_repair'] = round(wer(rr, after['alternatives']), 4)
         res['repair_words_changed'] = changed['alternatives']
-        for mode in ('sounds_alike', 'plain_masks'):
+        for mode in ('alternatives_lm_only', 'sounds_alike', 'plain_masks'):
             res[f'wer_after_repair_{mode}'] = round(wer(rr, after[mode]), 4)
             res[f'repair_words_changed_{mode}'] = changed[mode]
         res['repair_guess_margin'] = lang.guess_margin
         res['repair_alternatives_margin'] = lang.alternatives_margin
+        res['repair_acoustic_weight'] = lang.acoustic_weight
         res['repair_n_best'] = rec.n_best
     except Exception as exc:  # noqa: BLE001 - report, do not hide the rest
         res['repair_error'] = repr(exc)

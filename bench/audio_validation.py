@@ -17,7 +17,8 @@ hears on the clean clip (``--part``):
   ``[MASK]``, as ``[MASK:heard]`` (words that sound alike) and as ``[MASK:heard|alt|alt]`` (the
   recogniser's N-best alternatives) at margins 0-4 nats, per threshold. ``--texts other``: the
   utterances read sentences of fortune files outside the language model's corpus instead (the
-  robot's speech need not be the model's kind of text).
+  robot's speech need not be the model's kind of text). ``weighted``: the alternatives with the
+  recogniser's probabilities (``[MASK:a=0.3|b=0.7]``) at acoustic weights 0.5-4, margin 0.
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/audio_validation.py --part repair
     OMP_NUM_THREADS=1 .venv/bin/python bench/audio_validation.py --part enhancer \\
@@ -167,20 +168,23 @@ def repair_part(texts: str = 'dev') -> None:
             for snr in (5, 10):
                 words = rec(dsp.mix(x, nz, snr))
                 data.append((wer_words(text), [Word(w.word, 0, 0, w.confidence,
-                                                    w.alternatives) for w in words]))
+                                                    w.alternatives, w.alternative_shares)
+                                               for w in words]))
     refs = [r for r, _ in data]
     print('before repair', round(corpus_wer(refs, [text_of(ws) for _, ws in data]), 4))
     for thr in (0.1, 0.3, 0.5, 0.7):
         row = {}
         for mode, margins in (('plain', (None,)), ('sounds', (0.0, 1.0, 2.0, 3.0, 4.0)),
-                              ('alts', (0.0, 1.0, 2.0, 3.0, 4.0))):
+                              ('alts', (0.0, 1.0, 2.0, 3.0, 4.0)),
+                              ('weighted', (0.5, 1.0, 2.0, 4.0))):
             for mg in margins:
-                if mg is not None:
-                    lang.guess_margin = mg
-                hyps = [wer_words(str(refine(lang, masked_text(ws, thr, mode != 'plain',
-                                                               mode == 'alts'), None,
-                                             config=lang.halt_config()).output))
-                        for _, ws in data]
+                # sounds, alts: mg is the margin; weighted: the acoustic weight (margin 0)
+                lang.guess_margin = lang.alternatives_margin = 0.0 if mode == 'weighted' else (
+                    mg if mg is not None else 0.0)
+                lang.acoustic_weight = mg if mode == 'weighted' else 0.0
+                hyps = [wer_words(str(refine(lang, masked_text(
+                    ws, thr, mode != 'plain', mode in ('alts', 'weighted'), mode == 'weighted'),
+                    None, config=lang.halt_config()).output)) for _, ws in data]
                 row[mode if mg is None else f'{mode} {mg:g}'] = round(corpus_wer(refs, hyps),
                                                                        4)
         print('threshold', thr, row, flush=True)

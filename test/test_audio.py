@@ -140,16 +140,29 @@ def test_recogniser_words_timing_confidence_and_masking():
     assert masked_text(words, 1.01, alternatives=False).split() == [
         f'[MASK:{w.word}]' for w in words]
     # with the N-best alternatives: a rivalled word lists its rivals, an unrivalled one stays
-    assert masked_text(words, 1.01).split() == [
+    assert masked_text(words, 1.01, probabilities=False).split() == [
         f"[MASK:{'|'.join([w.word, *w.alternatives])}]" if w.alternatives else w.word
         for w in words]
+    # with the recogniser's probabilities: the word's confidence, the rest by N-best shares
+    for w, tok in zip(words, masked_text(words, 1.01).split(), strict=True):
+        if w.alternatives:
+            cands = w.candidates()
+            assert tok == f"[MASK:{'|'.join(f'{a}={p:.2f}' for a, p in cands)}]"
+            assert abs(sum(p for _, p in cands) - max(1.0, w.confidence + 0.01 * len(
+                w.alternatives))) < 0.02 * len(cands)
     assert masked_text(words, 0.0) == text_of(words)
     from sage_irp_ros.plugins.audio.recognize import Word
     odd = [Word('a.b', 0, 1, 0.1), Word("they're", 1, 2, 0.1)]
     assert masked_text(odd, 0.5, alternatives=False) == "[MASK] [MASK:they're]"
     rivals = [Word('ten', 0, 1, 0.1, ('and', 'a.m.', 'in')), Word('go', 1, 2, 0.1),
               Word('meters', 2, 3, 0.9, ('years',))]
-    assert masked_text(rivals, 0.5) == '[MASK:ten|and|in] go meters'
+    assert masked_text(rivals, 0.5, probabilities=False) == '[MASK:ten|and|in] go meters'
+    # no shares: the alternatives split what the word's confidence leaves evenly (a.m. too,
+    # which cannot be written in a mask and is left out with its share)
+    assert masked_text(rivals, 0.5) == '[MASK:ten=0.10|and=0.30|in=0.30] go meters'
+    shared = Word('ten', 0, 1, 0.4, ('and', 'in'), (0.75, 0.25))
+    assert shared.candidates() == [('ten', 0.4), ('and', 0.6 * 0.75), ('in', 0.6 * 0.25)]
+    assert Word('x', 0, 1, float('nan'), ('y',)).candidates() == [('x', 0.5), ('y', 0.5)]
 
 
 def test_partial_recogniser_hears_an_utterance_as_it_goes():
@@ -218,6 +231,11 @@ def test_alternatives_come_from_aligning_the_n_best_list():
         (), (), ('and', 'in', 'can'), ('years', 'leaders', 'majors')]
     assert alternatives_from_nbest(best, nbest, per_word=1) == [(), (), ('and',), ('years',)]
     assert alternatives_from_nbest([], nbest) == []
+    from sage_irp_ros.plugins.audio.recognize import nbest_votes
+    nbest += ['go forward can meters', 'go forward and years']
+    assert nbest_votes(best, nbest) == [
+        {}, {}, {'and': 2, 'in': 1, 'can': 2, 'him': 1},
+        {'years': 2, 'leaders': 1, 'majors': 1, 'readers': 1}]
 
 
 def test_the_recogniser_lists_alternatives_for_doubtful_words():

@@ -244,6 +244,14 @@ def test_guessed_mask_syntax_is_one_token():
     assert corpus.alternatives_of('[MASK:ten|and|in]') == ('and', 'in')
     assert corpus.alternatives_of('[MASK:ten]') is None
     assert corpus.alternatives_of('[MASK]') is None
+    # the sender's probabilities ride along; unlisted ones share what is left
+    tok = '[MASK:ten=0.2|and=.5|in]'
+    assert [t for t, _, _ in corpus.words(f'go {tok} now')] == ['go', tok, 'now']
+    assert corpus.guess_of(tok) == 'ten' and corpus.alternatives_of(tok) == ('and', 'in')
+    p = corpus.probabilities_of(tok)
+    assert p['ten'] == 0.2 and p['and'] == 0.5 and abs(p['in'] - 0.3) < 1e-9
+    assert corpus.probabilities_of('[MASK:ten|and]') is None
+    assert corpus.probabilities_of('[MASK]') is None
     # a dangling bar is not part of the token: the mask ends at the last listed word
     assert [t for t, _, _ in corpus.words('[MASK:a|]')] == ['[', 'mask', ':', 'a', '|', ']']
 
@@ -289,6 +297,29 @@ def test_listed_alternatives_are_the_only_repairs(plugin):
     sure = LanguageIRP(plugin.net, plugin.vocab, guess_margin=1e6,
                        sounds_like=plugin.sounds_like)
     assert refine(sure, text, None, config=cfg).output.endswith('the tables near the door')
+
+
+def test_the_senders_probabilities_weigh_the_choice(plugin):
+    cfg = plugin.halt_config()
+    lm_only = LanguageIRP(plugin.net, plugin.vocab, alternatives_margin=0.0,
+                          sounds_like=plugin.sounds_like)
+    text = 'please put the cup on the [MASK:tables|cables|fables] near the door'
+    chosen = refine(lm_only, text, None, config=cfg).output.split()[6]
+    # the model's choice unchanged by probabilities it is told to ignore (weight 0)
+    for p in ('tables=0.5|cables=0.3|fables=0.2', 'tables=0.1|cables=0.1|fables=0.8'):
+        t = f'please put the cup on the [MASK:{p}] near the door'
+        assert refine(lm_only, t, None, config=cfg).output.split()[6] == chosen
+    # a heavy weight makes the recogniser's most probable word win, whichever the model likes
+    heard = LanguageIRP(plugin.net, plugin.vocab, alternatives_margin=0.0, acoustic_weight=50.0,
+                        sounds_like=plugin.sounds_like)
+    cands = ('table', 'chair', 'floor')
+    assert all(w in plugin.vocab.token_to_id for w in cands)
+    for best in cands:
+        p = '|'.join(f'{w}={0.8 if w == best else 0.1}' for w in cands)
+        t = f'please put the cup on the [MASK:{p}] near the door'
+        assert refine(heard, t, None, config=cfg).output.split()[6] == best
+    with pytest.raises(ValueError, match='acoustic_weight'):
+        LanguageIRP(plugin.net, plugin.vocab, acoustic_weight=-1.0)
 
 
 def test_a_guess_outside_the_vocabulary_is_kept_as_heard(plugin):

@@ -21,11 +21,11 @@ recognised by pocketsphinx, and published:
   what has been said so far while an utterance goes on (``cut`` ``partial``; the raw audio
   through a streaming decoder; no confidences yet), one per ``partial_interval_s`` of speech;
 - ``masked_topic`` (``speech/text``, the language node's input): ``std_msgs/String``, the
-  transcript with each word under ``confidence_threshold`` as ``[MASK:heard|alt|alt]`` (what
-  was heard and its rivals in the recogniser's N-best list, so the language node repairs it
-  only to one of them; a word without rivals stays as heard; ``n_best: 0``: ``[MASK:heard]``,
-  repaired only to a word that sounds alike and kept unless the language model is sure;
-  ``mask_guesses: false``: a plain ``[MASK]``).
+  transcript with each word under ``confidence_threshold`` as ``[MASK:heard=p|alt=p|alt=p]``
+  (what was heard and its rivals in the recogniser's N-best list, with its probability of
+  each, so the language node repairs it only to one of them; a word without rivals stays as
+  heard; ``n_best: 0``: ``[MASK:heard]``, repaired only to a word that sounds alike and kept
+  unless the language model is sure; ``mask_guesses: false``: a plain ``[MASK]``).
 
 Bad chunks (an empty or huge chunk, a sample count that does not split into the channels, an
 unknown encoding, a rate or channel count out of range, non-finite floats) are refused, logged
@@ -99,7 +99,7 @@ class AudioIRPNode(IRPNodeHost):
         p('mask_guesses', True, descriptor('Masked words carry what was heard, [MASK:word] '
                                            '(false: a plain [MASK])'))
         p('n_best', 10, descriptor('pocketsphinx N-best hypotheses that give each word its '
-                                   'alternatives, [MASK:word|alt|alt] (0: none; a masked word '
+                                   'alternatives, [MASK:word=p|alt=p] (0: none; a masked word '
                                    'is then [MASK:word], repaired to words that sound alike)',
                                    read_only=True, int_range=(0, 100)))
         p('keyphrase', '', descriptor('pocketsphinx keyword spotting: the phrase to listen for '
@@ -270,7 +270,8 @@ class AudioIRPNode(IRPNodeHost):
                              words, thr, self.get_parameter('mask_guesses').value,
                              self.recogniser.n_best > 0),
                          words=[w.word for w in words],
-                         alternatives=['|'.join(w.alternatives) for w in words],
+                         alternatives=['|'.join(f'{a}={p:.2f}' for a, p in w.candidates()[1:])
+                                       for w in words],
                          confidences=[float(w.confidence) for w in words],
                          start_s=[float(w.start) for w in words],
                          end_s=[float(w.end) for w in words],

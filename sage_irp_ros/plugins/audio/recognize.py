@@ -13,7 +13,7 @@ import itertools
 import math
 import re
 from dataclasses import dataclass
-from typing import Iterable, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -34,8 +34,24 @@ class Word:
     start: float
     end: float
     confidence: float
-    #: Other words heard in this word's place by the N-best list, most probable first.
+    #: Other words heard in this word's place by the N-best list, in the list's order.
     alternatives: Tuple[str, ...] = ()
+    #: Each alternative's share of the N-best hypotheses that put another word here (sums
+    #: to 1 over the alternatives).
+    alternative_shares: Tuple[float, ...] = ()
+
+    def candidates(self) -> List[Tuple[str, float]]:
+        """Return the word and its alternatives with the recogniser's probability of each.
+
+        The word's is its confidence (the lattice posterior, at least 0.01); the rest,
+        ``1 - confidence``, is shared among the alternatives by their N-best shares.
+        """
+        c = min(max(self.confidence, 0.01), 1.0) if math.isfinite(self.confidence) else 0.5
+        rest = max(1.0 - c, 0.01)
+        shares = self.alternative_shares or (1.0 / max(len(self.alternatives), 1),) * len(
+            self.alternatives)
+        return [(self.word, c)] + [(a, max(rest * sh, 0.01)) for a, sh in
+                                   zip(self.alternatives, shares, strict=True)]
 
 
 def align_words(ref: Sequence[str], hyp: Sequence[str]) -> List[Tuple[Optional[int], str]]:
@@ -69,15 +85,14 @@ def align_words(ref: Sequence[str], hyp: Sequence[str]) -> List[Tuple[Optional[i
     return out[::-1]
 
 
-def alternatives_from_nbest(best: Sequence[str], nbest: Iterable[str],
-                            per_word: int = 3) -> List[Tuple[str, ...]]:
-    """Per word of the 1-best ``best``, the words the N-best strings substitute for it.
+def nbest_votes(best: Sequence[str], nbest: Iterable[str]) -> List[Dict[str, int]]:
+    """Per word of the 1-best ``best``: how many N-best hypotheses put each other word there.
 
     Each N-best hypothesis (in the recogniser's order, repeats skipped) is aligned to ``best``
-    (:func:`align_words`); a word it puts in place of ``best[i]`` becomes an alternative of
-    word ``i``, in order of first appearance, at most ``per_word``. Fillers are not words.
+    (:func:`align_words`); a word it puts in place of ``best[i]`` is a vote for it at ``i``.
+    The dictionaries keep the words in order of first appearance. Fillers are not words.
     """
-    alts: List[List[str]] = [[] for _ in best]
+    votes: List[Dict[str, int]] = [{} for _ in best]
     seen = set()
     for h in nbest:
         words = [_ALT_RE.sub('', w) for w in h.split() if w not in _FILLERS
@@ -87,9 +102,18 @@ def alternatives_from_nbest(best: Sequence[str], nbest: Iterable[str],
             continue
         seen.add(key)
         for i, w in align_words(best, words):
-            if i is not None and w != best[i] and w not in alts[i] and len(alts[i]) < per_word:
-                alts[i].append(w)
-    return [tuple(a) for a in alts]
+            if i is not None and w != best[i]:
+                votes[i][w] = votes[i].get(w, 0) + 1
+    return votes
+
+
+def alternatives_from_nbest(best: Sequence[str], nbest: Iterable[str],
+                            per_word: int = 3) -> List[Tuple[str, ...]]:
+    """Per word of the 1-best ``best``, the words the N-best strings substitute for it.
+
+    In order of first appearance (:func:`nbest_votes`), at most ``per_word``.
+    """
+    return [tuple(list(v)[:per_word]) for v in nbest_votes(best, nbest)]
 
 
 def _decoder(keyphrase: str, grammar: str, fast: bool, cmn: str):
@@ -158,9 +182,11 @@ class Recogniser:
                     break
                 if h is not None and h.hypstr is not None:
                     hyps.append(h.hypstr)
-            for w, alts in zip(out, alternatives_from_nbest([w.word for w in out], hyps),
-                               strict=True):
-                w.alternatives = alts
+            for w, votes in zip(out, nbest_votes([w.word for w in out], hyps), strict=True):
+                kept = list(votes)[:3]
+                total = sum(votes[a] for a in kept)
+                w.alternatives = tuple(kept)
+                w.alternative_shares = tuple(votes[a] / total for a in kept)
         return out
 
 
@@ -252,7 +278,7 @@ _GUESSABLE_RE = re.compile(r"[A-Za-z0-9]+(?:'[A-Za-z]+)*")
 
 
 def masked_text(words: List[Word], threshold: float, guesses: bool = True,
-                alternatives: bool = True) -> str:
+                alternatives: bool = True, probabilities: bool = True) -> str:
     """Return the transcript with every word under ``threshold`` confidence masked.
 
     ``guesses``: a masked word is written with what was heard, ``[MASK:word]``, so the
@@ -261,14 +287,21 @@ def masked_text(words: List[Word], threshold: float, guesses: bool = True,
     list gave alternatives is written ``[MASK:word|alt|alt]``, so only those may replace it,
     and a word with none is left as heard: the recogniser had no rival for it. Without
     ``alternatives`` the language node chooses among words that sound alike.
+    ``probabilities`` (with ``alternatives``): each listed word carries the recogniser's
+    probability of it (:meth:`Word.candidates`), ``[MASK:word=0.31|alt=0.52|alt=0.17]``, which
+    the language node weighs with its own.
     """
     def mask(w: Word) -> str:
         if not (guesses and _GUESSABLE_RE.fullmatch(w.word)):
             return '[MASK]'
         if not alternatives:
             return f'[MASK:{w.word}]'
-        alts = [a for a in w.alternatives if _GUESSABLE_RE.fullmatch(a)]
-        return f"[MASK:{'|'.join([w.word, *alts])}]" if alts else w.word
+        cands = [(a, p) for a, p in w.candidates() if _GUESSABLE_RE.fullmatch(a)]
+        if len(cands) < 2:
+            return w.word
+        if probabilities:
+            return f"[MASK:{'|'.join(f'{a}={p:.2f}' for a, p in cands)}]"
+        return f"[MASK:{'|'.join(a for a, _ in cands)}]"
     return ' '.join(w.word if w.confidence >= threshold else mask(w) for w in words)
 
 

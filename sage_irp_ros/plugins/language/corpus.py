@@ -58,13 +58,15 @@ RECIPE = {
 #: The mask token: one per missing word (or punctuation mark).
 MASK_TEXT = '[MASK]'
 #: A doubtful word with what the sender heard: ``[MASK:heard]`` (the sender's guess), or
-#: ``[MASK:heard|alt|alt]`` with the only other words it may be (the recogniser's alternatives).
+#: ``[MASK:heard|alt|alt]`` with the only other words it may be (the recogniser's
+#: alternatives), each optionally with the sender's probability of it: ``[MASK:a=0.3|b=0.7]``.
 MASK_GUESS_PREFIX = '[MASK:'
 _WORD = r"[A-Za-z0-9]+(?:'[A-Za-z]+)*"
+_CAND = rf"{_WORD}(?:=(?:\d+\.?\d*|\.\d+))?"
 # One token: the mask marker (plain, or with the sender's guess and alternatives), a word
 # (letters/digits with inner apostrophes: "don't", "robot's"), or any single other non-space
 # character (punctuation, symbols).
-_TOKEN_RE = re.compile(rf"\[MASK(?::{_WORD}(?:\|{_WORD})*)?\]|{_WORD}|[^\sA-Za-z0-9]")
+_TOKEN_RE = re.compile(rf"\[MASK(?::{_CAND}(?:\|{_CAND})*)?\]|{_WORD}|[^\sA-Za-z0-9]")
 _SENT_SPLIT_RE = re.compile(r'(?<=[.!?])["\')\]]?\s+(?=["\'(\[]?[A-Z0-9])')
 
 
@@ -94,11 +96,20 @@ def is_mask(tok: str) -> bool:
     return tok == MASK_TEXT or tok.startswith(MASK_GUESS_PREFIX)
 
 
+def _candidates(tok: str) -> List[Tuple[str, Optional[float]]]:
+    """``[(word, probability or None)]`` of a ``[MASK:...]`` token, the guess first."""
+    out = []
+    for c in tok[len(MASK_GUESS_PREFIX):-1].split('|'):
+        w, _, p = c.partition('=')
+        out.append((w, float(p) if p else None))
+    return out
+
+
 def guess_of(tok: str) -> Optional[str]:
     """Return the sender's guess of a ``[MASK:heard]`` token (``heard``); else None."""
     if not tok.startswith(MASK_GUESS_PREFIX):
         return None
-    return tok[len(MASK_GUESS_PREFIX):-1].split('|', 1)[0]
+    return _candidates(tok)[0][0]
 
 
 def alternatives_of(tok: str) -> Optional[Tuple[str, ...]]:
@@ -109,7 +120,25 @@ def alternatives_of(tok: str) -> Optional[Tuple[str, ...]]:
     """
     if not tok.startswith(MASK_GUESS_PREFIX) or '|' not in tok:
         return None
-    return tuple(tok[len(MASK_GUESS_PREFIX):-1].split('|')[1:])
+    return tuple(w for w, _ in _candidates(tok)[1:])
+
+
+def probabilities_of(tok: str) -> Optional[Dict[str, float]]:
+    """Return the sender's probability of each listed word; None when it gave none.
+
+    Words listed without one share what the given ones leave (at least 0.01 each).
+    """
+    if not tok.startswith(MASK_GUESS_PREFIX):
+        return None
+    cands = _candidates(tok)
+    given = {w: p for w, p in cands if p is not None}
+    if not given:
+        return None
+    rest = [w for w, p in cands if p is None]
+    left = max(1.0 - sum(given.values()), 0.0)
+    out = {w: max(p, 0.01) for w, p in given.items()}
+    out.update({w: max(left / len(rest), 0.01) for w in rest})
+    return out
 
 
 def to_ascii(text: str) -> str:

@@ -45,6 +45,9 @@ class LanguageIRPNode(IRPNodeHost):
                                           '[MASK:heard|alt|alt] (only the listed words may '
                                           'fill it) to replace it', read_only=True,
                                           float_range=(0.0, 100.0)))
+        self.declare_parameter('acoustic_weight', LanguageIRP.ACOUSTIC_WEIGHT, descriptor(
+            "Weight of the sender's probabilities of listed words ([MASK:w=0.3|v=0.7]) beside "
+            "the model's log-probabilities", read_only=True, float_range=(0.0, 100.0)))
 
     def create_plugin(self) -> LanguageIRP:
         """Load the model on ``self.device`` (fp32)."""
@@ -53,7 +56,8 @@ class LanguageIRPNode(IRPNodeHost):
                                        lambda p: load_checkpoint(p)[0])
         return LanguageIRP(net, vocab, device=self.device,
                            guess_margin=self.get_parameter('guess_margin').value,
-                           alternatives_margin=self.get_parameter('alternatives_margin').value)
+                           alternatives_margin=self.get_parameter('alternatives_margin').value,
+                           acoustic_weight=self.get_parameter('acoustic_weight').value)
 
     def decode(self, msg) -> Tuple[Any, Optional[Mapping[str, Any]]]:
         """Check the text (non-empty, not oversize)."""

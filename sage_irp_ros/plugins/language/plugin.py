@@ -17,7 +17,10 @@ outside the model's vocabulary is kept as heard (the model cannot judge it). A s
 what else the word may be lists it: ``[MASK:heard|alt|alt]`` (the audio node's recogniser
 alternatives from its N-best list); such a mask is filled only with ``heard`` or one of the
 listed words (those in the vocabulary), and ``heard`` is kept unless the model's choice is more
-probable by ``alternatives_margin`` (0 nats: the recogniser proposed them itself).
+probable by ``alternatives_margin`` (0 nats: the recogniser proposed them itself). When the
+sender gives its probability of each listed word, ``[MASK:heard=0.3|alt=0.5|alt=0.2]``, a word's
+score is the model's log-probability plus ``acoustic_weight`` times the sender's (a noisy-channel
+choice: what the recogniser heard and what the model expects, both).
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from sage_irp_ros.plugins.language.corpus import (
     alternatives_of,
     guess_of,
     is_mask,
+    probabilities_of,
     words,
 )
 from sage_irp_ros.plugins.language.model import (
@@ -103,11 +107,15 @@ class LanguageIRP(IRPPlugin):
     #: The same for a guess with listed alternatives (``[MASK:heard|alt|alt]``): the
     #: recogniser itself proposed them, so no margin; chosen on validation speech too.
     ALTERNATIVES_MARGIN = 0.0
+    #: Weight of the sender's log-probabilities of listed words beside the model's; chosen on
+    #: validation speech (docs/LANGUAGE.md).
+    ACOUSTIC_WEIGHT = 0.5
 
     def __init__(self, net: MaskedLM, vocab: Vocab, horizon: int = 8, keep_p: float = 0.95,
                  stable_eps: float = 1e-3, stable_K: int = 2, device: str = 'cpu',
                  guess_margin: float = GUESS_MARGIN, sounds_like: Any = None,
-                 alternatives_margin: float = ALTERNATIVES_MARGIN):
+                 alternatives_margin: float = ALTERNATIVES_MARGIN,
+                 acoustic_weight: float = ACOUSTIC_WEIGHT):
         """Wrap a trained ``net`` and its ``vocab`` with the schedule and halting parameters.
 
         ``device`` is 'cpu', 'cuda' or 'cuda:N' (fp32 on either: the model is 1.9 M parameters
@@ -118,7 +126,8 @@ class LanguageIRP(IRPPlugin):
         cosine-distance threshold and ``stable_K`` the window of the ``stable`` rule.
         ``guess_margin``: how much more probable (nats) the model's choice must be than a
         sender's guess to replace it; ``alternatives_margin``: the same when the sender listed
-        the alternatives; ``sounds_like``: a ``word -> words`` callable (default:
+        the alternatives; ``acoustic_weight``: the weight of the sender's log-probabilities of
+        listed words beside the model's; ``sounds_like``: a ``word -> words`` callable (default:
         :class:`~sage_irp_ros.plugins.language.sounds.SoundsLike` over the vocabulary, built
         when the first guess arrives).
         """
@@ -130,9 +139,11 @@ class LanguageIRP(IRPPlugin):
                              f'({net.cfg.vocab_size})')
         if horizon < 1 or stable_K < 1 or not stable_eps >= 0 or not 0 < keep_p <= 1:
             raise ValueError('horizon, stable_K >= 1, stable_eps >= 0, 0 < keep_p <= 1 needed')
-        if not (guess_margin >= 0 and alternatives_margin >= 0):
-            raise ValueError(f'guess_margin and alternatives_margin must be >= 0, got '
-                             f'{guess_margin} and {alternatives_margin}')
+        if not (guess_margin >= 0 and alternatives_margin >= 0 and acoustic_weight >= 0):
+            raise ValueError(f'guess_margin, alternatives_margin and acoustic_weight must be '
+                             f'>= 0, got {guess_margin}, {alternatives_margin} and '
+                             f'{acoustic_weight}')
+        self.acoustic_weight = float(acoustic_weight)
         self.guess_margin = float(guess_margin)
         self.alternatives_margin = float(alternatives_margin)
         self._sounds_like = sounds_like
@@ -209,7 +220,7 @@ class LanguageIRP(IRPPlugin):
             raise ValueError(f'{len(spans)} tokens (words and punctuation marks): the plugin '
                              f'takes at most {self.MAX_TOKENS} per utterance')
         toks = [t for t, _, _ in spans]
-        masked, guesses, alts, kept = [], [], [], {}
+        masked, guesses, alts, probs, kept = [], [], [], [], {}
         for i, t in enumerate(toks):
             if not is_mask(t):
                 continue
@@ -220,11 +231,13 @@ class LanguageIRP(IRPPlugin):
             masked.append(i)
             guesses.append(g)
             alts.append(alternatives_of(t))
+            probs.append(probabilities_of(t))
             toks[i] = MASK_TEXT
         meta = {'text': x0, 'spans': [(a, b) for _, a, b in spans], 'masked': masked,
                 'masked_set': frozenset(masked), 'guesses': guesses, 'alternatives': alts,
                 'kept_guesses': kept,
-                'allow': self._allowed(guesses, alts), 'guess_lp': None,
+                'allow': self._allowed(guesses, alts, probs), 'guess_lp': None,
+                'fill_lp': None,
                 'nll': np.full(len(masked), self.log_v), 'filled': False, 'dmeaning': []}
         ids = torch.tensor([self.vocab.encode(toks)], dtype=torch.long, device=self.device)
         # The windows the network reads (one: the whole text, when it fits) and, per window,
@@ -253,11 +266,13 @@ class LanguageIRP(IRPPlugin):
         return self._sounds_like(word)
 
     def _allowed(self, guesses: List[Optional[str]],
-                 alts: List[Optional[Tuple[str, ...]]]) -> Optional[torch.Tensor]:
+                 alts: List[Optional[Tuple[str, ...]]],
+                 probs: List[Optional[Mapping[str, float]]]) -> Optional[torch.Tensor]:
         """(n_masked, V) additive mask: 0 where a fill is allowed, -inf where not; None: all.
 
         A plain mask allows every word; a guessed one the guess and its listed alternatives
-        when the sender gave them, else the words that sound like it.
+        when the sender gave them, else the words that sound like it. With the sender's
+        probabilities, an allowed word gets ``acoustic_weight`` times its log-probability.
         """
         if not any(g is not None for g in guesses):
             return None
@@ -270,6 +285,10 @@ class LanguageIRP(IRPPlugin):
             ok = [t2i[w] for w in cands if w in t2i] + [t2i[g]]
             allow[j] = -math.inf
             allow[j, ok] = 0.0
+            if probs[j] is not None and self.acoustic_weight > 0:
+                for w, p in probs[j].items():
+                    if w in t2i:
+                        allow[j, t2i[w]] = self.acoustic_weight * math.log(p)
         return allow
 
     def energy(self, state: IRPState) -> float:
@@ -298,19 +317,22 @@ class LanguageIRP(IRPPlugin):
                 inp, guess = guess_inputs(ids, sel, ids[sel], keep, self.vocab.mask)
                 h_all = self.net.hidden(inp, prev=m['prev'], guess=guess)
             logp = torch.log_softmax(self.net.logits(h_all[sel]) + self._ban, -1)
-            best, tok = (logp if m['allow'] is None else logp + m['allow']).max(-1)
+            scored = logp if m['allow'] is None else logp + m['allow']
+            best, tok = scored.max(-1)
+            rows = torch.arange(len(tok), device=self.device)
+            lp_tok = logp[rows, tok]  # the model's own: the energy
             guess_lp = None
-            if m['allow'] is not None:
+            if m['allow'] is not None:  # scores with the sender's weights: the margin rule
                 gid = [self.vocab.token_to_id[g] if g is not None else 0 for g in m['guesses']]
-                guess_lp = logp[torch.arange(len(gid), device=self.device),
-                                torch.tensor(gid, device=self.device)].cpu().numpy()
+                guess_lp = scored[rows, torch.tensor(gid, device=self.device)].cpu().numpy()
             new = state.payload.clone()
             new[0, m['masked']] = tok
             meaning = self._meaning(new, win)
             dm = float(1.0 - torch.dot(meaning, m['meaning']).clamp(-1, 1))
             prev = self.net.recycled(h_all, sel, logp)
-        return state.evolve(new, nll=(-best).cpu().numpy().astype(np.float64), prev=prev,
+        return state.evolve(new, nll=(-lp_tok).cpu().numpy().astype(np.float64), prev=prev,
                             filled=True, meaning=meaning, guess_lp=guess_lp,
+                            fill_lp=best.cpu().numpy().astype(np.float64),
                             dmeaning=m['dmeaning'] + [max(dm, 0.0)])
 
     def halt(self, state: IRPState, energies: list) -> Optional[str]:
@@ -344,7 +366,7 @@ class LanguageIRP(IRPPlugin):
                 continue
             word = self.vocab.id_to_token[int(ids[i])]
             margin = self.guess_margin if alt is None else self.alternatives_margin
-            if g is not None and -m['nll'][j] - m['guess_lp'][j] <= margin:
+            if g is not None and m['fill_lp'][j] - m['guess_lp'][j] <= margin:
                 word = g
             out.append(word)
         return out
