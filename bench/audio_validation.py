@@ -11,6 +11,9 @@ hears on the clean clip (``--part``):
   halt_db 1.5, 2, 3, 4 (with mean steps), for each ``--weights`` file. The first model (the
   ``lsd`` objective) is in git: ``git show 4378e37:sage_irp_ros/plugins/audio/weights/
   enhancer.pt > lsd.pt`` (and ``enhancer.json`` beside it).
+- ``mask``: why the committed enhancer falls short of the ideal ratio mask: its final mask on
+  the bins the speech dominates and on those the noise dominates, beside the ideal mask's, and
+  the WER through each (same items as ``enhancer``).
 - ``repair``: the language repair's ``guess_margin`` and the confidence threshold. Speech: 40
   flite/espeak-ng utterances of the dev split, each in a training noise at 5 and 10 dB,
   recognised without enhancement; WER against the true sentences for masks written as plain
@@ -58,9 +61,10 @@ TESTDATA = '/usr/share/pocketsphinx/test/data/'
 HUMAN_VALIDATION = ('goforward.raw', 'numbers.raw', 'something.raw', 'tidigits/dhd.2934z.raw')
 
 
-def enhancer_part(weights, n_synthetic: int) -> None:
-    """Print the enhancer table for every weights file."""
-    rec = Recogniser()
+def enhancer_items(rec, n_synthetic: int):
+    """``(refs, items)``: the references and ``(clip, snr, mixture, speech)`` of the enhancer
+    validation (the human clips and ``n_synthetic`` voices, each in its noise at 0, 5, 10 dB
+    and clean; ``speech`` is the clean clip at the mixture's gain)."""
     clips = [np.fromfile(TESTDATA + f, dtype='<i2').astype(np.float32) / 32768
              for f in HUMAN_VALIDATION]
     sents = load_sentences(limit=3000)['dev']
@@ -79,13 +83,19 @@ def enhancer_part(weights, n_synthetic: int) -> None:
         for snr in (0, 5, 10, None):
             y = x.copy() if snr is None else dsp.mix(x, nz, snr)
             pk = np.abs(y).max()
-            if pk > 0.99:
-                y = y / pk * 0.99
-            items.append((i, snr, y.astype(np.float32)))
+            g = 0.99 / pk if pk > 0.99 else 1.0
+            items.append((i, snr, (y * g).astype(np.float32), (x * g).astype(np.float32)))
+    return refs, items
+
+
+def enhancer_part(weights, n_synthetic: int) -> None:
+    """Print the enhancer table for every weights file."""
+    rec = Recogniser()
+    refs, items = enhancer_items(rec, n_synthetic)
 
     def table(fn):
         by, steps = {}, {}
-        for i, snr, y in items:
+        for i, snr, y, _ in items:
             out, k = fn(y)
             by.setdefault(snr, ([], []))
             by[snr][0].append(refs[i])
@@ -146,6 +156,46 @@ def other_sentences():
     return out
 
 
+def mask_part(n_synthetic: int) -> None:
+    """Print how the committed enhancer's final mask compares with the ideal ratio mask.
+
+    Per SNR, on the enhancer validation items (adaptive halting): the mean mask on the bins the
+    speech dominates (ideal mask > 0.7) and on those the noise dominates (< 0.3), beside the
+    ideal mask's own means there; and the WER through the model's mask and through the ideal
+    one (the ceiling, as ``wer_oracle_mask_*`` of the benchmark).
+    """
+    from sage_irp_ros.plugins.audio.model import ideal_ratio_mask
+    from sage_irp_ros.plugins.audio.train import stft
+    rec = Recogniser(n_best=0)
+    refs, items = enhancer_items(rec, n_synthetic)
+    plugin = AudioIRP.from_checkpoint(DEFAULT_WEIGHTS)
+    win = torch.hann_window(dsp.N_FFT)
+    stats, hyps = {}, {}
+    for i, snr, y, x in items:
+        if snr is None:
+            continue
+        r = refine(plugin, y, None, config=plugin.halt_config())
+        m, spec = r.state.payload[0], r.state.meta['X']
+        ideal = ideal_ratio_mask(stft(torch.from_numpy(x)).abs(),
+                                 stft(torch.from_numpy(y - x)).abs(), plugin.floor).reshape(
+                                     m.shape)
+        sd, nd = ideal > 0.7, ideal < 0.3
+        stats.setdefault(snr, []).append((float(m[sd].mean()), float(ideal[sd].mean()),
+                                          float(m[nd].mean()), float(ideal[nd].mean())))
+        for name, mk in (('model', m), ('ideal', ideal)):
+            z = torch.istft(mk * spec, dsp.N_FFT, dsp.HOP, window=win, center=True,
+                            length=y.size).numpy()
+            hyps.setdefault((snr, name), ([], []))
+            hyps[(snr, name)][0].append(refs[i])
+            hyps[(snr, name)][1].append(wer_words(text_of(rec(z))))
+    for snr in sorted(stats):
+        a = np.mean(stats[snr], axis=0)
+        print(f'{snr} dB: mask on speech-dominated bins {a[0]:.2f} (ideal {a[1]:.2f}), on '
+              f'noise-dominated bins {a[2]:.2f} (ideal {a[3]:.2f}); WER through the model\'s '
+              f'mask {corpus_wer(*hyps[(snr, "model")]):.3f}, through the ideal mask '
+              f'{corpus_wer(*hyps[(snr, "ideal")]):.3f}', flush=True)
+
+
 def repair_part(texts: str = 'dev') -> None:
     """Print the repair table: WER per threshold for plain masks and guess margins.
 
@@ -193,7 +243,7 @@ def repair_part(texts: str = 'dev') -> None:
 def main(argv=None) -> int:
     """Command line."""
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    ap.add_argument('--part', choices=('enhancer', 'repair'), required=True)
+    ap.add_argument('--part', choices=('enhancer', 'mask', 'repair'), required=True)
     ap.add_argument('--weights', nargs='+', default=[DEFAULT_WEIGHTS])
     ap.add_argument('--synthetic', type=int, default=16)
     ap.add_argument('--texts', choices=('dev', 'other'), default='dev',
@@ -202,6 +252,8 @@ def main(argv=None) -> int:
     torch.set_num_threads(1)
     if args.part == 'enhancer':
         enhancer_part(args.weights, args.synthetic)
+    elif args.part == 'mask':
+        mask_part(args.synthetic)
     else:
         repair_part(args.texts)
     return 0
