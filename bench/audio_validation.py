@@ -161,8 +161,10 @@ def mask_part(n_synthetic: int) -> None:
 
     Per SNR, on the enhancer validation items (adaptive halting): the mean mask on the bins the
     speech dominates (ideal mask > 0.7) and on those the noise dominates (< 0.3), beside the
-    ideal mask's own means there; and the WER through the model's mask and through the ideal
-    one (the ceiling, as ``wer_oracle_mask_*`` of the benchmark).
+    ideal mask's own means there; and the WER through the model's mask, through the ideal one
+    (the ceiling, as ``wer_oracle_mask_*`` of the benchmark) and through the model's mask
+    sharpened or softened at run time (raised to 1.5 and 2, its square root, floors of 0.1,
+    0.2 and 0.3 instead of 0.05).
     """
     from sage_irp_ros.plugins.audio.model import ideal_ratio_mask
     from sage_irp_ros.plugins.audio.train import stft
@@ -182,7 +184,10 @@ def mask_part(n_synthetic: int) -> None:
         sd, nd = ideal > 0.7, ideal < 0.3
         stats.setdefault(snr, []).append((float(m[sd].mean()), float(ideal[sd].mean()),
                                           float(m[nd].mean()), float(ideal[nd].mean())))
-        for name, mk in (('model', m), ('ideal', ideal)):
+        variants = (('model', m), ('ideal', ideal), ('m^1.5', m ** 1.5), ('m^2', m ** 2),
+                    ('sqrt m', m.sqrt()), ('floor 0.1', m.clamp(0.1, 1)),
+                    ('floor 0.2', m.clamp(0.2, 1)), ('floor 0.3', m.clamp(0.3, 1)))
+        for name, mk in variants:
             z = torch.istft(mk * spec, dsp.N_FFT, dsp.HOP, window=win, center=True,
                             length=y.size).numpy()
             hyps.setdefault((snr, name), ([], []))
@@ -193,7 +198,10 @@ def mask_part(n_synthetic: int) -> None:
         print(f'{snr} dB: mask on speech-dominated bins {a[0]:.2f} (ideal {a[1]:.2f}), on '
               f'noise-dominated bins {a[2]:.2f} (ideal {a[3]:.2f}); WER through the model\'s '
               f'mask {corpus_wer(*hyps[(snr, "model")]):.3f}, through the ideal mask '
-              f'{corpus_wer(*hyps[(snr, "ideal")]):.3f}', flush=True)
+              f'{corpus_wer(*hyps[(snr, "ideal")]):.3f}; at run time: ' + ', '.join(
+                  f'{name} {corpus_wer(*hyps[(snr, name)]):.3f}' for name in (
+                      'm^1.5', 'm^2', 'sqrt m', 'floor 0.1', 'floor 0.2', 'floor 0.3')),
+              flush=True)
 
 
 def repair_part(texts: str = 'dev') -> None:
