@@ -156,8 +156,8 @@ def other_sentences():
     return out
 
 
-def mask_part(n_synthetic: int) -> None:
-    """Print how the committed enhancer's final mask compares with the ideal ratio mask.
+def mask_part(n_synthetic: int, weights: str = DEFAULT_WEIGHTS) -> None:
+    """Print how an enhancer's final mask (``weights``) compares with the ideal ratio mask.
 
     Per SNR, on the enhancer validation items (adaptive halting): the mean mask on the bins the
     speech dominates (ideal mask > 0.7) and on those the noise dominates (< 0.3), beside the
@@ -170,7 +170,7 @@ def mask_part(n_synthetic: int) -> None:
     from sage_irp_ros.plugins.audio.train import stft
     rec = Recogniser(n_best=0)
     refs, items = enhancer_items(rec, n_synthetic)
-    plugin = AudioIRP.from_checkpoint(DEFAULT_WEIGHTS)
+    plugin = AudioIRP.from_checkpoint(weights)
     win = torch.hann_window(dsp.N_FFT)
     stats, hyps = {}, {}
     for i, snr, y, x in items:
@@ -261,7 +261,7 @@ def main(argv=None) -> int:
     if args.part == 'enhancer':
         enhancer_part(args.weights, args.synthetic)
     elif args.part == 'mask':
-        mask_part(args.synthetic)
+        mask_part(args.synthetic, args.weights[0])
     else:
         repair_part(args.texts)
     return 0
