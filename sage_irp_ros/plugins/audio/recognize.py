@@ -21,6 +21,8 @@ from sage_irp_ros.plugins.audio.dsp import RATE, to_int16
 
 #: pocketsphinx frames per second (10 ms frames).
 FRAME_RATE = 100
+#: The most alternatives a word carries.
+MAX_ALTERNATIVES = 3
 _ALT_RE = re.compile(r'\(\d+\)$')
 _FILLERS = {'<s>', '</s>', '<sil>', '[NOISE]', '[SPEECH]', '[BREATH]', '[COUGH]', '[UH]',
             '[UM]', '[SMACK]', '[LAUGH]', '[MUSIC]'}
@@ -108,7 +110,7 @@ def nbest_votes(best: Sequence[str], nbest: Iterable[str]) -> List[Dict[str, int
 
 
 def alternatives_from_nbest(best: Sequence[str], nbest: Iterable[str],
-                            per_word: int = 3) -> List[Tuple[str, ...]]:
+                            per_word: int = MAX_ALTERNATIVES) -> List[Tuple[str, ...]]:
     """Per word of the 1-best ``best``, the words the N-best strings substitute for it.
 
     In order of first appearance (:func:`nbest_votes`), at most ``per_word``.
@@ -183,7 +185,7 @@ class Recogniser:
                 if h is not None and h.hypstr is not None:
                     hyps.append(h.hypstr)
             for w, votes in zip(out, nbest_votes([w.word for w in out], hyps), strict=True):
-                kept = list(votes)[:3]
+                kept = list(votes)[:MAX_ALTERNATIVES]
                 total = sum(votes[a] for a in kept)
                 w.alternatives = tuple(kept)
                 w.alternative_shares = tuple(votes[a] / total for a in kept)
