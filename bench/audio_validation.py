@@ -135,24 +135,13 @@ OTHER_FORTUNES = ('songs-poems', 'startrek', 'riddles', 'goedel', 'pratchett', '
 
 def other_sentences():
     """Tokenised sentences (4-12 words, at most 3 other tokens) of :data:`OTHER_FORTUNES`."""
-    import glob as _glob
-    import re
-
-    from sage_irp_ros.plugins.language.corpus import FORTUNES_DIR, tokens
+    from sage_irp_ros.plugins.language.corpus import fortune_sentences, tokens
     out = []
-    for name in OTHER_FORTUNES:
-        for path in _glob.glob(os.path.join(FORTUNES_DIR, name)):
-            text = open(path, encoding='utf-8', errors='replace').read()
-            for cookie in re.split(r'\n%\n', text):
-                body = ' '.join(ln.strip() for ln in cookie.splitlines()
-                                if ln.strip() and not ln.strip().startswith('--'))
-                for sent in re.split(r'(?<=[.!?])\s+', body):
-                    toks = tokens(sent)
-                    n_words = sum(t[0].isalpha() for t in toks)
-                    if 4 <= n_words <= 12 and n_words >= len(toks) - 3:
-                        out.append(toks)
-    if not out:
-        raise SystemExit('no other fortune files (Debian fortunes-min / fortunes)')
+    for sent in fortune_sentences(names=OTHER_FORTUNES):
+        toks = tokens(sent)
+        n_words = sum(t[0].isalpha() for t in toks)
+        if 4 <= n_words <= 12 and n_words >= len(toks) - 3:
+            out.append(toks)
     return out
 
 

@@ -239,8 +239,8 @@ class PartialTranscriber:
     ``interval_s`` of speech (else None). An utterance that ends drops its partial result.
     """
 
-    def __init__(self, segmenter, interval_s: float, recogniser: Optional[PartialRecogniser]
-                 = None):
+    def __init__(self, segmenter, interval_s: float,
+                 recogniser: Optional[PartialRecogniser] = None):
         if not interval_s > 0:
             raise ValueError(f'interval_s must be > 0, got {interval_s}')
         self.segmenter = segmenter

@@ -178,9 +178,10 @@ def wordnet_sentences(root: str = WORDNET_DIR) -> Iterator[str]:
                     yield q.strip()
 
 
-def fortune_sentences(root: str = FORTUNES_DIR) -> Iterator[str]:
-    """Sentences of the fortune files (attribution lines dropped)."""
-    for name in FORTUNE_FILES:
+def fortune_sentences(root: str = FORTUNES_DIR,
+                      names: Tuple[str, ...] = FORTUNE_FILES) -> Iterator[str]:
+    """Sentences of the fortune files ``names`` (attribution lines dropped)."""
+    for name in names:
         with open(_need(os.path.join(root, name), 'fortunes'), encoding='utf-8',
                   errors='replace') as f:
             text = f.read()
