@@ -283,7 +283,7 @@ BUILTIN: Tuple[PluginSpec, ...] = (
         outputs=(Port('output', _STRING, 'text_repaired', description='repaired text'),
                  Port('meaning', _FLOATS, 'text_meaning',
                       description='meaning latent (L2-normalised)')),
-        devices=('cpu', 'cuda'), precisions=('fp32',),
+        devices=('cpu', 'cuda'), precisions=('fp32', 'fp16'),
         demo=DemoSpec(replay_topics=('/speech/text',),
                       record_topics=('/language/text_repaired', '/language/meaning'),
                       truth_key='utterances',
@@ -360,7 +360,7 @@ BUILTIN: Tuple[PluginSpec, ...] = (
                  Port('masked', _STRING, 'speech/text',
                       description='the transcript, low-confidence words as [MASK] (the '
                                   'language node\'s input)')),
-        devices=('cpu',), precisions=('fp32',),
+        devices=('cpu', 'cuda'), precisions=('fp32', 'fp16'),
         # In the replay demo the transcripts stay apart from the bag's own masked texts (the
         # language node's input); python -m sage_irp_ros.plugins.audio.demo shows the repairs.
         demo=DemoSpec(replay_topics=('/audio/raw',),

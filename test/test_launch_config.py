@@ -32,17 +32,17 @@ def test_every_executable_the_launch_can_start_exists():
 
 def test_plan_gives_each_plugin_its_own_device(tmp_path):
     ov = str(tmp_path / 'ov.yaml')
-    p = launch_plan.plan('vision,language,fixture', config=CONFIG, device='cuda',
+    p = launch_plan.plan('vision,control,fixture', config=CONFIG, device='cuda',
                          precision='fp16', overrides_path=ov)
     assert [a.executable for a in p.actions] == [
-        'orchestrator_node', 'vision_irp_node', 'language_irp_node', 'fixture_irp_node']
+        'orchestrator_node', 'vision_irp_node', 'control_irp_node', 'fixture_irp_node']
     assert p.overrides['vision_irp_node'] == {'device': 'cuda', 'precision': 'fp16'}
-    assert p.overrides['language_irp_node'] == {'device': 'cuda', 'precision': 'fp32'}
+    assert p.overrides['control_irp_node'] == {'device': 'cuda', 'precision': 'fp32'}
     assert p.overrides['fixture_irp_node'] == {'device': 'cpu', 'precision': 'fp32'}
-    assert any('language' in n and 'fp16' in n for n in p.notes)
+    assert any('control' in n and 'fp16' in n for n in p.notes)
     assert any('fixture' in n and 'cpu only' in n for n in p.notes)
     written = yaml.safe_load(open(ov))
-    assert written['/**/language_irp_node']['ros__parameters']['precision'] == 'fp32'
+    assert written['/**/control_irp_node']['ros__parameters']['precision'] == 'fp32'
     assert all(a.parameters == [CONFIG, ov] for a in p.actions)
     # one plugin's own value wins over the common one
     p = launch_plan.plan('vision,language', config=CONFIG, device='cpu',

@@ -5,7 +5,7 @@ under this package imports rclpy or any ROS type.
 """
 
 from sage_irp_ros.core.budget import Budget, StepCostMeter
-from sage_irp_ros.core.loop import HaltConfig, RefineResult, Trace, refine
+from sage_irp_ros.core.loop import HaltConfig, RefineResult, Trace, refine, refine_batch
 from sage_irp_ros.core.plugin import (
     HALT_BUDGET,
     HALT_CONFIDENT,
@@ -34,7 +34,7 @@ from sage_irp_ros.core.telemetry import (
 from sage_irp_ros.core.trust import TrustMetrics, trust_metrics
 
 __all__ = [
-    'Budget', 'StepCostMeter', 'HaltConfig', 'RefineResult', 'Trace', 'refine',
+    'Budget', 'StepCostMeter', 'HaltConfig', 'RefineResult', 'Trace', 'refine', 'refine_batch',
     'HALT_BUDGET', 'HALT_CONFIDENT', 'HALT_ERROR', 'HALT_FEASIBLE', 'HALT_MANUAL',
     'HALT_MAX_STEPS', 'HALT_REASONS', 'HALT_SLOPE', 'HALT_STABLE', 'HALT_TIMEOUT',
     'IRPPlugin', 'IRPState', 'PLUGIN_KINDS', 'Schedule', 'JsonlSink', 'RunInfo', 'TelemetryError',

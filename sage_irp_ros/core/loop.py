@@ -23,7 +23,7 @@ import math
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, List, Mapping, Optional
+from typing import Any, Callable, List, Mapping, Optional, Sequence
 
 from sage_irp_ros.core.budget import Budget, StepCostMeter
 from sage_irp_ros.core.plugin import (
@@ -206,6 +206,11 @@ def refine(plugin: IRPPlugin, x0: Any, ctx: Optional[Mapping[str, Any]] = None, 
                 break
             trace.energies.append(e)
             good = state
+    return _finish(plugin, good, trace, budget, cost, clock, step_time)
+
+
+def _finish(plugin, good, trace, budget, cost, clock, step_time) -> RefineResult:
+    """Decode the last good state, close the trace and teach the meter the per-input time."""
     trace.atp_granted = None if budget.unlimited else budget.granted
     try:
         output = plugin.result(good)
@@ -216,6 +221,149 @@ def refine(plugin: IRPPlugin, x0: Any, ctx: Optional[Mapping[str, Any]] = None, 
     trace.time_ms = (clock() - trace.t_start) * 1e3
     cost.update_input(max(trace.time_ms - step_time * 1e3, 0.0))
     return RefineResult(output=output, state=good, trace=trace)
+
+
+class _Run:
+    """One input's bookkeeping inside :func:`refine_batch`."""
+
+    def __init__(self, index, state, trace, budget, eps_abs):
+        self.index, self.state, self.good, self.trace = index, state, state, trace
+        self.budget, self.eps_abs, self.step_time = budget, eps_abs, 0.0
+
+
+def refine_batch(plugin: IRPPlugin, xs: Sequence[Any],
+                 ctxs: Optional[Sequence[Optional[Mapping[str, Any]]]] = None, *,
+                 config: Optional[HaltConfig] = None,
+                 budgets: Optional[Sequence[Budget]] = None,
+                 cost: Optional[StepCostMeter] = None, cancel: Optional[threading.Event] = None,
+                 deadline: Optional[float] = None,
+                 clock: Callable[[], float] = time.perf_counter,
+                 on_result: Optional[Callable[[int, RefineResult], None]] = None
+                 ) -> List[RefineResult]:
+    """Refine several inputs together: one batched step per round, each input halting alone.
+
+    The same rules as :func:`refine`, per input: each run has its own trace, its own budget
+    (``budgets[i]``; unlimited when None) and its own halting checks before every step. The
+    runs still going take their next step together through ``plugin.step_batch`` and are
+    scored together through ``plugin.energies`` (a plugin that batches does one launch and one
+    host sync for all of them; the defaults step and score one by one). A run that halts leaves
+    the batch at once: it is decoded, and ``on_result(i, result)`` is called before the others
+    step again, so a finished input is answered without waiting for the slowest.
+
+    Every run is charged the meter's step price per round, and the meter learns the round's
+    time divided by the runs in it (the price of a step in a batch of that size). An input
+    whose ``init_state`` raises, or a batched step that raises, ends those runs with ``error``
+    (the batch's error ends every run in it; each is decoded from its last good state). Returns
+    the results in input order.
+    """
+    config = config or HaltConfig()
+    cost = cost if cost is not None else StepCostMeter()
+    n = len(xs)
+    ctxs = list(ctxs) if ctxs is not None else [None] * n
+    budgets = list(budgets) if budgets is not None else [Budget() for _ in range(n)]
+    if len(ctxs) != n or len(budgets) != n:
+        raise ValueError(f'{n} inputs need {n} contexts and budgets, got {len(ctxs)} and '
+                         f'{len(budgets)}')
+    results: List[Optional[RefineResult]] = [None] * n
+    active: List[_Run] = []
+
+    def done(run: _Run) -> None:
+        results[run.index] = res = _finish(plugin, run.good, run.trace, run.budget, cost, clock,
+                                           run.step_time)
+        if on_result is not None:
+            on_result(run.index, res)
+
+    for i, (x0, ctx, budget) in enumerate(zip(xs, ctxs, budgets, strict=True)):
+        trace = Trace(t_start=clock())
+        trace.atp_input = budget.charge_up_to(cost.per_input_ms)
+        trace.atp_spent += trace.atp_input
+        try:
+            state = plugin.project(plugin.init_state(x0, ctx))
+        except Exception as exc:  # noqa: BLE001 - one bad input must not end the others
+            budget.refund(trace.atp_input)
+            trace.atp_spent = trace.atp_input = 0.0
+            trace.halt_reason = HALT_ERROR
+            trace.error = f'init_state raised {type(exc).__name__}: {exc}'
+            results[i] = res = RefineResult(output=None, state=None, trace=trace)
+            if on_result is not None:
+                on_result(i, res)
+            continue
+        active.append(_Run(i, state, trace, budget, 0.0))
+    if active:
+        try:
+            e0s = [float(e) for e in plugin.energies([r.state for r in active])]
+        except Exception as exc:  # noqa: BLE001
+            e0s = [math.nan] * len(active)
+            for r in active:
+                r.trace.error = f'energy of the initial state raised {type(exc).__name__}: {exc}'
+        for r, e0 in zip(active, e0s, strict=True):
+            if not math.isfinite(e0):
+                r.trace.halt_reason = HALT_ERROR
+                r.trace.error = r.trace.error or f'initial energy is not finite ({e0})'
+            else:
+                r.trace.energies.append(e0)
+                r.eps_abs = config.eps * plugin.energy_scale(e0)
+    while active:
+        going, scheds = [], []
+        for r in active:
+            if r.trace.halt_reason is None:
+                try:
+                    r.trace.halt_reason = _check(plugin, r.state, r.trace, config, r.budget,
+                                                 cost, cancel, deadline, clock, r.eps_abs)
+                except Exception as exc:  # noqa: BLE001
+                    r.trace.halt_reason = HALT_ERROR
+                    r.trace.error = f'halt check raised {type(exc).__name__}: {exc}'
+            if r.trace.halt_reason is None:
+                price = cost.per_step_ms
+                if not r.budget.try_charge(price):
+                    r.trace.halt_reason = HALT_BUDGET
+            if r.trace.halt_reason is not None:
+                done(r)
+                continue
+            r.trace.atp_spent += price
+            steps_left = min(r.budget.steps_affordable(price) + 1,
+                             config.max_steps - r.trace.steps)
+            scheds.append(Schedule(step_idx=r.trace.steps, max_steps=config.max_steps,
+                                   steps_left=max(steps_left, 1),
+                                   noise_level=1.0 - r.trace.steps / max(config.max_steps, 1)))
+            going.append(r)
+        active = going
+        if not active:
+            break
+        t = clock()
+        try:
+            states = plugin.step_batch([r.state for r in active], scheds)
+            states = [plugin.project(s) for s in states]
+            es = [float(e) for e in plugin.energies(states)]
+        except Exception as exc:  # noqa: BLE001 - a plugin error ends the runs, never the caller
+            dt = clock() - t
+            for r in active:
+                r.step_time += dt / len(active)
+                r.trace.halt_reason = HALT_ERROR
+                r.trace.error = (f'batched step {r.trace.steps} raised '
+                                 f'{type(exc).__name__}: {exc}')
+                done(r)
+            break
+        dt_ms = (clock() - t) * 1e3 / len(active)
+        cost.update(dt_ms)
+        for r, state, e in zip(active, states, es, strict=True):
+            r.step_time += dt_ms * 1e-3
+            r.trace.step_ms.append(dt_ms)
+            r.state = state
+            if not math.isfinite(e):
+                r.trace.halt_reason = HALT_ERROR
+                r.trace.error = f'energy became non-finite ({e}) at step {r.trace.steps}'
+                continue
+            r.trace.energies.append(e)
+            r.good = state
+        still = []
+        for r in active:
+            if r.trace.halt_reason is not None:
+                done(r)
+            else:
+                still.append(r)
+        active = still
+    return results  # type: ignore[return-value]
 
 
 def _check(plugin, state, trace, config, budget, cost, cancel, deadline, clock, eps_abs):

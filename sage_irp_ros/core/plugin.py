@@ -145,6 +145,18 @@ class IRPPlugin(abc.ABC):
     def step(self, state: IRPState, schedule: Schedule) -> IRPState:
         """Apply one refinement iteration and return the next state."""
 
+    def step_batch(self, states: list, schedules: list) -> list:
+        """Step several runs at once (the batched loop, ``refine_batch``); one by one here.
+
+        A plugin whose step is a network overrides this to run the states that can share a
+        batch (same shapes) in one pass; the result must equal stepping each alone.
+        """
+        return [self.step(s, sch) for s, sch in zip(states, schedules, strict=True)]
+
+    def energies(self, states: list) -> list:
+        """Return the energy of each state; one by one here (a plugin may sync once for all)."""
+        return [self.energy(s) for s in states]
+
     def halt_config(self) -> HaltConfig:
         """Return the plugin's halting defaults: the one source of them (nodes declare theirs).
 

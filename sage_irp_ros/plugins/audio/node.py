@@ -130,11 +130,10 @@ class AudioIRPNode(IRPNodeHost):
     def create_plugin(self):
         """Build the enhancer; also the VAD and the recogniser (configure time, not per input)."""
         from sage_irp_ros.plugins.audio.plugin import DEFAULT_WEIGHTS, AudioIRP
-        if self.precision != 'fp32':
-            raise ValueError(f'the audio plugin runs in fp32, got precision={self.precision!r}')
         plugin = self.load_file_parameter(
             'model_path', DEFAULT_WEIGHTS,
-            lambda path: AudioIRP.from_checkpoint(path, device=self.device))
+            lambda path: AudioIRP.from_checkpoint(path, device=self.device,
+                                                  precision=self.precision))
         g = self.get_parameter
         self.segmenter = Segmenter(load_silero(), threshold=g('vad_threshold').value,
                                    min_silence_s=g('min_silence_s').value,

@@ -14,6 +14,7 @@ from typing import Any, Mapping, Optional
 import numpy as np
 import torch
 
+from sage_irp_ros.accel import autocast
 from sage_irp_ros.core.plugin import HALT_CONFIDENT, HaltConfig, IRPPlugin, IRPState, Schedule
 from sage_irp_ros.plugins.audio.dsp import HOP, N_FFT, RATE
 from sage_irp_ros.plugins.audio.model import MASK_FLOOR, MaskRefiner, log_power
@@ -73,13 +74,23 @@ class AudioIRP(IRPPlugin):
         return self.ENERGY_NAMES.get(self.objective, self.objective)
 
     def __init__(self, model: MaskRefiner, version: str = '1', halt_db: float = 3.0,
-                 floor: float = MASK_FLOOR, device: str = 'cpu'):
+                 floor: float = MASK_FLOOR, device: str = 'cpu', precision: str = 'fp32'):
+        """Wrap a trained ``model`` on ``device`` at ``precision``.
+
+        'fp16' (CUDA only) runs the network under autocast; the mask, the STFT and the energy
+        stay float32.
+        """
+        autocast(torch.device(device), precision)  # refuses fp16 off CUDA
+        self.precision = precision
         self.model = model.to(device).eval()
         self.version = version
         self.halt_db = float(halt_db)
         self.floor = float(floor)
         self.device = device
         self._window = torch.hann_window(N_FFT, device=device)
+
+    def _amp(self):
+        return autocast(torch.device(self.device), self.precision)
 
     @classmethod
     def from_checkpoint(cls, path: str = DEFAULT_WEIGHTS, device: str = 'cpu',
@@ -126,7 +137,7 @@ class AudioIRP(IRPPlugin):
     def _trunk(self, state: IRPState) -> torch.Tensor:
         h = state.meta.get('_h')
         if h is None:
-            with torch.inference_mode():
+            with torch.inference_mode(), self._amp():
                 h = self.model.trunk(state.meta['logx'], state.payload)
             state.meta['_h'] = h
         return h
@@ -135,14 +146,18 @@ class AudioIRP(IRPPlugin):
         """Predicted distance (dB) of the current estimate to clean speech (``energy_name``)."""
         with torch.inference_mode():
             h = self._trunk(state)
-            err = torch.nn.functional.softplus(self.model.err(h)).squeeze(1) * 5.0
+            with self._amp():
+                err = self.model.err(h)
+            err = torch.nn.functional.softplus(err.float()).squeeze(1) * 5.0
         return float(err.mean())
 
     def step(self, state: IRPState, schedule: Schedule) -> IRPState:
         """Add one bounded update to the mask."""
         with torch.inference_mode():
             h = self._trunk(state)
-            nxt = (state.payload + self.model.step_size * torch.tanh(self.model.delta(h)))
+            with self._amp():
+                delta = self.model.delta(h)
+            nxt = (state.payload + self.model.step_size * torch.tanh(delta.float()))
             nxt = nxt.clamp(self.floor, 1.0)
         new = state.evolve(nxt)
         new.meta.pop('_h', None)
@@ -169,9 +184,8 @@ class AudioIRP(IRPPlugin):
 
 
 def load_default(device: str = 'cpu', precision: str = 'fp32', **kwargs: Any) -> AudioIRP:
-    """Load the plugin with the committed weights; fp32 only."""
-    if precision != 'fp32':
-        raise ValueError(f'the audio plugin runs in fp32, got precision={precision!r}')
+    """Load the plugin with the committed weights (fp16: CUDA only)."""
     if not os.path.exists(DEFAULT_WEIGHTS):
         raise FileNotFoundError(f'committed audio weights missing: {DEFAULT_WEIGHTS}')
-    return AudioIRP.from_checkpoint(DEFAULT_WEIGHTS, device=device, **kwargs)
+    return AudioIRP.from_checkpoint(DEFAULT_WEIGHTS, device=device, precision=precision,
+                                    **kwargs)

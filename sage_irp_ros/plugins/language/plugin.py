@@ -32,6 +32,7 @@ from typing import Any, List, Mapping, Optional, Tuple
 import numpy as np
 import torch
 
+from sage_irp_ros.accel import autocast
 from sage_irp_ros.core.loop import HaltConfig
 from sage_irp_ros.core.plugin import HALT_STABLE, IRPPlugin, IRPState, Schedule
 from sage_irp_ros.plugins.language.corpus import (
@@ -115,11 +116,12 @@ class LanguageIRP(IRPPlugin):
                  stable_eps: float = 1e-3, stable_K: int = 2, device: str = 'cpu',
                  guess_margin: float = GUESS_MARGIN, sounds_like: Any = None,
                  alternatives_margin: float = ALTERNATIVES_MARGIN,
-                 acoustic_weight: float = ACOUSTIC_WEIGHT):
+                 acoustic_weight: float = ACOUSTIC_WEIGHT, precision: str = 'fp32'):
         """Wrap a trained ``net`` and its ``vocab`` with the schedule and halting parameters.
 
-        ``device`` is 'cpu', 'cuda' or 'cuda:N' (fp32 on either: the model is 1.9 M parameters
-        and its energy is a log-likelihood, so half precision buys little and risks much).
+        ``device`` is 'cpu', 'cuda' or 'cuda:N'; ``precision`` 'fp32', or 'fp16' on CUDA: the
+        network's passes under autocast, the log-probabilities (the energy) and the meaning
+        latent in float32.
 
         ``horizon`` is the length ``H`` of the linear mask schedule (steps), ``keep_p`` the
         starting trust threshold (probability) of that schedule; ``stable_eps`` the
@@ -152,6 +154,8 @@ class LanguageIRP(IRPPlugin):
             raise ValueError(f'device {device!r} requested but CUDA is not available')
         if dev.type not in ('cpu', 'cuda'):
             raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+        autocast(dev, precision)  # refuses fp16 off CUDA
+        self.precision = precision
         self.device = dev
         self.net = net.to(dev).eval()
         self.vocab = vocab
@@ -162,6 +166,9 @@ class LanguageIRP(IRPPlugin):
         self.log_v = math.log(len(vocab) - len(SPECIALS))
         self._ban = torch.zeros(len(vocab), device=dev)
         self._ban[[vocab.token_to_id[s] for s in SPECIALS]] = -math.inf
+
+    def _amp(self):
+        return autocast(self.device, self.precision)
 
     @classmethod
     def from_files(cls, weights: str, tokenizer: str, **kwargs: Any) -> 'LanguageIRP':
@@ -207,7 +214,9 @@ class LanguageIRP(IRPPlugin):
         return torch.stack([torch.arange(a, a + n, device=self.device) for a in starts])
 
     def _meaning(self, ids: torch.Tensor, win: torch.Tensor) -> torch.Tensor:
-        pooled = MaskedLM.pooled(self.net.hidden(ids[0][win]))
+        with self._amp():
+            h = self.net.hidden(ids[0][win])
+        pooled = MaskedLM.pooled(h.float())
         return pooled[0] if len(pooled) == 1 else torch.nn.functional.normalize(
             pooled.mean(0), dim=-1)
 
@@ -309,14 +318,18 @@ class LanguageIRP(IRPPlugin):
         ids = state.payload[0][win]  # (W, n): the windows of the current hypothesis
         with torch.inference_mode():
             if not m['filled']:
-                h_all = self.net.hidden(ids)
+                with self._amp():
+                    h_all = self.net.hidden(ids)
             else:
                 h = max(1, min(self.horizon, schedule.max_steps))
                 tau = self.keep_p * max(0.0, 1.0 - schedule.step_idx / h)
                 keep = torch.from_numpy(np.exp(-m['nll']) >= tau).to(self.device)
                 inp, guess = guess_inputs(ids, sel, ids[sel], keep, self.vocab.mask)
-                h_all = self.net.hidden(inp, prev=m['prev'], guess=guess)
-            logp = torch.log_softmax(self.net.logits(h_all[sel]) + self._ban, -1)
+                with self._amp():
+                    h_all = self.net.hidden(inp, prev=m['prev'], guess=guess)
+            with self._amp():
+                logits = self.net.logits(h_all[sel])
+            logp = torch.log_softmax(logits.float() + self._ban, -1)
             scored = logp if m['allow'] is None else logp + m['allow']
             best, tok = scored.max(-1)
             rows = torch.arange(len(tok), device=self.device)
@@ -422,11 +435,10 @@ def _wordlike(s: str) -> bool:
 def load_default(device: str = 'cpu', precision: str = 'fp32', **kwargs: Any) -> LanguageIRP:
     """Load the plugin with the committed weights (``weights/`` next to this module).
 
-    ``precision`` must be 'fp32' (the registry entry says so; the node host falls back to it).
+    ``precision``: 'fp32', or 'fp16' on CUDA.
     """
-    if precision != 'fp32':
-        raise ValueError(f"the language plugin runs in fp32, got precision={precision!r}")
     for p in (DEFAULT_WEIGHTS, DEFAULT_TOKENIZER):
         if not os.path.exists(p):
             raise FileNotFoundError(f'committed language weights missing: {p}')
-    return LanguageIRP.from_files(DEFAULT_WEIGHTS, DEFAULT_TOKENIZER, device=device, **kwargs)
+    return LanguageIRP.from_files(DEFAULT_WEIGHTS, DEFAULT_TOKENIZER, device=device,
+                                  precision=precision, **kwargs)

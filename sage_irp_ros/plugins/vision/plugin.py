@@ -14,6 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from sage_irp_ros.accel import GraphedFunction
 from sage_irp_ros.core.loop import HaltConfig
 from sage_irp_ros.core.plugin import (
     HALT_CONFIDENT,
@@ -82,7 +83,8 @@ class VisionIRP(IRPPlugin):
                  unknown: Optional[UnknownDetector] = None, pad: str = 'stride',
                  recall_similarity: float = 0.8, recall_agreement: float = 0.5,
                  recall_energy_tol: float = 0.15, recall_shift: int = 2,
-                 recall_halt_members: int = 2, compile_encoder: bool = True):
+                 recall_halt_members: int = 2, compile_encoder: bool = True,
+                 cuda_graphs: bool = True):
         """Wrap a trained ``net`` on ``device`` ('cpu', 'cuda', 'cuda:1', ...) at ``precision``.
 
         ``precision`` is 'fp32' or 'fp16'; fp16 is accepted on CUDA only (CPU half-precision
@@ -102,7 +104,11 @@ class VisionIRP(IRPPlugin):
         a CPU device, run the encoder as a frozen TorchScript graph optimised for inference
         (oneDNN convolutions with prepacked weights; :func:`compile_encoder_cpu`), checked
         against the eager encoder at construction and left eager when it differs or fails;
-        ignored on CUDA.
+        ignored on CUDA. ``cuda_graphs``: on a CUDA device, the encoder and the step (with the
+        energy's statistics fused into it) replay from CUDA graphs captured per input shape
+        (:class:`~sage_irp_ros.accel.GraphedFunction`, eager where capture fails); ignored on
+        the CPU. On CUDA the step decodes the energy's coarse logits in the same graph, so the
+        halting check is one copy of two numbers per step.
         """
         if precision not in PRECISIONS:
             raise ValueError(f'precision must be one of {PRECISIONS}, got {precision!r}')
@@ -144,6 +150,14 @@ class VisionIRP(IRPPlugin):
             fast = compile_encoder_cpu(self.net, self.dtype)
             if fast is not None:
                 self._encode, self.encoder_compiled = fast, True
+        #: The fused step (step, coarse decoding, halting statistics) on CUDA; None on the CPU,
+        #: where the step stays lazy (a fixed-length run decodes once, at the end).
+        self.step_graphs: Optional[GraphedFunction] = None
+        self.encoder_graphs: Optional[GraphedFunction] = None
+        if dev.type == 'cuda' and isinstance(self.net, PropagationNet):
+            self.step_graphs = GraphedFunction(self._step_fused, enabled=cuda_graphs)
+            self.encoder_graphs = GraphedFunction(self._encode_flat, enabled=cuda_graphs)
+            self._encode = self._encode_graphed
 
     # --- construction -------------------------------------------------------------------
     @classmethod
@@ -223,14 +237,34 @@ class VisionIRP(IRPPlugin):
         m = 4
         return -(-max(bh, 8) // m) * m, -(-max(bw, 8) // m) * m
 
-    def _stats(self, logits: torch.Tensor) -> Tuple[float, float]:
-        """(mean entropy in nats, fraction of uncertain pixels): one host sync."""
+    def _stats_tensor(self, logits: torch.Tensor) -> torch.Tensor:
+        """(B, 2) float32 per input: mean entropy in nats, fraction of uncertain pixels."""
         logp = torch.log_softmax(logits.float(), 1)
         p = logp.exp()
-        ent = -(p * logp).sum(1).mean()
-        unc = (p.max(1).values < self.cfg.uncertain_p).float().mean()
-        e, u = torch.stack([ent, unc]).tolist()
+        ent = -(p * logp).sum(1).flatten(1).mean(1)
+        unc = (p.max(1).values < self.cfg.uncertain_p).float().flatten(1).mean(1)
+        return torch.stack([ent, unc], 1)
+
+    def _stats(self, logits: torch.Tensor) -> Tuple[float, float]:
+        """(mean entropy in nats, fraction of uncertain pixels) of one input: one host sync."""
+        e, u = self._stats_tensor(logits)[0].tolist()
         return float(e), float(u)
+
+    # --- CUDA: graphed encoder and fused step ---------------------------------------------
+    def _encode_flat(self, x: torch.Tensor):
+        z, inject, (f32, f64s, f64p) = self.net.encode(x)
+        return z, inject, f32, f64s, f64p
+
+    def _encode_graphed(self, x: torch.Tensor):
+        z, inject, f32, f64s, f64p = self.encoder_graphs(x)
+        return z, inject, (f32, f64s, f64p)
+
+    def _step_fused(self, z: torch.Tensor, inject: torch.Tensor, f32: torch.Tensor,
+                    f64p: torch.Tensor):
+        """One step and its energy's inputs, as one pure tensor function (graphed on CUDA)."""
+        z = self.net.step(z, inject)
+        coarse = self.net.decode_coarse(z, (f32, None, f64p))
+        return z, coarse, self._stats_tensor(coarse)
 
     def init_state(self, x0: Any, ctx: Optional[Mapping[str, Any]] = None) -> IRPState:
         """Letterbox the (H, W, 3) uint8 image into the model input and encode it.
@@ -358,8 +392,20 @@ class VisionIRP(IRPPlugin):
     def _ensure_stats(self, state: IRPState) -> None:
         m = state.meta
         if m['E'] is None:
+            if m.get('stats') is not None:  # computed by the fused step: read them (one sync)
+                m['E'], m['uncertain'] = (float(v) for v in m['stats'].tolist())
+                return
             with torch.inference_mode():
                 m['E'], m['uncertain'] = self._stats(self._coarse_logits(state))
+
+    def energies(self, states: list) -> list:
+        """Energies of several states, the fused steps' statistics read in one host sync."""
+        fused = [s for s in states if s.meta['E'] is None and s.meta.get('stats') is not None]
+        if len(fused) > 1:
+            stats = torch.stack([s.meta['stats'] for s in fused]).tolist()
+            for s, (e, u) in zip(fused, stats, strict=True):
+                s.meta['E'], s.meta['uncertain'] = float(e), float(u)
+        return [self.energy(s) for s in states]
 
     def energy(self, state: IRPState) -> float:
         """Mean per-pixel entropy of the decoded class distribution (nats), cached per state.
@@ -372,10 +418,42 @@ class VisionIRP(IRPPlugin):
         return state.meta['E']
 
     def step(self, state: IRPState, schedule: Schedule) -> IRPState:
-        """One refiner iteration of the latent (decoding waits until something asks)."""
+        """One refiner iteration of the latent.
+
+        On the CPU decoding waits until something asks; on CUDA the fused step decodes the
+        energy's coarse logits and statistics in the same graph.
+        """
+        return self.step_batch([state], [schedule])[0]
+
+    def step_batch(self, states: list, schedules: list) -> list:
+        """Step the runs whose latents have the same shape in one pass of the network."""
+        groups: dict = {}
+        for i, s in enumerate(states):
+            groups.setdefault(tuple(s.payload.shape), []).append(i)
+        out: list = [None] * len(states)
         with torch.inference_mode():
-            z = self.net.step(state.payload, state.meta['inject'])
-        return state.evolve(z, logits=None, coarse=None, E=None, uncertain=None, assess=None)
+            for idx in groups.values():
+                group = [states[i] for i in idx]
+
+                def cat(get, group=group):
+                    ts = [get(s) for s in group]
+                    return ts[0] if len(ts) == 1 else torch.cat(ts)
+                z, inject = cat(lambda s: s.payload), cat(lambda s: s.meta['inject'])
+                if self.step_graphs is not None:
+                    z, coarse, stats = self.step_graphs(
+                        z, inject, cat(lambda s: s.meta['skip'][0]),
+                        cat(lambda s: s.meta['skip'][2]))
+                    for k, i in enumerate(idx):
+                        out[i] = states[i].evolve(z[k:k + 1], logits=None,
+                                                  coarse=coarse[k:k + 1], stats=stats[k],
+                                                  E=None, uncertain=None, assess=None)
+                else:
+                    z = self.net.step(z, inject)
+                    for k, i in enumerate(idx):
+                        out[i] = states[i].evolve(z[k:k + 1], logits=None, coarse=None,
+                                                  stats=None, E=None, uncertain=None,
+                                                  assess=None)
+        return out
 
     def halt(self, state: IRPState, energies: list) -> Optional[str]:
         """'confident' when the frame is as certain as a finished run: two rules.
