@@ -47,6 +47,7 @@ def _signature(args: Sequence[torch.Tensor]) -> Tuple:
 class _Graph:
     def __init__(self, graph, inputs, outputs):
         self.graph, self.inputs, self.outputs = graph, inputs, outputs
+        self.sources: Tuple = (None,) * len(inputs)  # the tensors last copied in (held)
         self.lock = threading.Lock()
 
 
@@ -58,6 +59,10 @@ class GraphedFunction:
     capture is what every replay does. ``max_graphs`` bounds the cache (each graph holds its
     static buffers); a new signature beyond it runs eagerly. Thread safe: each graph's buffers
     are guarded by a lock from copy-in to clone-out. ``enabled=False`` always runs eagerly.
+    For inference only: graphs are captured and replayed in inference mode (no autograd), so
+    their outputs are inference tensors. An argument that is the very tensor object of the
+    previous replay is not copied again (a run's per-input tensors, the same every step): the
+    arguments must not be changed in place between calls.
     """
 
     def __init__(self, fn: Callable[..., Tuple[torch.Tensor, ...]], enabled: bool = True,
@@ -85,6 +90,7 @@ class GraphedFunction:
         self.eager_calls += 1
         return self.fn(*args)
 
+    @torch.inference_mode()
     def _capture(self, args) -> _Graph:
         static = [a.detach().clone() for a in args]
         side = torch.cuda.Stream(device=static[0].device)
@@ -125,9 +131,11 @@ class GraphedFunction:
                     self._graphs[key] = g
         if g is None:
             return self._eager(args, self.fallback or 'capture failed for this shape')
-        with g.lock:
-            for dst, src in zip(g.inputs, args, strict=True):
-                dst.copy_(src)
+        with g.lock, torch.inference_mode():
+            for dst, src, last in zip(g.inputs, args, g.sources, strict=True):
+                if src is not last:
+                    dst.copy_(src)
+            g.sources = args
             g.graph.replay()
             out = tuple(o.clone() for o in g.outputs)
         self.fallback = None
