@@ -53,7 +53,7 @@ BUILD_ENV := PATH="$(VENV_ABS)/bin:$$PATH" AMENT_PREFIX_PATH="$(VENV_ABS)" \
 # Environment for running code (same as tools/env.sh): ament_index finds the venv prefix.
 RUN_ENV := AMENT_PREFIX_PATH="$(VENV_ABS)"
 
-.PHONY: setup test demo bench soak clean distclean apt-deps
+.PHONY: setup test demo bench bench-gpu soak clean distclean apt-deps
 
 setup: $(INSTALL_STAMP)
 
@@ -121,6 +121,11 @@ test: setup
 # (bench/run_all.py); stops at the first failure with its exit status.
 bench: setup
 	$(RUN_ENV) $(VPY) bench/run_all.py
+
+# --- GPU benchmark (issue #16; needs CUDA, exits 2 without it): every plugin on CUDA in fp32 and
+# fp16, eager and graphed, batch 1 and batched, the camera path (out/bench/gpu.json; docs/GPU.md).
+bench-gpu: setup
+	$(RUN_ENV) $(VPY) bench/gpu_bench.py
 
 # --- Faults, soak and fleet (issue #15; not in CI): each listed fault injected into node processes
 # and 30 minutes of the bag in a loop through all nodes (out/bench/reliability.json), then robots

@@ -50,11 +50,11 @@ class LanguageIRPNode(IRPNodeHost):
             "the model's log-probabilities", read_only=True, float_range=(0.0, 100.0)))
 
     def create_plugin(self) -> LanguageIRP:
-        """Load the model on ``self.device`` (fp32)."""
+        """Load the model on ``self.device`` at ``self.precision``."""
         vocab = self.load_file_parameter('tokenizer_path', DEFAULT_TOKENIZER, Vocab.from_file)
         net = self.load_file_parameter('model_path', DEFAULT_WEIGHTS,
                                        lambda p: load_checkpoint(p)[0])
-        return LanguageIRP(net, vocab, device=self.device,
+        return LanguageIRP(net, vocab, device=self.device, precision=self.precision,
                            guess_margin=self.get_parameter('guess_margin').value,
                            alternatives_margin=self.get_parameter('alternatives_margin').value,
                            acoustic_weight=self.get_parameter('acoustic_weight').value)

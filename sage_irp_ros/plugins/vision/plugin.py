@@ -423,7 +423,16 @@ class VisionIRP(IRPPlugin):
         On the CPU decoding waits until something asks; on CUDA the fused step decodes the
         energy's coarse logits and statistics in the same graph.
         """
-        return self.step_batch([state], [schedule])[0]
+        if self.step_graphs is not None:
+            return self.step_batch([state], [schedule])[0]
+        with torch.inference_mode():
+            z = self.net.step(state.payload, state.meta['inject'])
+        return self._stepped(state, z)
+
+    @staticmethod
+    def _stepped(state: IRPState, z: torch.Tensor, coarse=None, stats=None) -> IRPState:
+        return state.evolve(z, logits=None, coarse=coarse, stats=stats, E=None, uncertain=None,
+                            assess=None)
 
     def step_batch(self, states: list, schedules: list) -> list:
         """Step the runs whose latents have the same shape in one pass of the network."""
@@ -433,6 +442,9 @@ class VisionIRP(IRPPlugin):
         out: list = [None] * len(states)
         with torch.inference_mode():
             for idx in groups.values():
+                if len(idx) == 1 and self.step_graphs is None:
+                    out[idx[0]] = self.step(states[idx[0]], schedules[idx[0]])
+                    continue
                 group = [states[i] for i in idx]
 
                 def cat(get, group=group):
@@ -444,15 +456,12 @@ class VisionIRP(IRPPlugin):
                         z, inject, cat(lambda s: s.meta['skip'][0]),
                         cat(lambda s: s.meta['skip'][2]))
                     for k, i in enumerate(idx):
-                        out[i] = states[i].evolve(z[k:k + 1], logits=None,
-                                                  coarse=coarse[k:k + 1], stats=stats[k],
-                                                  E=None, uncertain=None, assess=None)
+                        out[i] = self._stepped(states[i], z[k:k + 1], coarse[k:k + 1],
+                                               stats[k])
                 else:
                     z = self.net.step(z, inject)
                     for k, i in enumerate(idx):
-                        out[i] = states[i].evolve(z[k:k + 1], logits=None, coarse=None,
-                                                  stats=None, E=None, uncertain=None,
-                                                  assess=None)
+                        out[i] = self._stepped(states[i], z[k:k + 1])
         return out
 
     def halt(self, state: IRPState, energies: list) -> Optional[str]:
