@@ -211,6 +211,11 @@ def hum(n, rng):
 _ALSA_CACHE: Dict[str, np.ndarray] = {}
 
 
+def use_alsa_noise(x: np.ndarray) -> None:
+    """Use ``x`` as alsa-utils' Noise.wav (a machine without alsa-utils: saved with the speech)."""
+    _ALSA_CACHE['x'] = np.asarray(x, np.float32)
+
+
 def alsa_noise(n, rng):
     """alsa-utils' recorded Noise.wav, looped from a random offset."""
     if 'x' not in _ALSA_CACHE:

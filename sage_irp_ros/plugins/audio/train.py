@@ -45,7 +45,7 @@ from sage_irp_ros.plugins.audio.dsp import (
     resample,
 )
 from sage_irp_ros.plugins.audio.model import MaskRefiner, ideal_ratio_mask, log_power
-from sage_irp_ros.plugins.audio.speech import make_speech
+from sage_irp_ros.plugins.audio.speech import load_speech, make_speech
 
 WEIGHTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'weights')
 CLEAN_FRACTION = 0.2
@@ -56,21 +56,25 @@ LSD_FLOOR = 1e-4
 MEL = torch.from_numpy(mel_filterbank())
 MEL_FLOOR = 1e-5
 OBJECTIVES = ('mel', 'mel_irm', 'lsd')
+#: Added under the distances' square root: a frame whose distance is exactly 0 (an all-zero
+#: frame of a clean item: the estimate equals the speech whatever the mask) would otherwise
+#: give the square root an infinite gradient and the batch a NaN one.
+DIST_EPS = 1e-8
 #: Weight of the ideal-ratio-mask term of ``--objective mel_irm``.
 IRM_WEIGHT = 0.1
 
 
 def stft(x: torch.Tensor) -> torch.Tensor:
     """Complex STFT (B, F, T) of waveforms (B, N)."""
-    return torch.stft(x, N_FFT, HOP, window=torch.hann_window(N_FFT), return_complex=True,
-                      center=True)
+    return torch.stft(x, N_FFT, HOP, window=torch.hann_window(N_FFT, device=x.device),
+                      return_complex=True, center=True)
 
 
 def lsd_db(est_mag: torch.Tensor, clean_mag: torch.Tensor) -> torch.Tensor:
     """Per-frame log-spectral distance (dB RMS over bins) of an estimate to the clean speech."""
     ref = clean_mag.square().amax(dim=(1, 2), keepdim=True).clamp_min(1e-12) * LSD_FLOOR
     d = 10 * torch.log10(est_mag.square() + ref) - 10 * torch.log10(clean_mag.square() + ref)
-    return d.square().mean(dim=1).sqrt()
+    return (d.square().mean(dim=1) + DIST_EPS).sqrt()
 
 
 def mel_dist_db(est_mag: torch.Tensor, clean_mag: torch.Tensor) -> torch.Tensor:
@@ -80,12 +84,13 @@ def mel_dist_db(est_mag: torch.Tensor, clean_mag: torch.Tensor) -> torch.Tensor:
     normalisation does the same), so a constant gain per band costs nothing: what is left is
     the error in what the recogniser sees.
     """
-    pe = torch.einsum('mf,bft->bmt', MEL, est_mag.square())
-    pc = torch.einsum('mf,bft->bmt', MEL, clean_mag.square())
+    mel = MEL if est_mag.device.type == 'cpu' else MEL.to(est_mag.device)
+    pe = torch.einsum('mf,bft->bmt', mel, est_mag.square())
+    pc = torch.einsum('mf,bft->bmt', mel, clean_mag.square())
     ref = pc.amax(dim=(1, 2), keepdim=True).clamp_min(1e-12) * MEL_FLOOR
     d = 10 * torch.log10(pe + ref) - 10 * torch.log10(pc + ref)
     d = d - d.mean(dim=2, keepdim=True)
-    return d.square().mean(dim=1).sqrt()
+    return (d.square().mean(dim=1) + DIST_EPS).sqrt()
 
 
 DISTANCES = {'mel': mel_dist_db, 'mel_irm': mel_dist_db, 'lsd': lsd_db}
@@ -137,6 +142,30 @@ def make_item(rng, utts, seg, augment: bool = False):
     if peak > 0.99:
         noisy, s = noisy / peak * 0.99, s / peak * 0.99
     return noisy.astype(np.float32), s.astype(np.float32)
+
+
+class Batches(torch.utils.data.IterableDataset):
+    """Endless training batches for ``--workers``: worker ``w`` draws from its own generator.
+
+    Seeded by ``(seed, w)``, so a run is reproducible for a given number of workers (the
+    committed recipe, ``--workers 0``, draws every batch from one generator in the training
+    process instead).
+    """
+
+    def __init__(self, utts, seg: int, batch: int, augment: bool, seed: int):
+        """Keep what :func:`make_item` needs."""
+        super().__init__()
+        self.utts, self.seg, self.batch, self.augment, self.seed = utts, seg, batch, augment, seed
+
+    def __iter__(self):
+        """Yield ``(noisy, clean)`` float32 tensors (batch, samples) forever."""
+        info = torch.utils.data.get_worker_info()
+        rng = np.random.default_rng([self.seed, 0 if info is None else info.id])
+        while True:
+            pairs = [make_item(rng, self.utts, self.seg, self.augment)
+                     for _ in range(self.batch)]
+            yield (torch.from_numpy(np.stack([p[0] for p in pairs])),
+                   torch.from_numpy(np.stack([p[1] for p in pairs])))
 
 
 def run_steps(model, noisy, clean, unroll, objective='mel'):
@@ -193,19 +222,36 @@ def main(argv=None) -> int:
     ap.add_argument('--noise-aware', action='store_true',
                     help="the model also reads each bin's level over the utterance's noise floor "
                          '(model.MaskRefiner noise_aware)')
+    ap.add_argument('--speech', default=None,
+                    help='read the training speech from this file (speech.py --out) instead of '
+                         'speaking it (a machine without the voices)')
+    ap.add_argument('--device', default='cpu', help='cpu or cuda')
+    ap.add_argument('--workers', type=int, default=0,
+                    help='processes making batches (0: the training process, the committed '
+                         'recipe)')
     ap.add_argument('--out', default=WEIGHTS_DIR)
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
     t0 = time.time()
-    data = make_speech(args.utterances, seed=args.seed)
+    if args.speech:
+        data = load_speech(args.speech)[:args.utterances]
+    else:
+        data = make_speech(args.utterances, seed=args.seed)
     utts = [x for _, _, x in data]
+    device = torch.device(args.device)
     print(f'{len(utts)} utterances, {sum(u.size for u in utts) / RATE / 60:.1f} min of speech '
           f'in {time.time() - t0:.0f} s', flush=True)
-    model = MaskRefiner(hidden=args.hidden, noise_aware=args.noise_aware)
+    model = MaskRefiner(hidden=args.hidden, noise_aware=args.noise_aware).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
     seg = int(args.seconds * RATE)
+    batches = None
+    if args.workers > 0:
+        batches = iter(torch.utils.data.DataLoader(
+            Batches(utts, seg, args.batch, args.augment, args.seed), batch_size=None,
+            num_workers=args.workers, pin_memory=device.type == 'cuda', prefetch_factor=4,
+            worker_init_fn=lambda _: torch.set_num_threads(1)))
     t_train = time.time()
     budget = args.minutes * 60
     it = 0
@@ -215,9 +261,14 @@ def main(argv=None) -> int:
         frac = (time.time() - t_train) / budget
         for g in opt.param_groups:
             g['lr'] = args.lr * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0)))
-        pairs = [make_item(rng, utts, seg, args.augment) for _ in range(args.batch)]
-        noisy = torch.from_numpy(np.stack([p[0] for p in pairs]))
-        clean = torch.from_numpy(np.stack([p[1] for p in pairs]))
+        if batches is None:
+            pairs = [make_item(rng, utts, seg, args.augment) for _ in range(args.batch)]
+            noisy = torch.from_numpy(np.stack([p[0] for p in pairs]))
+            clean = torch.from_numpy(np.stack([p[1] for p in pairs]))
+        else:
+            noisy, clean = next(batches)
+        noisy = noisy.to(device, non_blocking=True)
+        clean = clean.to(device, non_blocking=True)
         lm, le, lsd = run_steps(model, noisy, clean, args.unroll, args.objective)
         loss = lm * 100 + le
         if not torch.isfinite(loss):  # a bad batch must not turn the weights into NaN
@@ -237,7 +288,8 @@ def main(argv=None) -> int:
             print(f'it {it} t {time.time() - t_train:.0f}s mask {ema[0]:.3f} err {ema[1]:.3f} '
                   f'{args.objective} {ema[2]:.2f} dB', flush=True)
     os.makedirs(args.out, exist_ok=True)
-    torch.save(model.state_dict(), os.path.join(args.out, 'enhancer.pt'))
+    torch.save({k: v.cpu() for k, v in model.state_dict().items()},
+               os.path.join(args.out, 'enhancer.pt'))
     meta = {'seed': args.seed, 'command': 'python -m sage_irp_ros.plugins.audio.train '
             + ' '.join(sys.argv[1:] if argv is None else argv),
             'hidden': args.hidden, 'noise_aware': args.noise_aware, 'augment': args.augment,
@@ -247,7 +299,9 @@ def main(argv=None) -> int:
             'final_loss_err': round(ema[1], 4), 'objective': args.objective,
             f'final_{args.objective}_db': round(ema[2], 3),
             'train_noises': sorted(TRAIN_NOISES) + ['babble'], 'train_snrs_db': TRAIN_SNRS,
-            'clean_fraction': CLEAN_FRACTION, 'torch': torch.__version__}
+            'clean_fraction': CLEAN_FRACTION, 'torch': torch.__version__,
+            'device': (torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'),
+            'batch': args.batch, 'workers': args.workers}
     with open(os.path.join(args.out, 'enhancer.json'), 'w') as f:
         json.dump(meta, f, indent=1)
     print(json.dumps(meta))
