@@ -69,7 +69,7 @@ def test_refine_batch_keeps_going_past_a_bad_input_and_a_spent_budget():
     assert out[1].output is None
     assert out[2].trace.halt_reason == 'budget' and out[2].trace.steps == 0
     assert out[2].output is not None  # decoded from its initial state
-    with pytest.raises(ValueError, match='contexts and budgets'):
+    with pytest.raises(ValueError, match='contexts, budgets and deadlines'):
         refine_batch(plugin, imgs, budgets=[Budget()])
 
 

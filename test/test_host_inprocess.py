@@ -236,3 +236,61 @@ def test_messages_lost_in_transport_are_counted(ros):
                                     for a in diags for st in a.status for kv in st.values), 5)
     finally:
         node.destroy_node()
+
+
+class BatchCountingFixture(SlowFixture):
+    """Test fixture: records the size of every batched step."""
+
+    def __init__(self):
+        super().__init__()
+        self.batch_sizes = []
+
+    def step_batch(self, states, schedules):
+        self.batch_sizes.append(len(states))
+        return super().step_batch(states, schedules)
+
+
+class BatchCountingFixtureNode(FixtureIRPNode):
+    """Test fixture node around :class:`BatchCountingFixture`."""
+
+    def create_plugin(self):
+        return BatchCountingFixture()
+
+    def example_input(self):
+        return None
+
+
+def test_streams_are_read_and_answered_on_their_own_topics_and_refined_together(ros):
+    """``streams``: per-stream topics and newest-only rule; ``batch_max``: waiting inputs batch."""
+    node = make_node(ros, BatchCountingFixtureNode, streams=['cam0', 'cam1'], batch_max=4,
+                     input_topic='sig', output_topic='smooth', max_steps=3, eps=0.0)
+    try:
+        outs = {s: ros.collect(Float32MultiArray, f'/{s}/smooth') for s in ('cam0', 'cam1')}
+        telem = ros.collect(String, '/irp/telemetry_json')
+        pubs = {s: ros.node.create_publisher(Float32MultiArray, f'/{s}/sig', 10)
+                for s in ('cam0', 'cam1')}
+        assert wait_for(lambda: all(p.get_subscription_count() > 0 for p in pubs.values()), 10)
+        node._on_input('input', Float32MultiArray(data=[9.0, 9.0, 9.0]), 'cam0')
+        assert wait_for(lambda: node._busy, 5)
+        # while that run is under way: two inputs on cam0 (the first goes stale), one on cam1
+        node._on_input('input', Float32MultiArray(data=[5.0, 5.0, 5.0]), 'cam0')
+        node._on_input('input', Float32MultiArray(data=[1.0, 1.0, 1.0]), 'cam1')
+        node._on_input('input', Float32MultiArray(data=[2.0, 2.0, 2.0]), 'cam0')
+        assert wait_for(lambda: node.counters.runs == 3 and len(telem) == 3, 10)
+        assert (node.counters.received, node.counters.dropped_stale) == (4, 1)
+        assert 2 in node.plugin.batch_sizes  # the cam0 and cam1 inputs stepped together
+        assert wait_for(lambda: len(outs['cam0']) == 2 and len(outs['cam1']) == 1, 5)
+        assert [round(m.data[0]) for m in outs['cam0']] == [9, 2]
+        assert round(outs['cam1'][0].data[0]) == 1
+        assert sum('"stream":"cam1"' in t.data for t in telem) == 1
+        # from outside: a message on a stream's topic is answered on that stream's topic
+        pubs['cam1'].publish(Float32MultiArray(data=[4.0, 4.0, 4.0]))
+        assert wait_for(lambda: len(outs['cam1']) == 2, 10)
+        assert round(outs['cam1'][1].data[0]) == 4 and len(outs['cam0']) == 2
+    finally:
+        node.destroy_node()
+
+
+def test_streams_must_be_distinct(ros):
+    with pytest.raises(StartError, match='streams must be distinct'):
+        make_node(ros, streams=['cam0', '/cam0/'])

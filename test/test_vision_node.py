@@ -125,3 +125,34 @@ def test_vision_node_segments_camera_frames(ros, node_process):
             time.sleep(0.5)
             assert all(m.header.stamp.sec != sec for m in masks)
     assert node.stop() == 0, node.log()
+
+
+def test_one_vision_node_serves_several_cameras_on_their_own_topics(ros, node_process):
+    """``streams`` cam0, cam1 with ``batch_max`` 2: each camera's masks on its own topic."""
+    node = node_process(MODULE, {'streams': ['cam0', 'cam1'], 'batch_max': 2,
+                                 'input_topic': 'image_raw', 'output_topic': 'mask',
+                                 'default_atp': 0.0})
+    cams = ('cam0', 'cam1')
+    masks = {c: ros.collect(Image, f'/{c}/mask') for c in cams}
+    telem = ros.collect(String, '/irp/telemetry_json')
+    pubs = {c: ros.node.create_publisher(Image, f'/{c}/image_raw', qos_profile_sensor_data)
+            for c in cams}
+    assert wait_for(lambda: all(p.get_subscription_count() > 0 for p in pubs.values()), 30), \
+        node.log()
+    images, gts = held_out('hard', 2, vision_task())
+    for k, cam in enumerate(cams):
+        msg = rgb_to_image(images[k], Header(frame_id=cam))
+        msg.header.stamp.sec = 300 + k
+        for _ in range(20):  # best effort: resend until answered
+            pubs[cam].publish(msg)
+            if wait_for(lambda cam=cam: masks[cam], 1.0):
+                break
+    for k, cam in enumerate(cams):
+        assert masks[cam], node.log()
+        m = masks[cam][-1]
+        assert m.header.frame_id == cam and m.header.stamp.sec == 300 + k
+        mask = np.frombuffer(bytes(m.data), np.uint8).reshape(gts[k].shape)
+        assert (mask == gts[k]).mean() > 0.8
+    assert wait_for(lambda: {json.loads(t.data)['metadata'].get('stream') for t in telem}
+                    >= set(cams), 5)
+    assert node.stop() == 0, node.log()

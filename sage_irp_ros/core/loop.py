@@ -226,9 +226,9 @@ def _finish(plugin, good, trace, budget, cost, clock, step_time) -> RefineResult
 class _Run:
     """One input's bookkeeping inside :func:`refine_batch`."""
 
-    def __init__(self, index, state, trace, budget, eps_abs):
+    def __init__(self, index, state, trace, budget, deadline):
         self.index, self.state, self.good, self.trace = index, state, state, trace
-        self.budget, self.eps_abs, self.step_time = budget, eps_abs, 0.0
+        self.budget, self.deadline, self.eps_abs, self.step_time = budget, deadline, 0.0, 0.0
 
 
 def refine_batch(plugin: IRPPlugin, xs: Sequence[Any],
@@ -237,9 +237,10 @@ def refine_batch(plugin: IRPPlugin, xs: Sequence[Any],
                  budgets: Optional[Sequence[Budget]] = None,
                  cost: Optional[StepCostMeter] = None, cancel: Optional[threading.Event] = None,
                  deadline: Optional[float] = None,
+                 deadlines: Optional[Sequence[Optional[float]]] = None,
                  clock: Callable[[], float] = time.perf_counter,
-                 on_result: Optional[Callable[[int, RefineResult], None]] = None
-                 ) -> List[RefineResult]:
+                 on_result: Optional[Callable[[int, RefineResult], None]] = None,
+                 skip_unpaid: bool = False) -> List[Optional[RefineResult]]:
     """Refine several inputs together: one batched step per round, each input halting alone.
 
     The same rules as :func:`refine`, per input: each run has its own trace, its own budget
@@ -253,17 +254,21 @@ def refine_batch(plugin: IRPPlugin, xs: Sequence[Any],
     Every run is charged the meter's step price per round, and the meter learns the round's
     time divided by the runs in it (the price of a step in a batch of that size). An input
     whose ``init_state`` raises, or a batched step that raises, ends those runs with ``error``
-    (the batch's error ends every run in it; each is decoded from its last good state). Returns
-    the results in input order.
+    (the batch's error ends every run in it; each is decoded from its last good state).
+    ``deadlines`` gives each input its own deadline (else ``deadline`` applies to all);
+    ``skip_unpaid`` as in :func:`refine`: an input whose budget cannot pay the whole per-input
+    price is not run, and its result is None (``on_result`` is not called for it). Returns the
+    results in input order.
     """
     config = config or HaltConfig()
     cost = cost if cost is not None else StepCostMeter()
     n = len(xs)
     ctxs = list(ctxs) if ctxs is not None else [None] * n
     budgets = list(budgets) if budgets is not None else [Budget() for _ in range(n)]
-    if len(ctxs) != n or len(budgets) != n:
-        raise ValueError(f'{n} inputs need {n} contexts and budgets, got {len(ctxs)} and '
-                         f'{len(budgets)}')
+    deadlines = list(deadlines) if deadlines is not None else [deadline] * n
+    if len(ctxs) != n or len(budgets) != n or len(deadlines) != n:
+        raise ValueError(f'{n} inputs need {n} contexts, budgets and deadlines, got '
+                         f'{len(ctxs)}, {len(budgets)} and {len(deadlines)}')
     results: List[Optional[RefineResult]] = [None] * n
     active: List[_Run] = []
 
@@ -275,7 +280,12 @@ def refine_batch(plugin: IRPPlugin, xs: Sequence[Any],
 
     for i, (x0, ctx, budget) in enumerate(zip(xs, ctxs, budgets, strict=True)):
         trace = Trace(t_start=clock())
-        trace.atp_input = budget.charge_up_to(cost.per_input_ms)
+        if skip_unpaid:
+            if not budget.try_charge_input(cost.per_input_ms):
+                continue  # not run: its result stays None
+            trace.atp_input = cost.per_input_ms
+        else:
+            trace.atp_input = budget.charge_up_to(cost.per_input_ms)
         trace.atp_spent += trace.atp_input
         try:
             state = plugin.project(plugin.init_state(x0, ctx))
@@ -288,7 +298,7 @@ def refine_batch(plugin: IRPPlugin, xs: Sequence[Any],
             if on_result is not None:
                 on_result(i, res)
             continue
-        active.append(_Run(i, state, trace, budget, 0.0))
+        active.append(_Run(i, state, trace, budget, deadlines[i]))
     if active:
         try:
             e0s = [float(e) for e in plugin.energies([r.state for r in active])]
@@ -309,7 +319,7 @@ def refine_batch(plugin: IRPPlugin, xs: Sequence[Any],
             if r.trace.halt_reason is None:
                 try:
                     r.trace.halt_reason = _check(plugin, r.state, r.trace, config, r.budget,
-                                                 cost, cancel, deadline, clock, r.eps_abs)
+                                                 cost, cancel, r.deadline, clock, r.eps_abs)
                 except Exception as exc:  # noqa: BLE001
                     r.trace.halt_reason = HALT_ERROR
                     r.trace.error = f'halt check raised {type(exc).__name__}: {exc}'
@@ -363,7 +373,7 @@ def refine_batch(plugin: IRPPlugin, xs: Sequence[Any],
             else:
                 still.append(r)
         active = still
-    return results  # type: ignore[return-value]
+    return results
 
 
 def _check(plugin, state, trace, config, budget, cost, cancel, deadline, clock, eps_abs):

@@ -45,7 +45,7 @@ import signal
 import threading
 import time
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Deque, Dict, Mapping, Optional, Tuple
+from typing import Any, Callable, Deque, Dict, List, Mapping, Optional, Tuple
 
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
@@ -82,7 +82,7 @@ from sage_irp_ros.core import (
     refine,
     validate_record,
 )
-from sage_irp_ros.core.loop import RefineResult
+from sage_irp_ros.core.loop import RefineResult, refine_batch
 from sage_irp_ros.core.mailbox import EXPERIENCE_CHANNEL, Mailbox, default_mailbox
 from sage_irp_ros.core.plugin import IRPPlugin
 from sage_irp_ros.core.thermal import DEFAULT_ROOT as DEFAULT_THERMAL_ROOT
@@ -168,11 +168,27 @@ class Inputs:
     trigger: str
     msgs: Dict[str, Any]
     received: float  # time.perf_counter() when the triggering message arrived
+    stream: str = ''  # the stream (``streams`` parameter) it came on; '' without streams
 
     @property
     def msg(self) -> Any:
         """The triggering message (None for a timer run)."""
         return self.msgs.get(self.trigger)
+
+
+@dataclass
+class _Prepared:
+    """One input decoded and ready to run: what the run reads and what its finish needs."""
+
+    inputs: Inputs
+    x0: Any
+    ctx: Optional[Mapping[str, Any]]
+    run_ctx: Optional[Mapping[str, Any]]
+    header: Any
+    asked: bool
+    budget: Budget
+    grant: Optional[HeldGrant]
+    deadline: Optional[float]
 
 
 def descriptor(description: str, *, read_only: bool = False,
@@ -187,6 +203,17 @@ def descriptor(description: str, *, read_only: bool = False,
         d.integer_range = [IntegerRange(from_value=int(int_range[0]),
                                         to_value=int(int_range[1]), step=1)]
     return d
+
+
+def stream_topic(stream: str, topic: str) -> str:
+    """Return the topic ``topic`` of the stream ``stream``: ``<stream>/<topic>`` (none: ``topic``).
+
+    An absolute topic stays absolute (``/cam0/vision/mask`` for ``/vision/mask``); a relative
+    one stays relative to the node's namespace (``cam0/mask``).
+    """
+    if not stream:
+        return topic
+    return ('/' if topic.startswith('/') else '') + stream + '/' + topic.lstrip('/')
 
 
 def ros_home() -> str:
@@ -260,6 +287,8 @@ class IRPNodeHost(ManagedNode):
         self._worker: Optional[threading.Thread] = None
         self._subs: list = []
         self._triggers = {p.name: p.trigger for p in self.spec.inputs}
+        self.streams: List[str] = []  # the ``streams`` parameter (configure)
+        self._stream_outputs: Dict[str, Dict[str, Any]] = {}
         self._queue_depths: Dict[str, int] = {}
         self._run_timer = None
         self._pubs: list = []
@@ -366,15 +395,18 @@ class IRPNodeHost(ManagedNode):
                         cost=self.cost, cancel=self._cancel, deadline=deadline,
                         skip_unpaid=True)
         if result is None:
-            with self._lock:
-                self.counters.dropped_no_budget += 1
-                n = self.counters.dropped_no_budget
-            self.get_logger().info(
-                f'input dropped: the grant ({budget.remaining:.2f} ATP left) cannot pay the '
-                f'per-input price ({self.cost.per_input_ms:.2f} ATP); {n} so far',
-                throttle_duration_sec=5.0)
-            self._watch_price(None, budget, x0, ctx)
+            self._dropped_no_budget(budget, x0, ctx)
         return result
+
+    def _dropped_no_budget(self, budget: Budget, x0: Any, ctx) -> None:
+        with self._lock:
+            self.counters.dropped_no_budget += 1
+            n = self.counters.dropped_no_budget
+        self.get_logger().info(
+            f'input dropped: the grant ({budget.remaining:.2f} ATP left) cannot pay the '
+            f'per-input price ({self.cost.per_input_ms:.2f} ATP); {n} so far',
+            throttle_duration_sec=5.0)
+        self._watch_price(None, budget, x0, ctx)
 
     def diagnostic_values(self) -> Mapping[str, Any]:
         """Extra key-values of the node's ``/diagnostics`` status (the node's own counters)."""
@@ -440,6 +472,15 @@ class IRPNodeHost(ManagedNode):
                 f'Output topic ({port.msg_type}): {port.description}', read_only=True))
         p('output_qos_depth', 5, descriptor('Output and telemetry QoS depth (reliable)',
                                              read_only=True, int_range=(1, 1000)))
+        p('streams', [''], descriptor(
+            'Several sources into one node (e.g. cameras): namespaces; each one\'s triggering '
+            'inputs are read from <stream>/<input topic> and its outputs published on '
+            '<stream>/<output topic>, with the trigger rule per stream. Empty = one stream, the '
+            'topics as they are', read_only=True))
+        p('batch_max', 1, descriptor(
+            'Inputs waiting together (several streams) are refined together, up to this many: '
+            'one batched step per round, each input halting alone and published as soon as it '
+            'halts (1 = one at a time)', read_only=True, int_range=(1, 64)))
         p('preempt', False, descriptor(
             'A new triggering input cancels the run under way (halt reason manual) instead '
             'of waiting'))
@@ -552,9 +593,17 @@ class IRPNodeHost(ManagedNode):
                 Experience, EXPERIENCE_TOPIC, QoSProfile(
                     depth=max(depth, 50), reliability=ReliabilityPolicy.RELIABLE))
             self._pubs.append(self._experience_pub)
-        for port in self.spec.outputs:
-            self.outputs[port.name] = self.create_output_publisher(
-                message_class(port.msg_type), self.get_parameter(f'{port.name}_topic').value)
+        self.streams = [s.strip('/') for s in self.get_parameter('streams').value if s.strip('/')]
+        if len(set(self.streams)) != len(self.streams):
+            raise ValueError(f'streams must be distinct, got {self.streams}')
+        self._stream_outputs = {}
+        for stream in self.streams or ['']:
+            self._stream_outputs[stream] = {
+                port.name: self.create_output_publisher(
+                    message_class(port.msg_type),
+                    stream_topic(stream, self.get_parameter(f'{port.name}_topic').value))
+                for port in self.spec.outputs}
+        self.outputs = dict(self._stream_outputs[(self.streams or [''])[0]])
         self.create_outputs()
         self.get_logger().info(
             f'{type(self.plugin).__name__} ({self.plugin.kind}, {self.plugin.version}) '
@@ -573,15 +622,17 @@ class IRPNodeHost(ManagedNode):
         for port in self.spec.inputs:
             topic = self.get_parameter(f'{port.name}_topic').value
             qos = self.input_qos(port.name)
-            self._subs.append(self.create_subscription(
-                message_class(port.msg_type), topic,
-                lambda msg, name=port.name: self._on_input(name, msg), qos,
-                event_callbacks=SubscriptionEventCallbacks(
-                    incompatible_qos=self._on_incompatible_qos,
-                    message_lost=lambda info, name=port.name: self._on_lost(name, info))))
-            described.append(f'{self.resolve_topic_name(topic)} [{port.msg_type}, '
-                             f'{qos.reliability.name.lower()}, depth {qos.depth}, '
-                             f'trigger {port.trigger}]')
+            per_stream = self.streams and port.trigger != registry.TRIGGER_NONE
+            for stream in (self.streams if per_stream else ['']):
+                self._subs.append(self.create_subscription(
+                    message_class(port.msg_type), stream_topic(stream, topic),
+                    lambda msg, name=port.name, st=stream: self._on_input(name, msg, st), qos,
+                    event_callbacks=SubscriptionEventCallbacks(
+                        incompatible_qos=self._on_incompatible_qos,
+                        message_lost=lambda info, name=port.name: self._on_lost(name, info))))
+                described.append(f'{self.resolve_topic_name(stream_topic(stream, topic))} '
+                                 f'[{port.msg_type}, {qos.reliability.name.lower()}, depth '
+                                 f'{qos.depth}, trigger {port.trigger}]')
         period = self.get_parameter('run_period_s').value
         if period > 0:
             self._run_timer = self.create_timer(period, self._on_run_timer)
@@ -684,7 +735,7 @@ class IRPNodeHost(ManagedNode):
 
     # -------------------------------------------------------------------------- inputs
 
-    def _on_input(self, port: str, msg) -> None:
+    def _on_input(self, port: str, msg, stream: str = '') -> None:
         if self.take_input(port, msg):
             return
         trigger = self._triggers[port]
@@ -695,16 +746,15 @@ class IRPNodeHost(ManagedNode):
                 self.counters.kept += 1
                 return
             self.counters.received += 1
+            mine = [i for i in self._queue if i.trigger == port and i.stream == stream]
             if trigger == registry.TRIGGER_NEWEST:
-                stale = [i for i in self._queue if i.trigger == port]
-                for i in stale:
+                for i in mine:
                     self._queue.remove(i)
-                self.counters.dropped_stale += len(stale)
-            elif sum(i.trigger == port for i in self._queue) >= self._queue_depths[port]:
-                oldest = next(i for i in self._queue if i.trigger == port)
-                self._queue.remove(oldest)
+                self.counters.dropped_stale += len(mine)
+            elif len(mine) >= self._queue_depths[port]:
+                self._queue.remove(mine[0])
                 self.counters.dropped_stale += 1
-            self._queue.append(Inputs(port, dict(self._latest), now))
+            self._queue.append(Inputs(port, dict(self._latest), now, stream))
             if self._busy and self.get_parameter('preempt').value:
                 self._cancel.set()
             self._wake.notify()
@@ -734,11 +784,15 @@ class IRPNodeHost(ManagedNode):
                     self._wake.wait()
                 if self._stopping:
                     return
-                inputs = self._queue.popleft()
+                n = min(len(self._queue), self._batch_max())
+                batch = [self._queue.popleft() for _ in range(n)]
                 self._busy = True
                 self._cancel.clear()
             try:
-                self._process(inputs)
+                if len(batch) == 1:
+                    self._process(batch[0])
+                else:
+                    self._process_batch(batch)
             except Exception as exc:  # noqa: BLE001 - the node must outlive any one input
                 with self._lock:
                     self.counters.plugin_errors += 1
@@ -747,28 +801,73 @@ class IRPNodeHost(ManagedNode):
                 with self._lock:
                     self._busy = False
 
+    def _batch_max(self) -> int:
+        """Return how many inputs run together: ``batch_max``; 1 where a node runs its own."""
+        if (type(self).run_refinement is not IRPNodeHost.run_refinement
+                or type(self)._process is not IRPNodeHost._process):
+            return 1
+        return self.get_parameter('batch_max').value
+
     def _bad_input(self, inputs: Inputs, text: str) -> None:
         with self._lock:
             self.counters.bad_input += 1
-        topic = (self.get_parameter(f'{inputs.trigger}_topic').value
+        topic = (stream_topic(inputs.stream, self.get_parameter(f'{inputs.trigger}_topic').value)
                  if inputs.trigger != TIMER_TRIGGER else 'the run timer')
         self.get_logger().error(f'bad input on {topic}: {text}')
 
     def _process(self, inputs: Inputs) -> None:
+        prep = self._prepare_run(inputs)
+        if prep is None:
+            return
+        try:
+            result = self.run_refinement(prep.x0, prep.run_ctx, budget=prep.budget,
+                                         deadline=prep.deadline)
+        except ValueError as exc:  # init_state refused the input
+            self._bad_input(inputs, str(exc))
+            return
+        if result is not None:
+            self._finish_run(prep, result)
+
+    def _process_batch(self, batch: List[Inputs]) -> None:
+        """Refine several inputs together (``batch_max``); each is finished as it halts."""
+        preps = [p for p in (self._prepare_run(i) for i in batch) if p is not None]
+        if not preps:
+            return
+
+        def done(i: int, result: RefineResult) -> None:
+            if result.state is None and result.trace.halt_reason == HALT_ERROR:
+                self._bad_input(preps[i].inputs, result.trace.error or 'init_state failed')
+                return
+            try:
+                self._finish_run(preps[i], result)
+            except Exception as exc:  # noqa: BLE001 - one input's failure must not end the rest
+                with self._lock:
+                    self.counters.plugin_errors += 1
+                self.get_logger().error(f'processing an input failed: {exc!r}')
+        results = refine_batch(self.plugin, [p.x0 for p in preps], [p.run_ctx for p in preps],
+                               config=self._halt_config, budgets=[p.budget for p in preps],
+                               cost=self.cost, cancel=self._cancel,
+                               deadlines=[p.deadline for p in preps], on_result=done,
+                               skip_unpaid=True)
+        for prep, result in zip(preps, results, strict=True):
+            if result is None:
+                self._dropped_no_budget(prep.budget, prep.x0, prep.ctx)
+
+    def _prepare_run(self, inputs: Inputs) -> Optional[_Prepared]:
+        """Decode an input and gather what its run reads; None when it cannot run."""
         missing = [p.name for p in self.spec.inputs if p.required and p.name not in inputs.msgs]
         if missing:
             if inputs.trigger != TIMER_TRIGGER:
                 self._bad_input(inputs, 'no message yet on the required input(s) ' + ', '.join(
                     f'{m} ({self.get_parameter(f"{m}_topic").value})' for m in missing))
-            return
-        plugin = self.plugin
-        if plugin is None:
-            return
+            return None
+        if self.plugin is None:
+            return None
         try:
             x0, ctx = self.decode_inputs(inputs)
         except InputError as exc:
             self._bad_input(inputs, str(exc))
-            return
+            return None
         header = self.header_of(inputs.msg)
         run_ctx = ctx
         asked = (self.memory_mode != MEMORY_OFF and self._recall_gate is not None
@@ -782,13 +881,12 @@ class IRPNodeHost(ManagedNode):
         budget, grant = self._budget_for_run()
         dl_ms = self.get_parameter('deadline_ms').value
         deadline = inputs.received + dl_ms * 1e-3 if dl_ms > 0 else None
-        try:
-            result = self.run_refinement(x0, run_ctx, budget=budget, deadline=deadline)
-        except ValueError as exc:  # init_state refused the input
-            self._bad_input(inputs, str(exc))
-            return
-        if result is None:
-            return
+        return _Prepared(inputs, x0, ctx, run_ctx, header, asked, budget, grant, deadline)
+
+    def _finish_run(self, prep: _Prepared, result: RefineResult) -> None:
+        """Count, publish (on the input's stream), report telemetry and share the experience."""
+        plugin, inputs, header = self.plugin, prep.inputs, prep.header
+        x0, ctx, budget, grant, asked = prep.x0, prep.ctx, prep.budget, prep.grant, prep.asked
         trace = result.trace
         self._watch_price(trace, budget, x0, ctx)
         with self._lock:
@@ -803,6 +901,8 @@ class IRPNodeHost(ManagedNode):
             self.get_logger().error(f'refinement ended in error: {trace.error}')
         metadata = {'input_stamp': header.stamp.sec + header.stamp.nanosec * 1e-9,
                     'trigger': inputs.trigger, 'dropped_no_budget': no_budget}
+        if inputs.stream:
+            metadata['stream'] = inputs.stream
         warm = self._warm_start_metadata(result.state)
         if warm is not None:
             metadata['warm_start'] = warm
@@ -810,6 +910,9 @@ class IRPNodeHost(ManagedNode):
             self._recall_gate.observe(warm)
         if result.output is not None:
             try:
+                if self.streams:  # the worker alone publishes: the input's stream's topics
+                    self.outputs = self._stream_outputs.get(
+                        inputs.stream, self._stream_outputs[self.streams[0]])
                 self.publish_output(result.output, header, result, x0)
                 metadata.update(self.run_metadata(result.output, result))
                 with self._lock:
