@@ -104,8 +104,9 @@ class AudioIRP(IRPPlugin):
         model = MaskRefiner(hidden=int(meta.get('hidden', 96)),
                             noise_aware=bool(meta.get('noise_aware', False)))
         model.load_state_dict(torch.load(path, map_location='cpu', weights_only=True))
-        plugin = cls(model, version=f"enhancer-{meta.get('objective', 'lsd')}-seed"
-                                    f"{meta.get('seed', '?')}", device=device, **kwargs)
+        version = meta.get('version') or (f"enhancer-{meta.get('objective', 'lsd')}-seed"
+                                          f"{meta.get('seed', '?')}")
+        plugin = cls(model, version=version, device=device, **kwargs)
         plugin.objective = meta.get('objective', 'lsd')
         return plugin
 
