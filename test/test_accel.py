@@ -73,6 +73,30 @@ def test_refine_batch_keeps_going_past_a_bad_input_and_a_spent_budget():
         refine_batch(plugin, imgs, budgets=[Budget()])
 
 
+def test_refine_batch_keeps_each_inputs_deadline_and_a_cancel_stops_them_all():
+    import threading
+
+    from sage_irp_ros.plugins.fixture import make_plugin
+    plugin = make_plugin()
+    xs = [np.sin(np.linspace(0, 6, 64)).astype(np.float32) + np.float32(i) for i in range(3)]
+    config = HaltConfig(eps=0.0, K=1, max_steps=6)
+    t = [0.0]
+
+    def clock():  # every call advances 1 ms
+        t[0] += 1e-3
+        return t[0]
+    out = refine_batch(plugin, xs, config=config, deadlines=[None, 0.012, None], clock=clock)
+    assert out[1].trace.halt_reason == 'timeout' and out[1].trace.steps < 6
+    assert [r.trace.halt_reason for r in (out[0], out[2])] == ['max_steps', 'max_steps']
+    cancel = threading.Event()
+    cancel.set()
+    out = refine_batch(plugin, xs, config=config, cancel=cancel)
+    assert all(r.trace.halt_reason == 'manual' and r.trace.steps == 0 for r in out)
+    unpaid = refine_batch(plugin, xs, config=config, skip_unpaid=True,
+                          budgets=[Budget(), Budget(granted=0.0), Budget()])
+    assert unpaid[1] is None and unpaid[0].trace.steps == unpaid[2].trace.steps == 6
+
+
 def test_a_step_that_raises_in_a_batch_ends_every_run_in_it_with_error():
     from sage_irp_ros.plugins.fixture import make_plugin
     plugin = make_plugin()
