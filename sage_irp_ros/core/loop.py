@@ -182,10 +182,7 @@ def refine(plugin: IRPPlugin, x0: Any, ctx: Optional[Mapping[str, Any]] = None, 
                 trace.halt_reason = HALT_BUDGET
                 break
             trace.atp_spent += price
-            steps_left = min(budget.steps_affordable(price) + 1, config.max_steps - trace.steps)
-            sched = Schedule(step_idx=trace.steps, max_steps=config.max_steps,
-                             steps_left=max(steps_left, 1),
-                             noise_level=1.0 - trace.steps / max(config.max_steps, 1))
+            sched = _schedule(trace, budget, price, config)
             t = clock()
             try:
                 state = plugin.project(plugin.step(state, sched))
@@ -207,6 +204,14 @@ def refine(plugin: IRPPlugin, x0: Any, ctx: Optional[Mapping[str, Any]] = None, 
             trace.energies.append(e)
             good = state
     return _finish(plugin, good, trace, budget, cost, clock, step_time)
+
+
+def _schedule(trace: Trace, budget: Budget, price: float, config: HaltConfig) -> Schedule:
+    """Return what the next step may know: its index, the cap, the steps the budget allows."""
+    steps_left = min(budget.steps_affordable(price) + 1, config.max_steps - trace.steps)
+    return Schedule(step_idx=trace.steps, max_steps=config.max_steps,
+                    steps_left=max(steps_left, 1),
+                    noise_level=1.0 - trace.steps / max(config.max_steps, 1))
 
 
 def _finish(plugin, good, trace, budget, cost, clock, step_time) -> RefineResult:
@@ -331,11 +336,7 @@ def refine_batch(plugin: IRPPlugin, xs: Sequence[Any],
                 done(r)
                 continue
             r.trace.atp_spent += price
-            steps_left = min(r.budget.steps_affordable(price) + 1,
-                             config.max_steps - r.trace.steps)
-            scheds.append(Schedule(step_idx=r.trace.steps, max_steps=config.max_steps,
-                                   steps_left=max(steps_left, 1),
-                                   noise_level=1.0 - r.trace.steps / max(config.max_steps, 1)))
+            scheds.append(_schedule(r.trace, r.budget, price, config))
             going.append(r)
         active = going
         if not active:
