@@ -356,6 +356,9 @@ def bench_control(device, quick):
     if 'cuda' in runs:
         res['cuda_over_cpu_step'] = _ratio(res['step_ms_cuda'], res['step_ms_cpu'])
         res['halt_agreement_cuda_vs_cpu'] = _agreement(runs['cpu'], runs['cuda'])
+    # the keys every plugin reports: fp16 is not offered, so its figures are null
+    res['quality_fp32'] = res.get('quality_cuda', res['quality_cpu'])
+    res['quality_fp16'] = res['halt_agreement'] = None
     res['fp16_over_fp32_step'] = None
     res['graph_over_bare'] = None
     return res
