@@ -89,6 +89,24 @@ def held_out_clips():
     return out
 
 
+def held_out_mixtures(clips, snrs):
+    """Yield ``(clip index, noise name, snr, mixture, speech)``: the benchmark's conditions.
+
+    Clip ``i`` (samples) is heard in the held-out noise ``i`` mod 3 (seed ``100 + i``) at each
+    of ``snrs`` (None: clean); mixture and speech share one gain that keeps the mixture's peak
+    at most 0.99, so ``speech`` is exactly the speech in the mixture.
+    """
+    noises = list(dsp.HELD_OUT_NOISES)
+    for ci, x in enumerate(clips):
+        name = noises[ci % len(noises)]
+        noise = dsp.HELD_OUT_NOISES[name](x.size, np.random.default_rng(100 + ci))
+        for snr in snrs:
+            y = x.copy() if snr is None else dsp.mix(x, noise, float(snr))
+            peak = float(np.abs(y).max())
+            gain = 0.99 / peak if peak > 0.99 else 1.0
+            yield ci, name, snr, (y * gain).astype(np.float32), (x * gain).astype(np.float32)
+
+
 def oracle_masked(speech: np.ndarray, mixture: np.ndarray, floor: float) -> np.ndarray:
     """The mixture through the ideal ratio mask: what a perfect mask model would give.
 
@@ -121,18 +139,13 @@ def main(argv=None) -> int:
     k_max = args.k_max
     if args.quick:
         clips, snrs, k_max = clips[:2] + clips[5:7], (5, 20), 2
-    noises = list(dsp.HELD_OUT_NOISES)
     items, conds, cleans = [], [], []
-    for ci, (name, x, ref) in enumerate(clips):
-        noise_name = noises[ci % len(noises)]
-        noise = dsp.HELD_OUT_NOISES[noise_name](x.size, np.random.default_rng(100 + ci))
-        for snr in (*snrs, None):
-            y = x.copy() if snr is None else dsp.mix(x, noise, float(snr))
-            peak = float(np.abs(y).max())
-            gain = 0.99 / peak if peak > 0.99 else 1.0
-            items.append(Item(x0=(y * gain).astype(np.float32), truth=(len(items), ref)))
-            conds.append({'clip': name, 'noise': noise_name, 'snr': snr})
-            cleans.append((x * gain).astype(np.float32))  # the speech in the mixture
+    for ci, noise_name, snr, y, s in held_out_mixtures([x for _, x, _ in clips],
+                                                       (*snrs, None)):
+        name, _, ref = clips[ci]
+        items.append(Item(x0=y, truth=(len(items), ref)))
+        conds.append({'clip': name, 'noise': noise_name, 'snr': snr})
+        cleans.append(s)  # the speech in the mixture
 
     cache = {}
 
@@ -287,7 +300,7 @@ def main(argv=None) -> int:
         res['repair_error'] = repr(exc)
 
     res.update({
-        'held_out_speech': [c[0] for c in clips], 'held_out_noises': noises,
+        'held_out_speech': [c[0] for c in clips], 'held_out_noises': list(dsp.HELD_OUT_NOISES),
         'snrs_db': list(snrs), 'items': len(items), 'k_max': k_max, 'quick': args.quick,
         'confidence_threshold': CONF_THRESHOLD, 'model_version': plugin.version,
         'pareto': summary, 'seconds': round(time.time() - t_start, 1),

@@ -200,7 +200,11 @@ def bench_vision_batched(device, imgs, gts, ncls, single, quick, batch=4):
 
 
 def camera_frames(imgs, width=640, height=480):
-    """The held-out scenes scaled (nearest) to a camera's size, as rgb8 message bytes."""
+    """The held-out scenes scaled (nearest) to a camera's size, as rgb8 message bytes.
+
+    Like ``bench/camera_bench.frames``, but of the scenes given (the benchmark's own, both
+    splits), not the hard split's first: the H200 figures of docs/GPU.md were measured so.
+    """
     ys = np.arange(height) * imgs[0].shape[0] // height
     xs = np.arange(width) * imgs[0].shape[1] // width
     return [np.ascontiguousarray(im[ys][:, xs]).tobytes() for im in imgs]
@@ -293,20 +297,12 @@ def audio_clips(data):
 
 
 def bench_audio(device, data, quick):
-    from sage_irp_ros.plugins.audio import dsp
+    from bench.audio_bench import held_out_mixtures
     from sage_irp_ros.plugins.audio.plugin import load_default
     from sage_irp_ros.plugins.audio.train import mel_dist_db, stft
-    clips = audio_clips(data)
-    noises = list(dsp.HELD_OUT_NOISES)
-    items, cleans = [], []
-    for ci, x in enumerate(clips):
-        noise = dsp.HELD_OUT_NOISES[noises[ci % len(noises)]](x.size,
-                                                             np.random.default_rng(100 + ci))
-        for snr in (None, AUDIO_SNR_DB):
-            y = x.copy() if snr is None else dsp.mix(x, noise, snr)
-            gain = min(1.0, 0.99 / max(float(np.abs(y).max()), 1e-9))
-            items.append((y * gain).astype(np.float32))
-            cleans.append((x * gain).astype(np.float32))
+    mixtures = list(held_out_mixtures(audio_clips(data), (None, AUDIO_SNR_DB)))
+    items = [y for *_, y, _ in mixtures]
+    cleans = [s for *_, s in mixtures]
     cuda = torch.device(device).type == 'cuda'
     res = {'utterances': len(items), 'snr_db': [None, AUDIO_SNR_DB],
            'graph': 'not used: one utterance, one length (a graph per length would be captured '

@@ -374,3 +374,22 @@ def test_the_noise_aware_model_reads_the_noise_floor_and_room_keeps_speech_in_ra
     assert len({o.size for o in outs}) > 1  # the tempo is drawn
     noisy, clean = train.make_item(rng, [s], RATE // 2, augment=True)
     assert noisy.shape == clean.shape == (RATE // 2,)
+
+
+def test_saved_training_speech_reads_back_within_its_12_bits(tmp_path):
+    # speech.py --out / train.py --speech: training on a machine without the voices
+    from sage_irp_ros.plugins.audio import dsp
+    from sage_irp_ros.plugins.audio.speech import SAVE_SHIFT, load_speech, save_speech
+    rng = np.random.default_rng(3)
+    data = [('flite:slt', 'one', (0.4 * np.sin(np.arange(3000) / 7.0)).astype(np.float32)),
+            ('espeak:en-us', 'two words', rng.uniform(-0.5, 0.5, 1234).astype(np.float32))]
+    path = str(tmp_path / 'speech.npz')
+    save_speech(path, data)
+    back = load_speech(path)
+    assert [(v, t) for v, t, _ in back] == [(v, t) for v, t, _ in data]
+    step = 2 ** SAVE_SHIFT / 32767
+    for (_, _, a), (_, _, b) in zip(data, back, strict=True):
+        assert b.shape == a.shape and b.dtype == np.float32
+        assert np.abs(a - b).max() <= step  # the dropped low bits, nothing else
+    if os.path.exists(dsp.ALSA_NOISE):  # saved with the speech, handed to the noise maker
+        assert np.array_equal(dsp._ALSA_CACHE['x'], dsp.read_wav(dsp.ALSA_NOISE))

@@ -288,6 +288,7 @@ class IRPNodeHost(ManagedNode):
         self._subs: list = []
         self._triggers = {p.name: p.trigger for p in self.spec.inputs}
         self.streams: List[str] = []  # the ``streams`` parameter (configure)
+        self._batch = 1  # inputs refined together: ``batch_max`` (configure)
         self._stream_outputs: Dict[str, Dict[str, Any]] = {}
         self._queue_depths: Dict[str, int] = {}
         self._run_timer = None
@@ -604,6 +605,10 @@ class IRPNodeHost(ManagedNode):
                     stream_topic(stream, self.get_parameter(f'{port.name}_topic').value))
                 for port in self.spec.outputs}
         self.outputs = dict(self._stream_outputs[(self.streams or [''])[0]])
+        # A node that runs its own refinement (audio, memory) takes one input at a time.
+        own = (type(self).run_refinement is not IRPNodeHost.run_refinement
+               or type(self)._process is not IRPNodeHost._process)
+        self._batch = 1 if own else self.get_parameter('batch_max').value
         self.create_outputs()
         self.get_logger().info(
             f'{type(self.plugin).__name__} ({self.plugin.kind}, {self.plugin.version}) '
@@ -784,7 +789,7 @@ class IRPNodeHost(ManagedNode):
                     self._wake.wait()
                 if self._stopping:
                     return
-                n = min(len(self._queue), self._batch_max())
+                n = min(len(self._queue), self._batch)
                 batch = [self._queue.popleft() for _ in range(n)]
                 self._busy = True
                 self._cancel.clear()
@@ -800,13 +805,6 @@ class IRPNodeHost(ManagedNode):
             finally:
                 with self._lock:
                     self._busy = False
-
-    def _batch_max(self) -> int:
-        """Return how many inputs run together: ``batch_max``; 1 where a node runs its own."""
-        if (type(self).run_refinement is not IRPNodeHost.run_refinement
-                or type(self)._process is not IRPNodeHost._process):
-            return 1
-        return self.get_parameter('batch_max').value
 
     def _bad_input(self, inputs: Inputs, text: str) -> None:
         with self._lock:

@@ -109,13 +109,21 @@ def nbest_votes(best: Sequence[str], nbest: Iterable[str]) -> List[Dict[str, int
     return votes
 
 
+def kept_alternatives(votes: Dict[str, int], per_word: int = MAX_ALTERNATIVES
+                      ) -> Tuple[Tuple[str, ...], Tuple[float, ...]]:
+    """Return a word's first ``per_word`` alternatives of ``votes`` and their vote shares."""
+    kept = tuple(list(votes)[:per_word])
+    total = sum(votes[a] for a in kept)
+    return kept, tuple(votes[a] / total for a in kept)
+
+
 def alternatives_from_nbest(best: Sequence[str], nbest: Iterable[str],
                             per_word: int = MAX_ALTERNATIVES) -> List[Tuple[str, ...]]:
     """Per word of the 1-best ``best``, the words the N-best strings substitute for it.
 
     In order of first appearance (:func:`nbest_votes`), at most ``per_word``.
     """
-    return [tuple(list(v)[:per_word]) for v in nbest_votes(best, nbest)]
+    return [kept_alternatives(v, per_word)[0] for v in nbest_votes(best, nbest)]
 
 
 def _decoder(keyphrase: str, grammar: str, fast: bool, cmn: str):
@@ -185,10 +193,7 @@ class Recogniser:
                 if h is not None and h.hypstr is not None:
                     hyps.append(h.hypstr)
             for w, votes in zip(out, nbest_votes([w.word for w in out], hyps), strict=True):
-                kept = list(votes)[:MAX_ALTERNATIVES]
-                total = sum(votes[a] for a in kept)
-                w.alternatives = tuple(kept)
-                w.alternative_shares = tuple(votes[a] / total for a in kept)
+                w.alternatives, w.alternative_shares = kept_alternatives(votes)
         return out
 
 

@@ -18,7 +18,7 @@ from typing import List, Tuple
 
 import numpy as np
 
-from sage_irp_ros.plugins.audio.dsp import ALSA_NOISE, read_wav
+from sage_irp_ros.plugins.audio.dsp import ALSA_NOISE, RATE, read_wav, to_int16, use_alsa_noise
 
 FLITE_VOICES = ('slt', 'awb', 'rms', 'kal16')
 ESPEAK_VOICES = ('en-us', 'en-gb', 'en-us+f3', 'en-gb+m3', 'en-us+f5')
@@ -82,8 +82,7 @@ def save_speech(path: str, data: List[Tuple[str, str, np.ndarray]]) -> None:
     For training on a machine without the voices or the corpus (a GPU machine): the samples as
     12-bit integers, delta-coded and LZMA-compressed (600 utterances: about 25 MB).
     """
-    q = [(np.clip(np.round(x * 32767), -32768, 32767).astype(np.int32) >> SAVE_SHIFT)
-         for _, _, x in data]
+    q = [to_int16(x).astype(np.int32) >> SAVE_SHIFT for _, _, x in data]
     flat = np.concatenate(q).astype(np.int16)
     delta = np.diff(flat, prepend=np.int16(0)).astype(np.int16)
     extra = {}
@@ -96,14 +95,13 @@ def save_speech(path: str, data: List[Tuple[str, str, np.ndarray]]) -> None:
 
 def load_speech(path: str) -> List[Tuple[str, str, np.ndarray]]:
     """Read what :func:`save_speech` wrote; alsa-utils' noise, if saved, is handed to ``dsp``."""
-    from sage_irp_ros.plugins.audio import dsp
     z = np.load(path)
     delta = np.frombuffer(lzma.decompress(z['samples'].tobytes()), np.int16)
     flat = np.cumsum(delta, dtype=np.int16).astype(np.float32) * (2 ** SAVE_SHIFT / 32767)
     meta = json.loads(str(z['meta']))
     bounds = np.cumsum(np.concatenate([[0], z['lengths']]))
     if 'alsa_noise' in z.files:
-        dsp.use_alsa_noise(z['alsa_noise'])
+        use_alsa_noise(z['alsa_noise'])
     return [(v, t, flat[a:b].copy()) for (v, t), a, b in zip(meta, bounds[:-1], bounds[1:],
                                                               strict=True)]
 
@@ -117,7 +115,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     data = make_speech(args.n, seed=args.seed)
     save_speech(args.out, data)
-    print(f'{len(data)} utterances, {sum(x.size for *_, x in data) / 16000 / 60:.1f} min, '
+    print(f'{len(data)} utterances, {sum(x.size for *_, x in data) / RATE / 60:.1f} min, '
           f'{os.path.getsize(args.out) / 1e6:.1f} MB: {args.out}')
     return 0
 

@@ -24,6 +24,7 @@ writes ``weights/enhancer.pt`` and ``weights/enhancer.json`` (seed, command, fig
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -70,6 +71,12 @@ def stft(x: torch.Tensor) -> torch.Tensor:
                       return_complex=True, center=True)
 
 
+@functools.lru_cache(maxsize=None)
+def _mel_on(device: torch.device) -> torch.Tensor:
+    """Return the mel filters on ``device`` (copied there once, not on every distance)."""
+    return MEL.to(device)
+
+
 def lsd_db(est_mag: torch.Tensor, clean_mag: torch.Tensor) -> torch.Tensor:
     """Per-frame log-spectral distance (dB RMS over bins) of an estimate to the clean speech."""
     ref = clean_mag.square().amax(dim=(1, 2), keepdim=True).clamp_min(1e-12) * LSD_FLOOR
@@ -84,7 +91,7 @@ def mel_dist_db(est_mag: torch.Tensor, clean_mag: torch.Tensor) -> torch.Tensor:
     normalisation does the same), so a constant gain per band costs nothing: what is left is
     the error in what the recogniser sees.
     """
-    mel = MEL if est_mag.device.type == 'cpu' else MEL.to(est_mag.device)
+    mel = _mel_on(est_mag.device)
     pe = torch.einsum('mf,bft->bmt', mel, est_mag.square())
     pc = torch.einsum('mf,bft->bmt', mel, clean_mag.square())
     ref = pc.amax(dim=(1, 2), keepdim=True).clamp_min(1e-12) * MEL_FLOOR
