@@ -315,3 +315,35 @@ def test_a_patient_budget_gives_up_without_a_grant_or_when_stopped():
     assert 0.05 < time.monotonic() - t < 2.0         # stopped waiting when told to
     with pytest.raises(TypeError):
         PatientBudget(lambda: acc).top_up(1.0)
+
+
+def gappy_cycles(gap, atp=2.0, period_s=0.03):
+    """``current()`` of a cycle of ``atp`` per ``period_s``, with no grant in the ``gap`` (s)."""
+    t0, accounts = time.monotonic(), {}
+
+    def current():
+        t = time.monotonic() - t0
+        if gap[0] <= t < gap[1]:
+            return None
+        return accounts.setdefault(int(t / period_s), Budget(atp))
+    return current
+
+
+def test_a_patient_budget_waits_out_a_late_grant_but_not_a_gone_orchestrator():
+    """A gap in the grants shorter than ``absent_s`` (a loaded machine) does not end the run."""
+    from sage_irp_ros.core.budget import PatientBudget
+    cfg, cost = HaltConfig(eps=0.0, max_steps=9), StepCostMeter(1.0, learn=False)
+    r = refine(ScriptedPlugin(geometric(12)), None, config=cfg, cost=cost,
+               budget=PatientBudget(gappy_cycles((0.1, 0.3)), patience_s=2.0, absent_s=1.0))
+    assert r.trace.steps == 9 and r.trace.halt_reason == 'max_steps'
+    # the same gap ends a run that takes any absence for a gone orchestrator
+    r = refine(ScriptedPlugin(geometric(12)), None, config=cfg, cost=cost,
+               budget=PatientBudget(gappy_cycles((0.1, 0.3)), patience_s=2.0))
+    assert 1 <= r.trace.steps < 9 and r.trace.halt_reason == 'budget'
+    t = time.monotonic()
+    r = refine(ScriptedPlugin(geometric(12)), None, config=cfg, cost=cost,
+               budget=PatientBudget(lambda: None, patience_s=5.0, absent_s=0.2))
+    assert r.trace.steps == 0 and r.trace.halt_reason == 'budget'
+    assert 0.15 < time.monotonic() - t < 1.5  # gone for absent_s: stops, long before patience
+    with pytest.raises(ValueError):
+        PatientBudget(lambda: None, absent_s=-1.0)

@@ -291,8 +291,9 @@ class PatientBudget(Budget):
     waits for the next cycle's grant and collects that too. So it takes, cycle after cycle, what
     the orchestrator grants it, and never spends more than was granted in all. It stops waiting,
     and the run halts on ``budget``, after ``patience_s`` without being able to pay, when
-    ``current()`` returns None (no current grant: the orchestrator is gone), or when ``stop()``
-    returns True (cancel, shutdown). What is left in the reserve when the run ends is not spent.
+    ``current()`` has returned None (no current grant) for ``absent_s`` (the orchestrator is
+    gone; one grant late on a loaded machine is not), or when ``stop()`` returns True (cancel,
+    shutdown). What is left in the reserve when the run ends is not spent.
 
     ``granted`` is what it has collected, ``spent`` what it has paid, ``remaining`` the reserve;
     ``cycles`` counts the accounts it collected from and ``waited_s`` the time spent waiting. The
@@ -302,11 +303,19 @@ class PatientBudget(Budget):
 
     def __init__(self, current: Callable[[], Optional[Budget]], patience_s: float = 30.0,
                  stop: Optional[Callable[[], bool]] = None, poll_s: float = 0.01,
-                 clock: Callable[[], float] = time.monotonic):
-        """Collect from ``current()`` (a :class:`Budget` or None); wait ``patience_s`` at most."""
+                 clock: Callable[[], float] = time.monotonic, absent_s: float = 0.0):
+        """Collect from ``current()`` (a :class:`Budget` or None); wait ``patience_s`` at most.
+
+        ``absent_s``: how long ``current()`` may return None, in a row, before the run stops
+        waiting (0: at once).
+        """
         super().__init__(0.0)
         if not patience_s >= 0:
             raise ValueError(f'patience_s must be >= 0, got {patience_s!r}')
+        if not absent_s >= 0:
+            raise ValueError(f'absent_s must be >= 0, got {absent_s!r}')
+        self._absent_s = float(absent_s)
+        self._absent_since: Optional[float] = None
         self._current = current
         self._patience = float(patience_s)
         self._stop = stop or (lambda: False)
@@ -328,10 +337,19 @@ class PatientBudget(Budget):
             return len(self._sources)
 
     def _collect(self) -> bool:
-        """Move what the current account holds into the reserve; False when there is none."""
+        """Move what the current account holds into the reserve; False once the grants are gone.
+
+        Gone: ``current()`` has returned None for ``absent_s`` in a row.
+        """
         acc = self._current()
         if acc is None:
-            return False
+            now = self._clock()
+            with self._lock:
+                if self._absent_since is None:
+                    self._absent_since = now
+                return now - self._absent_since < self._absent_s
+        with self._lock:
+            self._absent_since = None
         if acc.unlimited:
             with self._lock:
                 self._granted = math.inf

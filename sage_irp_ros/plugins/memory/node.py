@@ -64,6 +64,9 @@ SLEEP_SERVICE, SLEEP_IDLE = 'service', 'idle'
 WRITE_BATCH = 256
 #: Halting reasons of a sleep run stopped from outside (nothing is written then).
 CUT_SHORT = (HALT_MANUAL, HALT_BUDGET, HALT_TIMEOUT)
+# a sleep drawing on grants takes the orchestrator for gone after this many grant_timeout_s
+# without a current grant
+GRANTS_GONE_TIMEOUTS = 5
 
 
 @dataclass
@@ -371,8 +374,11 @@ class MemoryIRPNode(IRPNodeHost):
         patience = self.get_parameter('sleep_patience_s').value
         if patience > 0 and budget is self.current_grant_budget():
             # one cycle's low-priority share pays for a step or two: draw on grant after grant
-            budget = PatientBudget(self.current_grant_budget, patience_s=patience,
-                                   stop=lambda: self._stopping or self._cancel.is_set())
+            # grants late by a few timeouts on a loaded machine do not end the sleep
+            budget = PatientBudget(
+                self.current_grant_budget, patience_s=patience,
+                absent_s=GRANTS_GONE_TIMEOUTS * self.get_parameter('grant_timeout_s').value,
+                stop=lambda: self._stopping or self._cancel.is_set())
         try:
             if self.store is None or job.done.is_set():
                 return None
