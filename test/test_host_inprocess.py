@@ -150,6 +150,20 @@ def test_a_price_too_high_for_every_grant_is_re_measured(ros):
         node.destroy_node()
 
 
+def test_without_a_grant_an_input_dearer_than_default_atp_still_runs(ros):
+    """default_atp pays the steps; the input's price is paid on top (a loaded machine once
+    measured the vision encoder at 102 ms against the default 100 ATP: every input dropped)."""
+    from sage_irp_ros.core import StepCostMeter
+    node = make_node(ros, input_topic='/in8', default_atp=5.0)
+    try:
+        node.cost = StepCostMeter(initial_ms=1.0, per_input_ms=50.0, learn=False)
+        node._on_input('input', Float32MultiArray(data=[0.0, 1.0, 2.0, 0.5]))
+        assert wait_for(lambda: node.counters.runs == 1, 10)
+        assert node.counters.dropped_no_budget == 0 and 1 <= node.counters.steps_total <= 5
+    finally:
+        node.destroy_node()
+
+
 def test_a_zero_grant_re_measures_a_price_too_high_too(ros):
     """The orchestrator grants 0 to a plugin whose price it cannot pay: that starves it too."""
     from sage_irp_ros.core import StepCostMeter

@@ -442,8 +442,9 @@ class IRPNodeHost(ManagedNode):
             'Wall-clock deadline per input from its arrival, ms; 0 = none',
             float_range=(0.0, 3.6e6)))
         p('default_atp', float(type(self).DEFAULT_ATP), descriptor(
-            'ATP per input when no orchestrator grant is current (1 ATP = 1 ms of measured '
-            'compute: the input and its steps); 0 = unlimited (max_steps still applies)',
+            'ATP for the steps of an input when no orchestrator grant is current (1 ATP = 1 '
+            'ms of measured compute; the input\'s own price is paid on top, so no input is '
+            'dropped without a grant); 0 = unlimited (max_steps still applies)',
             float_range=(0.0, 1e9)))
         p('grant_timeout_s', 0.3, descriptor(
             'A grant older than this is stale and the default budget applies (3 cycles of '
@@ -735,8 +736,11 @@ class IRPNodeHost(ManagedNode):
         g = self._current_grant()
         if g is not None:
             return g.budget, g
+        # default_atp pays the run's steps; the input's own price is paid on top, so an input
+        # whose encoding costs more than default_atp (a slow or loaded machine) is still run
+        # (on fewer steps) instead of dropped: only an orchestrator's grant makes it sit out.
         atp = self.get_parameter('default_atp').value
-        return Budget(atp if atp > 0 else math.inf), None
+        return Budget(atp + self.cost.per_input_ms if atp > 0 else math.inf), None
 
     # -------------------------------------------------------------------------- inputs
 
