@@ -393,3 +393,30 @@ def test_saved_training_speech_reads_back_within_its_12_bits(tmp_path):
         assert np.abs(a - b).max() <= step  # the dropped low bits, nothing else
     if os.path.exists(dsp.ALSA_NOISE):  # saved with the speech, handed to the noise maker
         assert np.array_equal(dsp._ALSA_CACHE['x'], dsp.read_wav(dsp.ALSA_NOISE))
+
+
+def test_training_can_start_from_committed_weights(tmp_path):
+    """``train --init``: a fine-tune starts from the given weights (at lr 0 it keeps them)."""
+    import json
+
+    import torch
+
+    from sage_irp_ros.plugins.audio import train
+    from sage_irp_ros.plugins.audio.speech import save_speech
+    t = np.arange(3 * 16000) / 16000
+    voiced = (0.3 * np.sin(2 * np.pi * 180 * t) * (1 + np.sin(2 * np.pi * 3 * t))).astype(
+        np.float32)
+    save_speech(str(tmp_path / 's.npz'), [('flite:slt', 'a', voiced), ('flite:awb', 'b', voiced)])
+    common = ['--speech', str(tmp_path / 's.npz'), '--utterances', '2', '--minutes', '0.002',
+              '--batch', '2', '--hidden', '16', '--unroll', '1']
+    assert train.main(common + ['--seed', '0', '--out', str(tmp_path / 'a')]) == 0
+    assert train.main(common + ['--seed', '1', '--lr', '0', '--init',
+                                str(tmp_path / 'a' / 'enhancer.pt'),
+                                '--out', str(tmp_path / 'b')]) == 0
+    assert train.main(common + ['--seed', '1', '--out', str(tmp_path / 'c')]) == 0
+    a, b, c = (torch.load(tmp_path / d / 'enhancer.pt', weights_only=True) for d in 'abc')
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)  # a fresh network of seed 1 differs
+    meta = json.loads((tmp_path / 'b' / 'enhancer.json').read_text())
+    assert meta['init'] == {'weights': 'enhancer.pt'} and json.loads(
+        (tmp_path / 'c' / 'enhancer.json').read_text())['init'] is None

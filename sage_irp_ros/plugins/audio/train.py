@@ -236,6 +236,9 @@ def main(argv=None) -> int:
     ap.add_argument('--workers', type=int, default=0,
                     help='processes making batches (0: the training process, the committed '
                          'recipe)')
+    ap.add_argument('--init', default=None,
+                    help='start from these weights (an enhancer.pt of the same --hidden and '
+                         '--noise-aware) instead of a fresh network: a fine-tune')
     ap.add_argument('--out', default=WEIGHTS_DIR)
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
@@ -250,7 +253,16 @@ def main(argv=None) -> int:
     device = torch.device(args.device)
     print(f'{len(utts)} utterances, {sum(u.size for u in utts) / RATE / 60:.1f} min of speech '
           f'in {time.time() - t0:.0f} s', flush=True)
-    model = MaskRefiner(hidden=args.hidden, noise_aware=args.noise_aware).to(device)
+    model = MaskRefiner(hidden=args.hidden, noise_aware=args.noise_aware)
+    init = None
+    if args.init:
+        model.load_state_dict(torch.load(args.init, map_location='cpu', weights_only=True))
+        side = os.path.splitext(args.init)[0] + '.json'
+        init = {'weights': os.path.basename(args.init)}
+        if os.path.exists(side):
+            with open(side) as f:
+                init['version'] = json.load(f).get('version')
+    model = model.to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
     seg = int(args.seconds * RATE)
     batches = None
@@ -308,7 +320,7 @@ def main(argv=None) -> int:
             'train_noises': sorted(TRAIN_NOISES) + ['babble'], 'train_snrs_db': TRAIN_SNRS,
             'clean_fraction': CLEAN_FRACTION, 'torch': torch.__version__,
             'device': (torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'),
-            'batch': args.batch, 'workers': args.workers}
+            'batch': args.batch, 'workers': args.workers, 'init': init}
     with open(os.path.join(args.out, 'enhancer.json'), 'w') as f:
         json.dump(meta, f, indent=1)
     print(json.dumps(meta))
