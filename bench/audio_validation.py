@@ -1,4 +1,4 @@
-"""Validation runs behind two audio choices (never the benchmark's held-out clips or noises).
+"""Validation runs behind the audio choices (never the benchmark's held-out clips or noises).
 
 Two parts, both on validation speech in *training* noises, WER against what the recogniser
 hears on the clean clip (``--part``):
@@ -14,6 +14,10 @@ hears on the clean clip (``--part``):
 - ``mask``: why the committed enhancer falls short of the ideal ratio mask: its final mask on
   the bins the speech dominates and on those the noise dominates, beside the ideal mask's, and
   the WER through each (same items as ``enhancer``).
+- ``classical``: the simple baselines beside the enhancer, on its items: pocketsphinx with its
+  own noise removal (``remove_noise``, off by default in 5.1.1) and a classical Wiener filter
+  (each bin's noise power from its ``q`` quantile over the utterance; gain
+  ``sqrt(snr / (1 + snr))`` with ``snr = P / (alpha N) - 1``, floored), at a few settings.
 - ``repair``: the language repair's ``guess_margin`` and the confidence threshold. Speech: 40
   flite/espeak-ng utterances of the dev split, each in a training noise at 5 and 10 dB,
   recognised without enhancement; WER against the true sentences for masks written as plain
@@ -125,6 +129,46 @@ def enhancer_part(weights, n_synthetic: int) -> None:
                 return r.output.samples, r.trace.steps
             w, st = table(adaptive)
             print('halt_db', hd, w, 'steps', st, flush=True)
+
+
+def wiener(y: np.ndarray, q: float = 0.1, alpha: float = 1.0, floor: float = 0.1) -> np.ndarray:
+    """Return ``y`` through a classical Wiener filter over the plugin's STFT (``classical``).
+
+    Noise power per bin: its ``q`` quantile over the utterance (the level speech pauses leave);
+    a priori SNR ``P / (alpha N) - 1`` (power subtraction), gain ``sqrt(snr / (1 + snr))``
+    clamped to ``[floor, 1]``, the noisy phase.
+    """
+    from sage_irp_ros.plugins.audio.train import stft
+    x = stft(torch.from_numpy(np.asarray(y, np.float32)))
+    p = x.abs().square()
+    n = torch.quantile(p, q, dim=-1, keepdim=True)
+    snr = (p / (alpha * n + 1e-12) - 1).clamp(min=0)
+    g = (snr / (1 + snr)).sqrt().clamp(floor, 1)
+    return torch.istft(g * x, dsp.N_FFT, dsp.HOP, window=torch.hann_window(dsp.N_FFT),
+                       center=True, length=y.size).numpy()
+
+
+def classical_part(n_synthetic: int) -> None:
+    """Print WER per SNR of the simple baselines (no model) on the enhancer's items."""
+    from pocketsphinx import Config, Decoder
+    rec = Recogniser(n_best=0)
+    refs, items = enhancer_items(rec, n_synthetic)
+    denoising = Recogniser(n_best=0)
+    cfg = Config(samprate=dsp.RATE, loglevel='FATAL')
+    cfg['cmn'], cfg['remove_noise'] = 'batch', True
+    denoising.decoder = Decoder(cfg)
+    denoising._cmn0 = denoising.decoder.get_cmn(False)
+    rows = [('noisy', rec, lambda y: y), ('noisy, remove_noise on', denoising, lambda y: y)]
+    for q, alpha, floor in ((0.1, 1.0, 0.1), (0.1, 2.0, 0.1), (0.1, 1.0, 0.3), (0.2, 1.0, 0.2)):
+        rows.append((f'wiener q {q} alpha {alpha} floor {floor}', rec,
+                     lambda y, q=q, a=alpha, f=floor: wiener(y, q, a, f)))
+    for name, r, fn in rows:
+        by = {}
+        for i, snr, y, _ in items:
+            by.setdefault(snr, ([], []))
+            by[snr][0].append(refs[i])
+            by[snr][1].append(wer_words(text_of(r(fn(y)))))
+        print(name, {s: round(corpus_wer(a, b), 3) for s, (a, b) in by.items()}, flush=True)
 
 
 #: Fortune files the language model never read (``corpus.FORTUNE_FILES`` are its corpus): the
@@ -240,7 +284,8 @@ def repair_part(texts: str = 'dev') -> None:
 def main(argv=None) -> int:
     """Command line."""
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    ap.add_argument('--part', choices=('enhancer', 'mask', 'repair'), required=True)
+    ap.add_argument('--part', choices=('enhancer', 'mask', 'classical', 'repair'),
+                    required=True)
     ap.add_argument('--weights', nargs='+', default=[DEFAULT_WEIGHTS])
     ap.add_argument('--synthetic', type=int, default=16)
     ap.add_argument('--texts', choices=('dev', 'other'), default='dev',
@@ -251,6 +296,8 @@ def main(argv=None) -> int:
         enhancer_part(args.weights, args.synthetic)
     elif args.part == 'mask':
         mask_part(args.synthetic, args.weights[0])
+    elif args.part == 'classical':
+        classical_part(args.synthetic)
     else:
         repair_part(args.texts)
     return 0
