@@ -418,5 +418,5 @@ def test_training_can_start_from_committed_weights(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not all(torch.equal(a[k], c[k]) for k in a)  # a fresh network of seed 1 differs
     meta = json.loads((tmp_path / 'b' / 'enhancer.json').read_text())
-    assert meta['init'] == {'weights': 'enhancer.pt'} and json.loads(
+    assert meta['init'] == {'weights': 'enhancer.pt', 'version': None} and json.loads(
         (tmp_path / 'c' / 'enhancer.json').read_text())['init'] is None

@@ -258,7 +258,7 @@ def main(argv=None) -> int:
     if args.init:
         model.load_state_dict(torch.load(args.init, map_location='cpu', weights_only=True))
         side = os.path.splitext(args.init)[0] + '.json'
-        init = {'weights': os.path.basename(args.init)}
+        init = {'weights': os.path.basename(args.init), 'version': None}
         if os.path.exists(side):
             with open(side) as f:
                 init['version'] = json.load(f).get('version')
