@@ -36,6 +36,7 @@ Measured (``out/bench/audio.json``):
 from __future__ import annotations
 
 import argparse
+import copy
 import glob
 import json
 import os
@@ -123,6 +124,41 @@ def oracle_masked(speech: np.ndarray, mixture: np.ndarray, floor: float) -> np.n
                        center=True, length=len(mixture)).numpy().astype(np.float32)
 
 
+def pareto_sweep(plugin, rec, items, k_max: int, halt_dbs=(2.0, 4.0)):
+    """The Pareto sweep of the enhancer on ``items`` (``Item(x0=mixture, truth=(index, ref))``).
+
+    Quality: 1 - corpus WER of the recogniser ``rec`` on the outputs; fixed ``k = 0..k_max``
+    and adaptive halting at the plugin's ``halt_db`` (the operating point) and ``halt_dbs``,
+    each capped at ``k_max`` steps. Returns ``(summary, fixed, adaptive, hyp, cache, cfg_k)``:
+    ``hyp(output, index)`` recognises once per (item, steps), ``cache`` holds those texts and
+    ``cfg_k`` is the operating point's halting.
+    """
+    cache = {}
+
+    def hyp(out, idx):
+        key = (idx, out.steps)
+        if key not in cache:
+            cache[key] = text_of(rec(out.samples))
+        return cache[key]
+
+    def quality(outs, states, truths):
+        return 1.0 - wer([t[1] for t in truths], [norm(hyp(o, t[0])) for o, t in
+                                                  zip(outs, truths, strict=True)])
+
+    def item_score(out, state, truth):
+        return -wer([truth[1]], [norm(hyp(out, truth[0]))])
+
+    base = plugin.halt_config()
+    cfg_k = HaltConfig(base.eps, base.K, min(base.max_steps, k_max))
+    adaptive = {'adaptive': (cfg_k, {'halt_db': plugin.halt_db, 'eps': base.eps})}
+    for hd in halt_dbs:
+        other = copy.copy(plugin)  # the same network, another threshold
+        other.halt_db = hd
+        adaptive[f'halt_db={hd}'] = (cfg_k, {'halt_db': hd, 'eps': base.eps}, other)
+    summary, fixed, ad = sweep(plugin, items, quality, item_score, k_max, adaptive, 'adaptive')
+    return summary, fixed, ad, hyp, cache, cfg_k
+
+
 def main(argv=None) -> int:
     """Run the benchmark; write out/bench/audio.json (and the Pareto plot)."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -147,34 +183,7 @@ def main(argv=None) -> int:
         conds.append({'clip': name, 'noise': noise_name, 'snr': snr})
         cleans.append(s)  # the speech in the mixture
 
-    cache = {}
-
-    def hyp(out, idx):
-        key = (idx, out.steps)
-        if key not in cache:
-            cache[key] = text_of(rec(out.samples))
-        return cache[key]
-
-    def quality(outs, states, truths):
-        return 1.0 - wer([t[1] for t in truths], [norm(hyp(o, t[0])) for o, t in
-                                                  zip(outs, truths, strict=True)])
-
-    def item_score(out, state, truth):
-        return -wer([truth[1]], [norm(hyp(out, truth[0]))])
-
-    base = plugin.halt_config()
-    adaptive = {'adaptive': (base, {'halt_db': plugin.halt_db, 'eps': base.eps})}
-    variants = {}
-    for hd in (2.0, 4.0):
-        p2 = load_default(halt_db=hd)
-        variants[f'halt_db={hd}'] = (HaltConfig(base.eps, base.K, base.max_steps),
-                                     {'halt_db': hd, 'eps': base.eps}, p2)
-    adaptive.update(variants)
-    cfg_k = HaltConfig(base.eps, base.K, min(base.max_steps, k_max))
-    adaptive['adaptive'] = (cfg_k, adaptive['adaptive'][1])
-    for key in variants:
-        adaptive[key] = (cfg_k, *adaptive[key][1:])
-    summary, fixed, ad = sweep(plugin, items, quality, item_score, k_max, adaptive, 'adaptive')
+    summary, fixed, ad, hyp, cache, cfg_k = pareto_sweep(plugin, rec, items, k_max)
 
     # Per condition: noisy (fixed k=0), adaptive (its runs), clean.
     res = {}

@@ -1,7 +1,7 @@
 """Validation runs behind the audio choices (never the benchmark's held-out clips or noises).
 
-Two parts, both on validation speech in *training* noises, WER against what the recogniser
-hears on the clean clip (``--part``):
+All on validation speech in *training* noises (``--part``); WER against what the recogniser
+hears on the clean clip (``repair``: against the true sentences):
 
 - ``enhancer``: which enhancer weights and which ``halt_db``. Speech: the 4 human clips of
   pocketsphinx-testdata that are not the benchmark's (``goforward``, ``numbers``,
@@ -14,6 +14,9 @@ hears on the clean clip (``--part``):
 - ``mask``: why the committed enhancer falls short of the ideal ratio mask: its final mask on
   the bins the speech dominates and on those the noise dominates, beside the ideal mask's, and
   the WER through each (same items as ``enhancer``).
+- ``pareto``: the benchmark's Pareto sweep (``audio_bench.pareto_sweep``: every fixed step
+  count 0-4 against adaptive halting, ``core/pareto.py``'s figures) on the enhancer's items:
+  where the halting is chosen, beside the held-out figure of ``make bench``.
 - ``classical``: the simple baselines beside the enhancer, on its items: pocketsphinx with its
   own noise removal (``remove_noise``, off by default in 5.1.1) and a classical Wiener filter
   (each bin's noise power from its ``q`` quantile over the utterance; gain
@@ -129,6 +132,23 @@ def enhancer_part(weights, n_synthetic: int) -> None:
                 return r.output.samples, r.trace.steps
             w, st = table(adaptive)
             print('halt_db', hd, w, 'steps', st, flush=True)
+
+
+def pareto_part(n_synthetic: int, weights: str = DEFAULT_WEIGHTS) -> None:
+    """Print the Pareto sweep of ``weights`` on the enhancer's items (all SNRs together)."""
+    from audio_bench import pareto_sweep
+
+    from sage_irp_ros.core.pareto import Item
+    rec = Recogniser()
+    refs, items = enhancer_items(rec, n_synthetic)
+    plugin = AudioIRP.from_checkpoint(weights)
+    its = [Item(x0=y, truth=(j, refs[i])) for j, (i, _, y, _) in enumerate(items)]
+    summary, fixed, ad, *_ = pareto_sweep(plugin, rec, its, 4)
+    for p in (*fixed, *ad):
+        print(f'{p.label}: quality {p.quality:.4f} at {p.steps:.2f} steps', flush=True)
+    print({k: summary.get(k) for k in ('adaptive_gain_compute', 'fixed_reaching_adaptive_steps',
+                                       'adaptive_gain_quality', 'fixed_at_no_more_compute_steps',
+                                       'adaptive_gain_p')})
 
 
 def wiener(y: np.ndarray, q: float = 0.1, alpha: float = 1.0, floor: float = 0.1) -> np.ndarray:
@@ -284,7 +304,7 @@ def repair_part(texts: str = 'dev') -> None:
 def main(argv=None) -> int:
     """Command line."""
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    ap.add_argument('--part', choices=('enhancer', 'mask', 'classical', 'repair'),
+    ap.add_argument('--part', choices=('enhancer', 'mask', 'pareto', 'classical', 'repair'),
                     required=True)
     ap.add_argument('--weights', nargs='+', default=[DEFAULT_WEIGHTS])
     ap.add_argument('--synthetic', type=int, default=16)
@@ -296,6 +316,8 @@ def main(argv=None) -> int:
         enhancer_part(args.weights, args.synthetic)
     elif args.part == 'mask':
         mask_part(args.synthetic, args.weights[0])
+    elif args.part == 'pareto':
+        pareto_part(args.synthetic, args.weights[0])
     elif args.part == 'classical':
         classical_part(args.synthetic)
     else:
