@@ -66,7 +66,7 @@ def test_latched_input_is_kept_and_required_inputs_gate_runs(ros, spec):
         assert not out
         off = latched_publisher(ros)
         off.publish(Float32MultiArray(data=[10.0]))
-        assert wait_for(lambda: node._latest.get('offset') is not None, 5)
+        assert wait_for(lambda: node._latest.get('', {}).get('offset') is not None, 5)
         assert node.counters.runs == 0                        # a kept input triggers nothing
         sig.publish(Float32MultiArray(data=[1.0, 1.0, 1.0]))
         assert wait_for(lambda: out, 5)
@@ -81,7 +81,7 @@ def test_a_late_node_gets_the_latched_value(ros, spec):
     out = ros.collect(Float32MultiArray, '/mi/out', 50)
     node = ros.add_node(MultiNode(context=ros.context))
     try:
-        assert wait_for(lambda: node._latest.get('offset') is not None, 5)
+        assert wait_for(lambda: node._latest.get('', {}).get('offset') is not None, 5)
         node._on_input('signal', Float32MultiArray(data=[2.0, 2.0]))
         assert wait_for(lambda: out, 5)
         assert np.allclose(out[0].data, 0.0)
@@ -114,8 +114,28 @@ def test_timer_triggers_runs_with_the_newest_inputs(ros, spec):
     try:
         node._on_input('offset', Float32MultiArray(data=[1.0]))
         assert not wait_for(lambda: telem, 0.5)   # no signal yet: nothing to refine
-        node._latest['signal'] = Float32MultiArray(data=[3.0, 3.0])
+        node._latest.setdefault('', {})['signal'] = Float32MultiArray(data=[3.0, 3.0])
         assert wait_for(lambda: len(telem) >= 2, 5)
         assert {json.loads(t.data)['metadata']['trigger'] for t in telem} == {'timer'}
+    finally:
+        node.destroy_node()
+
+
+def test_a_timer_runs_each_stream_on_its_own_newest_inputs(ros, spec):
+    """``run_period_s`` with ``streams``: a timer run per stream that has had an input, reading
+    that stream's newest signal and the shared offset, published on that stream's topic."""
+    node = ros.add_node(MultiNode(context=ros.context, parameter_overrides=[
+        Parameter('run_period_s', value=0.05), Parameter('streams', value=['s0', 's1'])]))
+    outs = {s: ros.collect(Float32MultiArray, f'/{s}/mi/out', 100) for s in ('s0', 's1')}
+    try:
+        node._on_input('offset', Float32MultiArray(data=[10.0]))  # shared by the streams
+        node._on_input('signal', Float32MultiArray(data=[1.0, 1.0]), 's0')
+        assert wait_for(lambda: len(outs['s0']) >= 3, 10)  # its own run, then timer runs
+        assert not outs['s1']  # nothing of its own yet: no timer run
+        node._on_input('signal', Float32MultiArray(data=[2.0, 2.0]), 's1')
+        n0 = len(outs['s0'])
+        assert wait_for(lambda: len(outs['s1']) >= 3 and len(outs['s0']) >= n0 + 2, 10)
+        assert {round(m.data[0]) for m in outs['s0']} == {11}
+        assert {round(m.data[0]) for m in outs['s1']} == {12}
     finally:
         node.destroy_node()

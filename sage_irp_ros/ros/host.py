@@ -277,7 +277,9 @@ class IRPNodeHost(ManagedNode):
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._queue: Deque[Inputs] = collections.deque()
-        self._latest: Dict[str, Any] = {}
+        # the newest message per port, by stream: '' holds the shared ports (and every port
+        # without streams), a stream's name its own triggering ports
+        self._latest: Dict[str, Dict[str, Any]] = {}
         self._stopping = False
         self._cancel = threading.Event()
         self._busy = False
@@ -750,7 +752,7 @@ class IRPNodeHost(ManagedNode):
         trigger = self._triggers[port]
         now = time.perf_counter()
         with self._lock:
-            self._latest[port] = msg
+            self._latest.setdefault(stream, {})[port] = msg
             if trigger == registry.TRIGGER_NONE:
                 self.counters.kept += 1
                 return
@@ -763,7 +765,7 @@ class IRPNodeHost(ManagedNode):
             elif len(mine) >= self._queue_depths[port]:
                 self._queue.remove(mine[0])
                 self.counters.dropped_stale += 1
-            self._queue.append(Inputs(port, dict(self._latest), now, stream))
+            self._queue.append(Inputs(port, self._snapshot(stream), now, stream))
             if self._busy and self.get_parameter('preempt').value:
                 self._cancel.set()
             self._wake.notify()
@@ -779,11 +781,23 @@ class IRPNodeHost(ManagedNode):
             f'{n} message(s) lost in transport on {self.get_parameter(f"{port}_topic").value} '
             f'({self.counters.lost_in_transport} so far)', throttle_duration_sec=5.0)
 
+    def _snapshot(self, stream: str) -> Dict[str, Any]:
+        """Return the newest message of every port a run of ``stream`` reads (hold the lock)."""
+        return {**self._latest.get('', {}), **self._latest.get(stream, {})}
+
     def _on_run_timer(self) -> None:
+        """Queue a timer run per stream (one without streams), unless one is still waiting.
+
+        A stream runs on the timer once it has had an input of its own; its run reads its own
+        inputs and the shared ones and publishes on its topics.
+        """
+        now = time.perf_counter()
         with self._lock:
-            if any(i.trigger == TIMER_TRIGGER for i in self._queue):
-                return  # the previous timer run has not started yet
-            self._queue.append(Inputs(TIMER_TRIGGER, dict(self._latest), time.perf_counter()))
+            waiting = {i.stream for i in self._queue if i.trigger == TIMER_TRIGGER}
+            for stream in (self.streams or ['']):
+                if stream in waiting or (self.streams and stream not in self._latest):
+                    continue  # its previous timer run has not started yet / nothing of its own
+                self._queue.append(Inputs(TIMER_TRIGGER, self._snapshot(stream), now, stream))
             self._wake.notify()
 
     def _work(self) -> None:
