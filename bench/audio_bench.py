@@ -64,7 +64,7 @@ from sage_irp_ros.plugins.audio.recognize import (  # noqa: E402
 )
 from sage_irp_ros.plugins.audio.recognize import corpus_wer as wer  # noqa: E402
 from sage_irp_ros.plugins.audio.recognize import wer_words as norm  # noqa: E402
-from sage_irp_ros.plugins.audio.train import stft  # noqa: E402
+from sage_irp_ros.plugins.audio.train import istft, stft  # noqa: E402
 from sage_irp_ros.plugins.audio.vad import Segmenter  # noqa: E402
 
 TESTDATA = '/usr/share/pocketsphinx/test/data'
@@ -120,8 +120,7 @@ def oracle_masked(speech: np.ndarray, mixture: np.ndarray, floor: float) -> np.n
     y = torch.as_tensor(mixture, dtype=torch.float32)
     Y = stft(y)
     mask = ideal_ratio_mask(stft(s).abs(), stft(y - s).abs(), floor)
-    return torch.istft(Y * mask, dsp.N_FFT, dsp.HOP, window=torch.hann_window(dsp.N_FFT),
-                       center=True, length=len(mixture)).numpy().astype(np.float32)
+    return istft(Y * mask, len(mixture)).numpy().astype(np.float32)
 
 
 def pareto_sweep(plugin, rec, items, k_max: int, halt_dbs=(2.0, 4.0)):

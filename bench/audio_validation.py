@@ -17,8 +17,9 @@ hears on the clean clip (``repair``: against the true sentences):
 - ``pareto``: the benchmark's Pareto sweep (``audio_bench.pareto_sweep``: every fixed step
   count 0-4 against adaptive halting, ``core/pareto.py``'s figures) on the enhancer's items:
   where the halting is chosen, beside the held-out figure of ``make bench``.
-- ``classical``: the simple baselines beside the enhancer, on its items: pocketsphinx with its
-  own noise removal (``remove_noise``, off by default in 5.1.1) and a classical Wiener filter
+- ``classical``: the simple baselines beside the enhancer, on its items: pocketsphinx without
+  its own noise removal (``remove_noise``, which the bundled en-us model turns on: the
+  recogniser's baseline has it) and a classical Wiener filter
   (each bin's noise power from its ``q`` quantile over the utterance; gain
   ``sqrt(snr / (1 + snr))`` with ``snr = P / (alpha N) - 1``, floored), at a few settings.
 - ``repair``: the language repair's ``guess_margin`` and the confidence threshold. Speech: 40
@@ -158,27 +159,21 @@ def wiener(y: np.ndarray, q: float = 0.1, alpha: float = 1.0, floor: float = 0.1
     a priori SNR ``P / (alpha N) - 1`` (power subtraction), gain ``sqrt(snr / (1 + snr))``
     clamped to ``[floor, 1]``, the noisy phase.
     """
-    from sage_irp_ros.plugins.audio.train import stft
+    from sage_irp_ros.plugins.audio.train import istft, stft
     x = stft(torch.from_numpy(np.asarray(y, np.float32)))
     p = x.abs().square()
     n = torch.quantile(p, q, dim=-1, keepdim=True)
     snr = (p / (alpha * n + 1e-12) - 1).clamp(min=0)
     g = (snr / (1 + snr)).sqrt().clamp(floor, 1)
-    return torch.istft(g * x, dsp.N_FFT, dsp.HOP, window=torch.hann_window(dsp.N_FFT),
-                       center=True, length=y.size).numpy()
+    return istft(g * x, y.size).numpy()
 
 
 def classical_part(n_synthetic: int) -> None:
     """Print WER per SNR of the simple baselines (no model) on the enhancer's items."""
-    from pocketsphinx import Config, Decoder
     rec = Recogniser(n_best=0)
     refs, items = enhancer_items(rec, n_synthetic)
-    denoising = Recogniser(n_best=0)
-    cfg = Config(samprate=dsp.RATE, loglevel='FATAL')
-    cfg['cmn'], cfg['remove_noise'] = 'batch', True
-    denoising.decoder = Decoder(cfg)
-    denoising._cmn0 = denoising.decoder.get_cmn(False)
-    rows = [('noisy', rec, lambda y: y), ('noisy, remove_noise on', denoising, lambda y: y)]
+    plain = Recogniser(n_best=0, options={'remove_noise': False})
+    rows = [('noisy', rec, lambda y: y), ('noisy, remove_noise off', plain, lambda y: y)]
     for q, alpha, floor in ((0.1, 1.0, 0.1), (0.1, 2.0, 0.1), (0.1, 1.0, 0.3), (0.2, 1.0, 0.2)):
         rows.append((f'wiener q {q} alpha {alpha} floor {floor}', rec,
                      lambda y, q=q, a=alpha, f=floor: wiener(y, q, a, f)))
@@ -220,11 +215,10 @@ def mask_part(n_synthetic: int, weights: str = DEFAULT_WEIGHTS) -> None:
     0.2 and 0.3 instead of 0.05).
     """
     from sage_irp_ros.plugins.audio.model import ideal_ratio_mask
-    from sage_irp_ros.plugins.audio.train import stft
+    from sage_irp_ros.plugins.audio.train import istft, stft
     rec = Recogniser(n_best=0)
     refs, items = enhancer_items(rec, n_synthetic)
     plugin = AudioIRP.from_checkpoint(weights)
-    win = torch.hann_window(dsp.N_FFT)
     stats, hyps = {}, {}
     for i, snr, y, x in items:
         if snr is None:
@@ -241,8 +235,7 @@ def mask_part(n_synthetic: int, weights: str = DEFAULT_WEIGHTS) -> None:
                     ('sqrt m', m.sqrt()), ('floor 0.1', m.clamp(0.1, 1)),
                     ('floor 0.2', m.clamp(0.2, 1)), ('floor 0.3', m.clamp(0.3, 1)))
         for name, mk in variants:
-            z = torch.istft(mk * spec, dsp.N_FFT, dsp.HOP, window=win, center=True,
-                            length=y.size).numpy()
+            z = istft(mk * spec, y.size).numpy()
             hyps.setdefault((snr, name), ([], []))
             hyps[(snr, name)][0].append(refs[i])
             hyps[(snr, name)][1].append(wer_words(text_of(rec(z))))

@@ -142,14 +142,8 @@ def refine(plugin: IRPPlugin, x0: Any, ctx: Optional[Mapping[str, Any]] = None, 
     budget = budget if budget is not None else Budget()
     cost = cost if cost is not None else StepCostMeter()
     trace = Trace(t_start=clock())
-    if skip_unpaid:
-        per_input = cost.per_input_ms
-        if not budget.try_charge_input(per_input):
-            return None
-        trace.atp_input = per_input
-    else:
-        trace.atp_input = budget.charge_up_to(cost.per_input_ms)
-    trace.atp_spent += trace.atp_input
+    if not _pay_input(trace, budget, cost, skip_unpaid):
+        return None
     try:
         state = plugin.project(plugin.init_state(x0, ctx))
     except BaseException:
@@ -204,6 +198,22 @@ def refine(plugin: IRPPlugin, x0: Any, ctx: Optional[Mapping[str, Any]] = None, 
             trace.energies.append(e)
             good = state
     return _finish(plugin, good, trace, budget, cost, clock, step_time)
+
+
+def _pay_input(trace: Trace, budget: Budget, cost: StepCostMeter, skip_unpaid: bool) -> bool:
+    """Charge a run's per-input price to ``budget`` and ``trace``; False: not paid, not run.
+
+    ``skip_unpaid``: the whole price or nothing (:meth:`Budget.try_charge_input`); else as much
+    of it as the budget can pay.
+    """
+    if skip_unpaid:
+        if not budget.try_charge_input(cost.per_input_ms):
+            return False
+        trace.atp_input = cost.per_input_ms
+    else:
+        trace.atp_input = budget.charge_up_to(cost.per_input_ms)
+    trace.atp_spent += trace.atp_input
+    return True
 
 
 def _schedule(trace: Trace, budget: Budget, price: float, config: HaltConfig) -> Schedule:
@@ -285,13 +295,8 @@ def refine_batch(plugin: IRPPlugin, xs: Sequence[Any],
 
     for i, (x0, ctx, budget) in enumerate(zip(xs, ctxs, budgets, strict=True)):
         trace = Trace(t_start=clock())
-        if skip_unpaid:
-            if not budget.try_charge_input(cost.per_input_ms):
-                continue  # not run: its result stays None
-            trace.atp_input = cost.per_input_ms
-        else:
-            trace.atp_input = budget.charge_up_to(cost.per_input_ms)
-        trace.atp_spent += trace.atp_input
+        if not _pay_input(trace, budget, cost, skip_unpaid):
+            continue  # not run: its result stays None
         try:
             state = plugin.project(plugin.init_state(x0, ctx))
         except Exception as exc:  # noqa: BLE001 - one bad input must not end the others

@@ -817,12 +817,15 @@ class IRPNodeHost(ManagedNode):
                 else:
                     self._process_batch(batch)
             except Exception as exc:  # noqa: BLE001 - the node must outlive any one input
-                with self._lock:
-                    self.counters.plugin_errors += 1
-                self.get_logger().error(f'processing an input failed: {exc!r}')
+                self._processing_failed(exc)
             finally:
                 with self._lock:
                     self._busy = False
+
+    def _processing_failed(self, exc: BaseException) -> None:
+        with self._lock:
+            self.counters.plugin_errors += 1
+        self.get_logger().error(f'processing an input failed: {exc!r}')
 
     def _bad_input(self, inputs: Inputs, text: str) -> None:
         with self._lock:
@@ -857,9 +860,7 @@ class IRPNodeHost(ManagedNode):
             try:
                 self._finish_run(preps[i], result)
             except Exception as exc:  # noqa: BLE001 - one input's failure must not end the rest
-                with self._lock:
-                    self.counters.plugin_errors += 1
-                self.get_logger().error(f'processing an input failed: {exc!r}')
+                self._processing_failed(exc)
         results = refine_batch(self.plugin, [p.x0 for p in preps], [p.run_ctx for p in preps],
                                config=self._halt_config, budgets=[p.budget for p in preps],
                                cost=self.cost, cancel=self._cancel,

@@ -71,6 +71,12 @@ def stft(x: torch.Tensor) -> torch.Tensor:
                       return_complex=True, center=True)
 
 
+def istft(spec: torch.Tensor, length: int) -> torch.Tensor:
+    """Waveforms of ``length`` samples from a (masked) STFT of :func:`stft`."""
+    return torch.istft(spec, N_FFT, HOP, window=torch.hann_window(N_FFT, device=spec.device),
+                       center=True, length=length)
+
+
 @functools.lru_cache(maxsize=None)
 def _mel_on(device: torch.device) -> torch.Tensor:
     """Return the mel filters on ``device`` (copied there once, not on every distance)."""
@@ -151,6 +157,13 @@ def make_item(rng, utts, seg, augment: bool = False):
     return noisy.astype(np.float32), s.astype(np.float32)
 
 
+def make_batch(rng, utts, seg, batch: int, augment: bool = False):
+    """Return ``(noisy, clean)``: ``batch`` items of :func:`make_item` as float32 tensors."""
+    pairs = [make_item(rng, utts, seg, augment) for _ in range(batch)]
+    return (torch.from_numpy(np.stack([p[0] for p in pairs])),
+            torch.from_numpy(np.stack([p[1] for p in pairs])))
+
+
 class Batches(torch.utils.data.IterableDataset):
     """Endless training batches for ``--workers``: worker ``w`` draws from its own generator.
 
@@ -169,10 +182,7 @@ class Batches(torch.utils.data.IterableDataset):
         info = torch.utils.data.get_worker_info()
         rng = np.random.default_rng([self.seed, 0 if info is None else info.id])
         while True:
-            pairs = [make_item(rng, self.utts, self.seg, self.augment)
-                     for _ in range(self.batch)]
-            yield (torch.from_numpy(np.stack([p[0] for p in pairs])),
-                   torch.from_numpy(np.stack([p[1] for p in pairs])))
+            yield make_batch(rng, self.utts, self.seg, self.batch, self.augment)
 
 
 def run_steps(model, noisy, clean, unroll, objective='mel'):
@@ -280,12 +290,8 @@ def main(argv=None) -> int:
         frac = (time.time() - t_train) / budget
         for g in opt.param_groups:
             g['lr'] = args.lr * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0)))
-        if batches is None:
-            pairs = [make_item(rng, utts, seg, args.augment) for _ in range(args.batch)]
-            noisy = torch.from_numpy(np.stack([p[0] for p in pairs]))
-            clean = torch.from_numpy(np.stack([p[1] for p in pairs]))
-        else:
-            noisy, clean = next(batches)
+        noisy, clean = (make_batch(rng, utts, seg, args.batch, args.augment) if batches is None
+                        else next(batches))
         noisy = noisy.to(device, non_blocking=True)
         clean = clean.to(device, non_blocking=True)
         lm, le, lsd = run_steps(model, noisy, clean, args.unroll, args.objective)
