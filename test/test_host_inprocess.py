@@ -308,3 +308,17 @@ def test_streams_are_read_and_answered_on_their_own_topics_and_refined_together(
 def test_streams_must_be_distinct(ros):
     with pytest.raises(StartError, match='streams must be distinct'):
         make_node(ros, streams=['cam0', '/cam0/'])
+
+
+class OwnProcessNode(FixtureIRPNode):
+    """Test fixture node that runs its own processing (as the audio and memory nodes do)."""
+
+    def _process(self, inputs):
+        super()._process(inputs)
+
+
+def test_a_node_with_its_own_processing_refuses_streams(ros):
+    with pytest.raises(StartError, match='serves one stream'):
+        make_node(ros, OwnProcessNode, streams=['mic0', 'mic1'])
+    node = make_node(ros, OwnProcessNode)  # one stream: fine
+    node.destroy_node()

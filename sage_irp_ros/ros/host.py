@@ -597,9 +597,16 @@ class IRPNodeHost(ManagedNode):
                 Experience, EXPERIENCE_TOPIC, QoSProfile(
                     depth=max(depth, 50), reliability=ReliabilityPolicy.RELIABLE))
             self._pubs.append(self._experience_pub)
+        # A node that runs its own refinement (audio, memory) takes one input at a time, and
+        # its state (the audio node's voice-activity segmenter) is of one source.
+        own = (type(self).run_refinement is not IRPNodeHost.run_refinement
+               or type(self)._process is not IRPNodeHost._process)
         self.streams = [s.strip('/') for s in self.get_parameter('streams').value if s.strip('/')]
         if len(set(self.streams)) != len(self.streams):
             raise ValueError(f'streams must be distinct, got {self.streams}')
+        if own and self.streams:
+            raise ValueError(f'{type(self).__name__} serves one stream (its runs keep state of '
+                             f'one source): run one node per stream, got streams {self.streams}')
         self._stream_outputs = {}
         for stream in self.streams or ['']:
             self._stream_outputs[stream] = {
@@ -608,9 +615,6 @@ class IRPNodeHost(ManagedNode):
                     stream_topic(stream, self.get_parameter(f'{port.name}_topic').value))
                 for port in self.spec.outputs}
         self.outputs = dict(self._stream_outputs[(self.streams or [''])[0]])
-        # A node that runs its own refinement (audio, memory) takes one input at a time.
-        own = (type(self).run_refinement is not IRPNodeHost.run_refinement
-               or type(self)._process is not IRPNodeHost._process)
         self._batch = 1 if own else self.get_parameter('batch_max').value
         self.create_outputs()
         self.get_logger().info(
