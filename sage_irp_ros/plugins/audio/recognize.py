@@ -13,7 +13,7 @@ import itertools
 import math
 import re
 from dataclasses import dataclass
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -126,17 +126,11 @@ def alternatives_from_nbest(best: Sequence[str], nbest: Iterable[str],
     return [kept_alternatives(v, per_word)[0] for v in nbest_votes(best, nbest)]
 
 
-def _decoder(keyphrase: str, grammar: str, fast: bool, cmn: str,
-             options: Optional[Mapping[str, Any]] = None):
-    """Return a pocketsphinx decoder of the bundled en-us model (16 kHz).
-
-    ``options``: further pocketsphinx settings (e.g. ``{'remove_noise': False}``).
-    """
+def _decoder(keyphrase: str, grammar: str, fast: bool, cmn: str):
+    """Return a pocketsphinx decoder of the bundled en-us model (16 kHz)."""
     from pocketsphinx import Config, Decoder
     cfg = Config(samprate=RATE, loglevel='FATAL')
     cfg['cmn'] = cmn
-    for key, value in (options or {}).items():
-        cfg[key] = value
     if fast:
         # Narrower beams: about a third of the time, clearly worse WER (docs/AUDIO.md).
         cfg['beam'] = 1e-40
@@ -168,11 +162,10 @@ class Recogniser:
     """pocketsphinx's en-us model on whole utterances."""
 
     def __init__(self, keyphrase: str = '', grammar: str = '', fast: bool = False,
-                 n_best: int = 10, options: Optional[Mapping[str, Any]] = None):
+                 n_best: int = 10):
         # Whole utterances: the cepstral mean of the utterance itself (batch CMN) instead of a
         # running estimate (the same clean WER on the benchmark's clips, 0.228 both).
-        # ``options``: further pocketsphinx settings (the validation's baselines).
-        self.decoder = _decoder(keyphrase, grammar, fast, 'batch', options)
+        self.decoder = _decoder(keyphrase, grammar, fast, 'batch')
         #: How many N-best hypotheses give the words' alternatives (0: none; a keyword or
         #: grammar search has no N-best list).
         self.n_best = 0 if (keyphrase or grammar) else int(n_best)
