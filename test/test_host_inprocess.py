@@ -264,14 +264,11 @@ class BatchCountingFixture(SlowFixture):
         return super().step_batch(states, schedules)
 
 
-class BatchCountingFixtureNode(FixtureIRPNode):
+class BatchCountingFixtureNode(SlowFixtureNode):
     """Test fixture node around :class:`BatchCountingFixture`."""
 
     def create_plugin(self):
         return BatchCountingFixture()
-
-    def example_input(self):
-        return None
 
 
 def test_streams_are_read_and_answered_on_their_own_topics_and_refined_together(ros):
