@@ -14,6 +14,11 @@ hears on the clean clip (``repair``: against the true sentences):
 - ``mask``: why the committed enhancer falls short of the ideal ratio mask: its final mask on
   the bins the speech dominates and on those the noise dominates, beside the ideal mask's, and
   the WER through each (same items as ``enhancer``).
+- ``proxy``: which distance to the clean speech follows WER: per SNR, the mean mel distance
+  (``train.mel_dist_db``, what the committed objective and the energy measure) and the
+  recogniser's acoustic-model divergence (``acoustic.AcousticModel.divergence``, what
+  ``--objective mel_am`` adds) of the noisy input, of each ``--weights`` enhancer's adaptive
+  output and of the ideal ratio mask's output; WER of each is in ``enhancer`` and ``mask``.
 - ``pareto``: the benchmark's Pareto sweep (``audio_bench.pareto_sweep``: every fixed step
   count 0-4 against adaptive halting, ``core/pareto.py``'s figures) on the enhancer's items:
   where the halting is chosen, beside the held-out figure of ``make bench``.
@@ -150,6 +155,41 @@ def pareto_part(n_synthetic: int, weights: str = DEFAULT_WEIGHTS) -> None:
     print({k: summary.get(k) for k in ('adaptive_gain_compute', 'fixed_reaching_adaptive_steps',
                                        'adaptive_gain_quality', 'fixed_at_no_more_compute_steps',
                                        'adaptive_gain_p')})
+
+
+def proxy_part(weights, n_synthetic: int) -> None:
+    """Print the mel distance and the acoustic-model divergence of each estimate, per SNR."""
+    from sage_irp_ros.plugins.audio.acoustic import AcousticModel
+    from sage_irp_ros.plugins.audio.model import ideal_ratio_mask
+    from sage_irp_ros.plugins.audio.train import istft, mel_dist_db, stft
+    am = AcousticModel()
+    _, items = enhancer_items(Recogniser(n_best=0), n_synthetic)
+    plugins = [AudioIRP.from_checkpoint(w) for w in weights]
+    got = {}
+    for _, snr, y, x in items:
+        if snr is None:
+            continue
+        clean = torch.from_numpy(x)[None]
+        floor = am.floor_of(clean)
+        post = am.log_posteriors(clean, floor)
+        spec = stft(torch.from_numpy(y))
+        speech = stft(clean).abs()
+        ideal = ideal_ratio_mask(speech[0], stft(torch.from_numpy(y - x)).abs(),
+                                 plugins[0].floor)
+        ests = {'noisy': torch.from_numpy(y)[None],
+                'ideal mask': istft(ideal * spec, y.size)[None]}
+        for w, plugin in zip(weights, plugins, strict=True):
+            r = refine(plugin, y, None, config=plugin.halt_config())
+            ests[w] = torch.from_numpy(r.output.samples)[None]
+        with torch.no_grad():
+            for name, est in ests.items():
+                got.setdefault((snr, name), []).append((
+                    mel_dist_db(stft(est).abs(), speech).mean().item(),
+                    am.divergence(est, post, floor).item()))
+    for snr in (0, 5, 10):
+        print(f'{snr} dB: ' + '; '.join(
+            f'{name}: mel {np.mean(v, axis=0)[0]:.2f} dB, acoustic {np.mean(v, axis=0)[1]:.3f}'
+            for (s, name), v in got.items() if s == snr), flush=True)
 
 
 def wiener(y: np.ndarray, q: float = 0.1, alpha: float = 1.0, floor: float = 0.1) -> np.ndarray:
@@ -296,7 +336,8 @@ def repair_part(texts: str = 'dev') -> None:
 def main(argv=None) -> int:
     """Command line."""
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    ap.add_argument('--part', choices=('enhancer', 'mask', 'pareto', 'classical', 'repair'),
+    ap.add_argument('--part', choices=('enhancer', 'mask', 'proxy', 'pareto', 'classical',
+                                       'repair'),
                     required=True)
     ap.add_argument('--weights', nargs='+', default=[DEFAULT_WEIGHTS])
     ap.add_argument('--synthetic', type=int, default=16)
@@ -308,6 +349,8 @@ def main(argv=None) -> int:
         enhancer_part(args.weights, args.synthetic)
     elif args.part == 'mask':
         mask_part(args.synthetic, args.weights[0])
+    elif args.part == 'proxy':
+        proxy_part(args.weights, args.synthetic)
     elif args.part == 'pareto':
         pareto_part(args.synthetic, args.weights[0])
     elif args.part == 'classical':

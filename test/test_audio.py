@@ -337,6 +337,7 @@ def test_training_objectives_give_finite_losses_and_mel_irm_adds_the_ideal_mask_
         assert all(p.grad is not None for p in model.parameters())
         got[objective] = lm.item()
     assert got['mel_irm'] > got['mel']  # the same model and data plus a squared error
+    assert got['mel_am'] > got['mel']  # plus the acoustic model's divergence
     # an estimate equal to the speech (a clean item the mask leaves as it is): every frame's
     # distance is exactly 0, and its gradient must stay finite (the square root's was
     # infinite, the batch's NaN: a training run on a GPU skipped over a third of its batches)
@@ -345,6 +346,35 @@ def test_training_objectives_give_finite_losses_and_mel_irm_adds_the_ideal_mask_
         est = mag.clone().requires_grad_(True)
         dist(est, mag).sum().backward()
         assert torch.isfinite(est.grad).all(), dist.__name__
+
+
+def test_the_acoustic_model_reads_phones_and_its_divergence_grows_with_the_noise():
+    import torch
+
+    from sage_irp_ros.plugins.audio.acoustic import AcousticModel, model_dir, read_gaussians
+    am = AcousticModel()
+    means = read_gaussians(os.path.join(model_dir(), 'means'))
+    assert [g.shape for g in means] == [(42, 128, 13)] * 3
+    # goforward.raw: "go forward ten meters", a person; its quietest frames are the room between
+    # words, and the Gaussians that read them best are in the codebooks of the model's fillers
+    # (+NSN+ 0, +SPN+ 1, SIL 32 in its phone list)
+    x = torch.from_numpy(np.fromfile(os.path.join(TESTDATA, 'goforward.raw'), '<i2')
+                         .astype(np.float32) / 32768)[None]
+    floor = am.floor_of(x)
+    loud = am.mel_power(x).sum(-1)[0]
+    quiet = loud < torch.quantile(loud, 0.1)
+    top = am.log_posteriors(x, floor)[0][0].argmax(-1) // 128
+    assert np.isin(top[quiet].numpy(), (0, 1, 32)).mean() > 0.5
+    assert len(set(top[~quiet].tolist())) > 15  # speech frames read as many phones
+    clean = am.log_posteriors(x, floor)
+    assert am.divergence(x, clean, floor).item() == pytest.approx(0.0, abs=1e-6)
+    noise = torch.from_numpy(dsp.pink(x.shape[1], np.random.default_rng(0)))[None]
+    d = [am.divergence(torch.from_numpy(mix(x[0].numpy(), noise[0].numpy(), snr))[None],
+                       clean, floor).item() for snr in (20, 10, 0)]
+    assert 0 < d[0] < d[1] < d[2], d
+    est = x.clone().requires_grad_(True)
+    am.divergence(est + 0.01 * noise, clean, floor).sum().backward()
+    assert torch.isfinite(est.grad).all() and est.grad.abs().sum() > 0
 
 
 def test_the_noise_aware_model_reads_the_noise_floor_and_room_keeps_speech_in_range():

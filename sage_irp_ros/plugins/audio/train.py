@@ -56,13 +56,18 @@ LSD_FLOOR = 1e-4
 #: powers 50 dB under the clean utterance's loudest band count as equal.
 MEL = torch.from_numpy(mel_filterbank())
 MEL_FLOOR = 1e-5
-OBJECTIVES = ('mel', 'mel_irm', 'lsd')
+OBJECTIVES = ('mel', 'mel_irm', 'mel_am', 'lsd')
 #: Added under the distances' square root: a frame whose distance is exactly 0 (an all-zero
 #: frame of a clean item: the estimate equals the speech whatever the mask) would otherwise
 #: give the square root an infinite gradient and the batch a NaN one.
 DIST_EPS = 1e-8
 #: Weight of the ideal-ratio-mask term of ``--objective mel_irm``.
 IRM_WEIGHT = 0.1
+#: Weight of the acoustic-model term of ``--objective mel_am`` (nats; ``acoustic.py``).
+AM_WEIGHT = 0.005
+#: Frames of each item (of 250 in a 2.5 s crop) the acoustic-model term scores: its Gaussians
+#: cost ten times the rest of a training step over every frame.
+AM_FRAMES = 60
 
 
 def stft(x: torch.Tensor) -> torch.Tensor:
@@ -81,6 +86,13 @@ def istft(spec: torch.Tensor, length: int) -> torch.Tensor:
 def _mel_on(device: torch.device) -> torch.Tensor:
     """Return the mel filters on ``device`` (copied there once, not on every distance)."""
     return MEL.to(device)
+
+
+@functools.lru_cache(maxsize=None)
+def _acoustic_on(device: torch.device):
+    """Return the recogniser's acoustic model (``acoustic.AcousticModel``) on ``device``, once."""
+    from sage_irp_ros.plugins.audio.acoustic import AcousticModel
+    return AcousticModel().to(device)
 
 
 def lsd_db(est_mag: torch.Tensor, clean_mag: torch.Tensor) -> torch.Tensor:
@@ -106,7 +118,7 @@ def mel_dist_db(est_mag: torch.Tensor, clean_mag: torch.Tensor) -> torch.Tensor:
     return (d.square().mean(dim=1) + DIST_EPS).sqrt()
 
 
-DISTANCES = {'mel': mel_dist_db, 'mel_irm': mel_dist_db, 'lsd': lsd_db}
+DISTANCES = {'mel': mel_dist_db, 'mel_irm': mel_dist_db, 'mel_am': mel_dist_db, 'lsd': lsd_db}
 
 
 def room(s: np.ndarray, rng) -> np.ndarray:
@@ -198,6 +210,14 @@ def run_steps(model, noisy, clean, unroll, objective='mel'):
     irm = None
     if objective == 'mel_irm':  # the ideal ratio mask of the mixture, in the mask's range
         irm = ideal_ratio_mask(sm, stft(noisy - clean).abs())
+    am = clean_post = None
+    if objective == 'mel_am':  # how the recogniser's Gaussians read the clean speech
+        am = _acoustic_on(noisy.device)
+        with torch.no_grad():
+            floor = am.floor_of(clean)
+            n_frames = am.mel_power(clean[:1]).shape[1]
+            frames = torch.randperm(n_frames, device=noisy.device)[:AM_FRAMES]
+            clean_post = am.log_posteriors(clean, floor, frames)
     scale = xm.amax(dim=(1, 2), keepdim=True).clamp_min(1e-8)
     logx = log_power(xm)
     mask = torch.ones_like(xm)
@@ -207,10 +227,14 @@ def run_steps(model, noisy, clean, unroll, objective='mel'):
         true = dist(mask.detach() * xm, sm)
         loss_e = loss_e + (err - true).square().mean() / 25.0
         mag = ((nxt * xm / scale + 1e-8) ** 0.3 - (sm / scale + 1e-8) ** 0.3).square().mean()
-        if objective in ('mel', 'mel_irm'):
+        if objective in ('mel', 'mel_irm', 'mel_am'):
             loss_m = loss_m + 0.3 * mag + 0.003 * dist(nxt * xm, sm).mean()
             if irm is not None:
                 loss_m = loss_m + IRM_WEIGHT * (nxt - irm).square().mean()
+            if am is not None:
+                est = istft(nxt * X, noisy.shape[1])
+                loss_m = loss_m + AM_WEIGHT * am.divergence(est, clean_post, floor,
+                                                            frames).mean()
         else:
             loss_m = loss_m + mag
         mask = nxt
