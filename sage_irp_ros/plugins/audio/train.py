@@ -11,8 +11,11 @@ its cepstral mean normalisation does) with a small compressed-magnitude term, pl
 head's regression onto that true distance (dB) of every step's input estimate (the energy of
 the plugin); ``--objective mel_irm``: the same plus ``IRM_WEIGHT`` x the squared error of every
 step's mask to the ideal ratio mask of the mixture (tried, not better on validation:
-docs/AUDIO.md); ``--objective lsd``: the compressed-magnitude error and the log-spectral
-distance (the first model). A batch whose loss or gradient is not finite is skipped (counted
+docs/AUDIO.md); ``--objective mel_am``: the same as ``mel`` plus ``AM_WEIGHT`` x how
+differently the recogniser's own Gaussians read every step's estimate and the clean speech
+(:mod:`~sage_irp_ros.plugins.audio.acoustic`, on ``AM_FRAMES`` random frames of each item);
+``--objective lsd``: the compressed-magnitude error and the log-spectral distance (the first
+model). A batch whose loss or gradient is not finite is skipped (counted
 in the JSON as ``skipped_non_finite_batches``): long runs of the recipe otherwise ended in NaN
 weights.
 
@@ -257,7 +260,9 @@ def main(argv=None) -> int:
     ap.add_argument('--lr', type=float, default=2e-3)
     ap.add_argument('--objective', choices=OBJECTIVES, default='mel',
                     help="what the mask and the energy measure: 'mel' (the recogniser's mel "
-                         "bands after mean removal) or 'lsd' (log-spectral distance)")
+                         "bands after mean removal), 'mel_irm' and 'mel_am' (the same plus the "
+                         "ideal mask's error or the recogniser's Gaussians' divergence: see "
+                         "above) or 'lsd' (log-spectral distance)")
     ap.add_argument('--augment', action='store_true',
                     help='hear the training voices through train.room (tempo, tilt, reverb)')
     ap.add_argument('--noise-aware', action='store_true',
