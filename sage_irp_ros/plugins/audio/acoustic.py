@@ -113,6 +113,11 @@ class AcousticModel(torch.nn.Module):
         frames = x.unfold(1, WINDOW, SHIFT) * self.window
         return torch.fft.rfft(frames, N_FFT_AM).abs().square() @ self.filters.T
 
+    @staticmethod
+    def n_frames(n_samples: int) -> int:
+        """Return how many frames :meth:`mel_power` makes of ``n_samples`` samples."""
+        return (n_samples - WINDOW) // SHIFT + 1
+
     def floor_of(self, clean: torch.Tensor) -> torch.Tensor:
         """Return the mel power floor (B, 1, 1) of clean speech (:data:`MEL_FLOOR`)."""
         return self.mel_power(clean).amax(dim=(1, 2), keepdim=True) * MEL_FLOOR + 1e-4

@@ -218,8 +218,8 @@ def run_steps(model, noisy, clean, unroll, objective='mel'):
         am = _acoustic_on(noisy.device)
         with torch.no_grad():
             floor = am.floor_of(clean)
-            n_frames = am.mel_power(clean[:1]).shape[1]
-            frames = torch.randperm(n_frames, device=noisy.device)[:AM_FRAMES]
+            frames = torch.randperm(am.n_frames(clean.shape[1]),
+                                    device=noisy.device)[:AM_FRAMES]
             clean_post = am.log_posteriors(clean, floor, frames)
     scale = xm.amax(dim=(1, 2), keepdim=True).clamp_min(1e-8)
     logx = log_power(xm)
