@@ -30,8 +30,8 @@ setup(
         include=['sage_irp_ros', 'sage_irp_ros.*'],
         exclude=['sage_irp_ros.ros', 'sage_irp_ros.ros.*', 'sage_irp_ros.msg',
                  'sage_irp_ros.msg.*', '*.__pycache__', '*.__pycache__.*']),
-    package_data={'sage_irp_ros': ['schema/*.json', 'plugins/vision/weights/*',
-                                   'plugins/language/weights/*']},
+    # Every plugin's committed weights (test_packaging checks that each weights file matches).
+    package_data={'sage_irp_ros': ['schema/*.json', 'plugins/*/weights/*']},
     include_package_data=True,
     install_requires=['numpy', 'jsonschema', 'PyYAML'],
     # The model plugins; torch is left to the platform (JetPack ships its own CUDA build).
