@@ -30,7 +30,8 @@ Measured (``out/bench/audio.json``):
   ``[MASK:heard]`` (``n_best`` 0: words that sound alike); ``wer_after_repair_plain_masks``:
   masked as plain ``[MASK]``.
 
-    python bench/audio_bench.py [--quick]
+    python bench/audio_bench.py [--quick] [--repeats N]
+    python bench/audio_bench.py --timing-only   # the two CPU figures alone, a minute or two
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ from sage_irp_ros.core.pareto import Item, sweep  # noqa: E402
 from sage_irp_ros.core.plugin import HaltConfig  # noqa: E402
 from sage_irp_ros.plugins.audio import dsp  # noqa: E402
 from sage_irp_ros.plugins.audio.model import ideal_ratio_mask  # noqa: E402
-from sage_irp_ros.plugins.audio.plugin import load_default  # noqa: E402
+from sage_irp_ros.plugins.audio.plugin import AudioIRP, load_default  # noqa: E402
 from sage_irp_ros.plugins.audio.recognize import (  # noqa: E402
     PartialTranscriber,
     Recogniser,
@@ -158,22 +159,95 @@ def pareto_sweep(plugin, rec, items, k_max: int, halt_dbs=(2.0, 4.0)):
     return summary, fixed, ad, hyp, cache, cfg_k
 
 
+def pipeline_cpu(plugin, rec, stream, partial_s=0.0):
+    """CPU s of the node's work on ``stream`` in 100 ms chunks; utterances heard.
+
+    ``partial_s`` > 0: also what the node does with ``partial_interval_s`` (a streaming
+    decoder fed each utterance's speech as it comes, its words read every interval).
+    """
+    seg = Segmenter()
+    partial = PartialTranscriber(seg, partial_s) if partial_s > 0 else None
+    t = time.process_time()
+    n_utt = 0
+    for i in range(0, stream.size, 1600):
+        ended = seg.feed(stream[i:i + 1600])
+        if partial is not None:  # as AudioIRPNode._stream_partial
+            partial.update(bool(ended))
+        for u in ended:
+            r = refine(plugin, u.samples, None, config=plugin.halt_config())
+            rec(r.output.samples)
+            n_utt += 1
+    for u in seg.flush():
+        r = refine(plugin, u.samples, None, config=plugin.halt_config())
+        rec(r.output.samples)
+        n_utt += 1
+    return time.process_time() - t, n_utt
+
+
+def pipeline_timing(plugin, rec, five, repeats: int = 3) -> dict:
+    """RTF of the whole pipeline on the 5 dB clips in a row; CPU of 80 % silence vs all speech.
+
+    Each stream is timed ``repeats`` times, the streams interleaved, and the median taken (CPU
+    time moves by tens of per cent between runs on a shared machine; every run is kept in
+    ``*_runs``). Reads no transcript: timing only.
+    """
+    rng = np.random.default_rng(7)
+    gap = np.zeros(int(0.6 * dsp.RATE), np.float32)
+    speech = np.concatenate([np.concatenate([y, gap]) for y in five]).astype(np.float32)
+    n = speech.size
+    bed = dsp.pink(n, rng) * 10 ** (-50 / 20)
+    all_speech = (speech + bed).astype(np.float32)
+    quiet = bed.copy()
+    k = int(0.2 * n)
+    quiet[:k] += speech[:k]
+    quiet = quiet.astype(np.float32)
+    runs = {'rtf': [], 'rtf_with_partials': [], 'all_speech': [], 'quiet': []}
+    n_utt = 0
+    for _ in range(max(1, repeats)):
+        cpu, n_utt = pipeline_cpu(plugin, rec, speech)
+        runs['rtf'].append(cpu / (n / dsp.RATE))
+        cpu_p, _ = pipeline_cpu(plugin, rec, speech, partial_s=0.5)
+        runs['rtf_with_partials'].append(cpu_p / (n / dsp.RATE))
+        runs['all_speech'].append(pipeline_cpu(plugin, rec, all_speech)[0])
+        runs['quiet'].append(pipeline_cpu(plugin, rec, quiet)[0])
+    med = {k: float(np.median(v)) for k, v in runs.items()}
+    ratios = [q / a for q, a in zip(runs['quiet'], runs['all_speech'], strict=True)]
+    return {'rtf': round(med['rtf'], 4), 'rtf_with_partials': round(med['rtf_with_partials'], 4),
+            'rtf_stream_s': round(n / dsp.RATE, 2), 'rtf_utterances': n_utt,
+            'cpu_silence_ratio': round(float(np.median(ratios)), 4),
+            'cpu_all_speech_s': round(med['all_speech'], 3),
+            'cpu_80pct_silence_s': round(med['quiet'], 3), 'timing_repeats': max(1, repeats),
+            'rtf_runs': [round(x, 4) for x in runs['rtf']],
+            'cpu_silence_ratio_runs': [round(x, 4) for x in ratios]}
+
+
 def main(argv=None) -> int:
     """Run the benchmark; write out/bench/audio.json (and the Pareto plot)."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument('--quick', action='store_true', help='4 clips, 2 SNRs, k <= 2')
     ap.add_argument('--k-max', type=int, default=4)
     ap.add_argument('--out', default=os.path.join(ROOT, 'out', 'bench', 'audio.json'))
+    ap.add_argument('--weights', default=None,
+                    help='an enhancer checkpoint instead of the committed one (.json beside it)')
+    ap.add_argument('--repeats', type=int, default=3, help='timing runs of each stream (median)')
+    ap.add_argument('--timing-only', action='store_true',
+                    help='only the RTF and silence-CPU figures (no WER, no transcript read); '
+                         'printed, nothing written')
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     t_start = time.time()
-    plugin = load_default()
+    plugin = load_default() if args.weights is None else AudioIRP.from_checkpoint(args.weights)
     rec = Recogniser()
     clips = held_out_clips()
     snrs = SNRS
     k_max = args.k_max
     if args.quick:
         clips, snrs, k_max = clips[:2] + clips[5:7], (5, 20), 2
+    if args.timing_only:
+        five = [y for *_, y, _ in held_out_mixtures([x for _, x, _ in clips], (5,))]
+        print(json.dumps({'model_version': plugin.version,
+                          **pipeline_timing(plugin, rec, five, args.repeats)}, indent=1))
+        return 0
     items, conds, cleans = [], [], []
     for ci, noise_name, snr, y, s in held_out_mixtures([x for _, x, _ in clips],
                                                        (*snrs, None)):
@@ -218,52 +292,8 @@ def main(argv=None) -> int:
             res[f'steps_mean_{tag}'] = round(float(np.mean([steps_of[i] for i in ids])), 3)
     res['adaptive_gain_compute'] = summary['adaptive_gain_compute']
 
-    # RTF of the whole pipeline on a 5 dB stream; CPU of 80 % silence vs all speech.
-    def pipeline_cpu(stream, partial_s=0.0):
-        """CPU s of the node's work on ``stream`` in 100 ms chunks; utterances heard.
-
-        ``partial_s`` > 0: also what the node does with ``partial_interval_s`` (a streaming
-        decoder fed each utterance's speech as it comes, its words read every interval).
-        """
-        seg = Segmenter()
-        partial = PartialTranscriber(seg, partial_s) if partial_s > 0 else None
-        t = time.process_time()
-        n_utt = 0
-        for i in range(0, stream.size, 1600):
-            ended = seg.feed(stream[i:i + 1600])
-            if partial is not None:  # as AudioIRPNode._stream_partial
-                partial.update(bool(ended))
-            for u in ended:
-                r = refine(plugin, u.samples, None, config=plugin.halt_config())
-                rec(r.output.samples)
-                n_utt += 1
-        for u in seg.flush():
-            r = refine(plugin, u.samples, None, config=plugin.halt_config())
-            rec(r.output.samples)
-            n_utt += 1
-        return time.process_time() - t, n_utt
-
-    rng = np.random.default_rng(7)
-    gap = np.zeros(int(0.6 * dsp.RATE), np.float32)
-    five = [it.x0 for it, c in zip(items, conds, strict=True) if c['snr'] == 5]
-    speech = np.concatenate([np.concatenate([y, gap]) for y in five]).astype(np.float32)
-    cpu, n_utt = pipeline_cpu(speech)
-    res['rtf'] = round(cpu / (speech.size / dsp.RATE), 4)
-    cpu_p, _ = pipeline_cpu(speech, partial_s=0.5)
-    res['rtf_with_partials'] = round(cpu_p / (speech.size / dsp.RATE), 4)
-    res['rtf_stream_s'] = round(speech.size / dsp.RATE, 2)
-    res['rtf_utterances'] = n_utt
-    n = speech.size
-    bed = dsp.pink(n, rng) * 10 ** (-50 / 20)
-    all_speech = speech + bed
-    quiet = bed.copy()
-    k = int(0.2 * n)
-    quiet[:k] += speech[:k]
-    cpu_speech, _ = pipeline_cpu(all_speech.astype(np.float32))
-    cpu_quiet, _ = pipeline_cpu(quiet.astype(np.float32))
-    res['cpu_silence_ratio'] = round(cpu_quiet / cpu_speech, 4)
-    res['cpu_all_speech_s'] = round(cpu_speech, 3)
-    res['cpu_80pct_silence_s'] = round(cpu_quiet, 3)
+    res.update(pipeline_timing(plugin, rec, [it.x0 for it, c in zip(items, conds, strict=True)
+                                             if c['snr'] == 5], args.repeats))
 
     # Language repair of the low-confidence words (5 dB, enhanced): as the node sends them
     # ([MASK:heard|alt|alt], repaired only to the recogniser's N-best alternatives), as
