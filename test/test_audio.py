@@ -87,7 +87,11 @@ def test_vad_finds_the_utterance_and_silence_costs_almost_nothing():
 def test_weights_are_committed_with_seed_and_command():
     from sage_irp_ros.plugins.audio.plugin import DEFAULT_WEIGHTS
     meta = json.load(open(os.path.splitext(DEFAULT_WEIGHTS)[0] + '.json'))
-    assert meta['seed'] == 0 and 'sage_irp_ros.plugins.audio.train' in meta['command']
+    assert isinstance(meta['seed'], int) and 'sage_irp_ros.plugins.audio.train' in meta['command']
+    assert f"--seed {meta['seed']}" in meta['command'] and meta['version'] and meta['chosen_on']
+    if meta.get('init'):  # a fine-tune says which parent, and its command how to get it back
+        assert meta['init']['version'] and '--init' in meta['command']
+        assert 'git show' in meta['command']
     assert os.path.getsize(DEFAULT_WEIGHTS) < 5e6
 
 

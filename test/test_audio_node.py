@@ -1,6 +1,7 @@
 """Audio node in process: chunks in (plain and stamped, any size/rate), transcripts out, bad
 input counted while the node goes on, a stream stopping mid-utterance."""
 
+import json
 import shutil
 import tempfile
 
@@ -152,7 +153,9 @@ def test_model_path_loads_another_enhancer_and_garbage_is_one_clear_failure(ros,
     n = ros.add_node(AudioIRPNode(context=ros.context, parameter_overrides=[
         Parameter('model_path', value=str(own))]))
     try:
-        assert n.lifecycle_state == 'active' and n.plugin.objective == 'mel'
+        meta = json.loads((tmp_path / 'mine.json').read_text())
+        assert n.lifecycle_state == 'active' and n.plugin.objective == meta['objective']
+        assert n.plugin.version == meta['version']
     finally:
         n.destroy_node()
     bad = tmp_path / 'bad.pt'
