@@ -342,6 +342,14 @@ def test_training_objectives_give_finite_losses_and_mel_irm_adds_the_ideal_mask_
         got[objective] = lm.item()
     assert got['mel_irm'] > got['mel']  # the same model and data plus a squared error
     assert got['mel_am'] > got['mel']  # plus the acoustic model's divergence
+    am = {}
+    for w in (0.0, 2 * train.AM_WEIGHT):  # train --am-weight: the divergence's share, linearly
+        torch.manual_seed(0)
+        model = MaskRefiner(hidden=8)
+        am[w] = train.run_steps(model, noisy, clean, 2, 'mel_am', am_weight=w)[0].item()
+    assert am[0.0] == pytest.approx(got['mel'], rel=1e-5)
+    assert am[2 * train.AM_WEIGHT] - got['mel'] == pytest.approx(
+        2 * (got['mel_am'] - got['mel']), rel=1e-3)
     # an estimate equal to the speech (a clean item the mask leaves as it is): every frame's
     # distance is exactly 0, and its gradient must stay finite (the square root's was
     # infinite, the batch's NaN: a training run on a GPU skipped over a third of its batches)

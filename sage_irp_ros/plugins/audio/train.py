@@ -200,12 +200,13 @@ class Batches(torch.utils.data.IterableDataset):
             yield make_batch(rng, self.utts, self.seg, self.batch, self.augment)
 
 
-def run_steps(model, noisy, clean, unroll, objective='mel'):
+def run_steps(model, noisy, clean, unroll, objective='mel', am_weight=AM_WEIGHT):
     """Unroll the refiner; return (mask loss, error-head loss, final distance in dB).
 
     ``objective`` 'mel': the mask is trained on the mel distance of every step's estimate
     (plus a small compressed-magnitude term) and the error head regresses the mel distance;
-    'lsd': compressed-magnitude error and the log-spectral distance (the first model).
+    'lsd': compressed-magnitude error and the log-spectral distance (the first model);
+    'mel_am' adds ``am_weight`` x the acoustic-model divergence.
     """
     dist = DISTANCES[objective]
     X, S = stft(noisy), stft(clean)
@@ -236,7 +237,7 @@ def run_steps(model, noisy, clean, unroll, objective='mel'):
                 loss_m = loss_m + IRM_WEIGHT * (nxt - irm).square().mean()
             if am is not None:
                 est = istft(nxt * X, noisy.shape[1])
-                loss_m = loss_m + AM_WEIGHT * am.divergence(est, clean_post, floor,
+                loss_m = loss_m + am_weight * am.divergence(est, clean_post, floor,
                                                             frames).mean()
         else:
             loss_m = loss_m + mag
@@ -275,6 +276,8 @@ def main(argv=None) -> int:
     ap.add_argument('--workers', type=int, default=0,
                     help='processes making batches (0: the training process, the committed '
                          'recipe)')
+    ap.add_argument('--am-weight', type=float, default=AM_WEIGHT,
+                    help='mel_am: the weight of the acoustic-model divergence in the loss')
     ap.add_argument('--init', default=None,
                     help='start from these weights (an enhancer.pt of the same --hidden and '
                          '--noise-aware) instead of a fresh network: a fine-tune')
@@ -323,7 +326,8 @@ def main(argv=None) -> int:
                         else next(batches))
         noisy = noisy.to(device, non_blocking=True)
         clean = clean.to(device, non_blocking=True)
-        lm, le, lsd = run_steps(model, noisy, clean, args.unroll, args.objective)
+        lm, le, lsd = run_steps(model, noisy, clean, args.unroll, args.objective,
+                                args.am_weight)
         loss = lm * 100 + le
         if not torch.isfinite(loss):  # a bad batch must not turn the weights into NaN
             skipped += 1
@@ -356,6 +360,8 @@ def main(argv=None) -> int:
             'clean_fraction': CLEAN_FRACTION, 'torch': torch.__version__,
             'device': (torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'),
             'batch': args.batch, 'workers': args.workers, 'init': init}
+    if args.objective == 'mel_am':
+        meta['am_weight'] = args.am_weight
     with open(os.path.join(args.out, 'enhancer.json'), 'w') as f:
         json.dump(meta, f, indent=1)
     print(json.dumps(meta))
