@@ -167,20 +167,21 @@ def pipeline_cpu(plugin, rec, stream, partial_s=0.0):
     """
     seg = Segmenter()
     partial = PartialTranscriber(seg, partial_s) if partial_s > 0 else None
+    cfg = plugin.halt_config()
     t = time.process_time()
     n_utt = 0
+
+    def hear(utterances):
+        for u in utterances:
+            rec(refine(plugin, u.samples, None, config=cfg).output.samples)
+        return len(utterances)
+
     for i in range(0, stream.size, 1600):
         ended = seg.feed(stream[i:i + 1600])
         if partial is not None:  # as AudioIRPNode._stream_partial
             partial.update(bool(ended))
-        for u in ended:
-            r = refine(plugin, u.samples, None, config=plugin.halt_config())
-            rec(r.output.samples)
-            n_utt += 1
-    for u in seg.flush():
-        r = refine(plugin, u.samples, None, config=plugin.halt_config())
-        rec(r.output.samples)
-        n_utt += 1
+        n_utt += hear(ended)
+    n_utt += hear(seg.flush())
     return time.process_time() - t, n_utt
 
 
@@ -198,12 +199,13 @@ def pipeline_timing(plugin, rec, five, repeats: int = 3) -> dict:
     bed = dsp.pink(n, rng) * 10 ** (-50 / 20)
     all_speech = (speech + bed).astype(np.float32)
     quiet = bed.copy()
-    k = int(0.2 * n)
-    quiet[:k] += speech[:k]
+    head = int(0.2 * n)
+    quiet[:head] += speech[:head]
     quiet = quiet.astype(np.float32)
     runs = {'rtf': [], 'rtf_with_partials': [], 'all_speech': [], 'quiet': []}
     n_utt = 0
-    for _ in range(max(1, repeats)):
+    repeats = max(1, repeats)
+    for _ in range(repeats):
         cpu, n_utt = pipeline_cpu(plugin, rec, speech)
         runs['rtf'].append(cpu / (n / dsp.RATE))
         cpu_p, _ = pipeline_cpu(plugin, rec, speech, partial_s=0.5)
@@ -216,7 +218,7 @@ def pipeline_timing(plugin, rec, five, repeats: int = 3) -> dict:
             'rtf_stream_s': round(n / dsp.RATE, 2), 'rtf_utterances': n_utt,
             'cpu_silence_ratio': round(float(np.median(ratios)), 4),
             'cpu_all_speech_s': round(med['all_speech'], 3),
-            'cpu_80pct_silence_s': round(med['quiet'], 3), 'timing_repeats': max(1, repeats),
+            'cpu_80pct_silence_s': round(med['quiet'], 3), 'timing_repeats': repeats,
             'rtf_runs': [round(x, 4) for x in runs['rtf']],
             'cpu_silence_ratio_runs': [round(x, 4) for x in ratios]}
 
